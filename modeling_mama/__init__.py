@@ -1,0 +1,1 @@
+"""MaMA: multi-view, multi-scale vision-language pre-training for mammography."""

@@ -1,0 +1,532 @@
+"""MaMA as a transformers model: image tower + text tower + global, local and multi-view heads.
+
+`MamaModel` follows `CLIPModel`: `get_image_features` / `get_text_features` give the projected global
+features, `forward` returns `logits_per_image` / `logits_per_text` (so the stock zero-shot pipeline
+works) and, with `return_loss=True`, the MaMA loss and each of its named terms.
+
+>>> import torch
+>>> from modeling_mama import MamaConfig, MamaModel
+>>> model = MamaModel(MamaConfig.tiny(vocab_size=64, sentence_separator_token_id=3)).eval()
+>>> input_ids = torch.tensor([[1, 5, 6, 3, 7, 3, 2], [1, 8, 3, 2, 0, 0, 0]])
+>>> attention_mask = (torch.arange(7) < torch.tensor([[7], [4]])).long()
+>>> out = model(input_ids=input_ids, attention_mask=attention_mask,
+...             pixel_values=torch.randn(2, 3, 56, 56), return_loss=True)
+>>> out.logits_per_image.shape, sorted(out.loss_terms)
+(torch.Size([2, 2]), ['clip', 'local'])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_mama import MamaConfig
+from .losses import contrastive_loss, local_alignment_loss, nt_xent_loss
+
+
+@dataclass
+class MamaOutput(ModelOutput):
+    """Output of [`MamaModel`].
+
+    Args:
+        loss: the weighted sum of the active loss terms (with `return_loss=True`).
+        loss_terms: each active term, unweighted, by name (`clip`, `multiview`, `symmetric_clip`, `local`).
+        logits_per_image: `[n_images, n_texts]` scaled cosine similarities.
+        logits_per_text: its transpose.
+        image_embeds, text_embeds: L2-normalised global embeddings.
+        patch_embeds, sentence_embeds, sentence_mask: the L2-normalised local embeddings used by SLA
+            (when the local term ran or `output_local_embeds=True`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    patch_embeds: torch.FloatTensor | None = None
+    sentence_embeds: torch.FloatTensor | None = None
+    sentence_mask: torch.BoolTensor | None = None
+
+
+class MamaLocalProjection(nn.Module):
+    """Token-wise MLP of the SLA heads: Linear -> BatchNorm -> ReLU -> Linear -> BatchNorm(affine=False).
+
+    Only real tokens (where `mask` is True) are projected, so padding never enters the BatchNorm
+    statistics; padded positions come back as zeros.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.norm1 = nn.BatchNorm1d(hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim)
+        self.norm2 = nn.BatchNorm1d(out_dim, affine=False)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch, length, _ = tokens.shape
+        selected = tokens.reshape(batch * length, -1) if mask is None else tokens[mask]
+        projected = self.norm2(self.fc2(F.relu(self.norm1(self.fc1(selected)))))
+        if mask is None:
+            return projected.reshape(batch, length, -1)
+        out = projected.new_zeros(batch, length, projected.shape[-1])
+        out[mask] = projected
+        return out
+
+
+class MamaMultiViewHead(nn.Sequential):
+    """SimCLR projection head for the image-image loss (bias-free linears, BatchNorm after each)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, out_dim, bias=False),
+            nn.BatchNorm1d(out_dim),
+        )
+
+
+def _final_norm(vision_model: nn.Module) -> nn.Module | None:
+    """The image tower's final norm (transformers ViT family: `layernorm`; timm: `timm_model.norm`)."""
+    if isinstance(getattr(vision_model, "layernorm", None), nn.Module):
+        return vision_model.layernorm
+    timm_model = getattr(vision_model, "timm_model", None)
+    if timm_model is not None and isinstance(getattr(timm_model, "norm", None), nn.Module):
+        return timm_model.norm
+    return None
+
+
+def _num_prefix_tokens(vision_model: nn.Module) -> int:
+    """CLS + register tokens in front of the patch tokens."""
+    timm_model = getattr(vision_model, "timm_model", None)
+    if timm_model is not None:
+        return int(getattr(timm_model, "num_prefix_tokens", 1))
+    return 1 + int(getattr(vision_model.config, "num_register_tokens", 0) or 0)
+
+
+def _is_causal_text_config(text_config) -> bool:
+    model_type = text_config.model_type
+    if getattr(text_config, "is_decoder", False):
+        return True
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def sentence_positions_from_ids(input_ids: torch.Tensor, separator_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the separator tokens in each row, padded with 0, and the matching mask.
+
+    >>> sentence_positions_from_ids(torch.tensor([[1, 5, 3, 6, 3, 2], [1, 7, 3, 2, 0, 0]]), 3)
+    (tensor([[2, 4],
+            [2, 0]]), tensor([[ True,  True],
+            [ True, False]]))
+    """
+    is_separator = input_ids == separator_id
+    counts = is_separator.sum(dim=1)
+    num_sentences = max(int(counts.max()) if counts.numel() else 0, 1)
+    # A stable sort puts separator positions first, in order.
+    order = torch.argsort((~is_separator).to(torch.int8), dim=1, stable=True)[:, :num_sentences]
+    mask = torch.arange(num_sentences, device=input_ids.device)[None, :] < counts[:, None]
+    return torch.where(mask, order, torch.zeros_like(order)), mask
+
+
+class MamaPreTrainedModel(PreTrainedModel):
+    config_class = MamaConfig
+    config: MamaConfig
+    base_model_prefix = "mama"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        # Loading replaces parameters (and their requires_grad flags): re-apply what the config freezes.
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.apply_frozen_parameters()
+        return loaded
+
+    def apply_frozen_parameters(self) -> None:
+        """Freeze what the config says: the text tower except LoRA, the image tower's final-norm affine."""
+        text_model = getattr(self, "text_model", None)
+        if text_model is not None and self.config.freeze_text_tower:
+            for name, parameter in text_model.named_parameters():
+                parameter.requires_grad_("lora_" in name)
+        final_norm = _final_norm(self.vision_model)
+        if self.config.freeze_vision_final_norm and final_norm is not None:
+            final_norm.requires_grad_(False)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, MamaModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            init.constant_(module.local_scale, self.config.local_scale_init_value)
+            # The text tower's own init treats LoRA's linears like any other linear; restore LoRA's
+            # init (A random, B zero: the adapted tower starts equal to the pretrained one).
+            for lora_module in module.text_model.modules():
+                lora_a, lora_b = getattr(lora_module, "lora_A", None), getattr(lora_module, "lora_B", None)
+                if isinstance(lora_a, nn.ModuleDict) and isinstance(lora_b, nn.ModuleDict):
+                    for name in lora_a:
+                        init.kaiming_uniform_(lora_a[name].weight, a=math.sqrt(5))
+                        init.zeros_(lora_b[name].weight)
+
+
+class MamaModel(MamaPreTrainedModel):
+    """MaMA: an image tower and a text tower aligned globally (CLIP), across views (NT-Xent and
+    symmetric CLIP) and locally (symmetric patch-sentence alignment). See METHOD.md."""
+
+    def __init__(self, config: MamaConfig, vision_model: PreTrainedModel | None = None,
+                 text_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.vision_model = vision_model if vision_model is not None else AutoModel.from_config(config.vision_config)
+        self.text_model = text_model if text_model is not None else AutoModel.from_config(config.text_config)
+        self.vision_model.config = config.vision_config
+        self.text_model.config = config.text_config
+
+        vision_dim = config.vision_config.hidden_size
+        text_dim = config.text_config.hidden_size
+        self.visual_projection = nn.Linear(vision_dim, config.projection_dim)
+        self.text_projection = nn.Linear(text_dim, config.projection_dim)
+        self.patch_projection = MamaLocalProjection(vision_dim, config.local_hidden_dim, config.local_projection_dim)
+        self.sentence_projection = MamaLocalProjection(text_dim, config.local_hidden_dim, config.local_projection_dim)
+        self.multiview_head = MamaMultiViewHead(
+            vision_dim, config.multiview_hidden_dim or vision_dim, config.multiview_projection_dim
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.local_scale = nn.Parameter(torch.tensor(float(config.local_scale_init_value)))
+
+        self._num_prefix_tokens = _num_prefix_tokens(self.vision_model)
+        self._sentence_pooling = config.sentence_pooling
+        if self._sentence_pooling == "auto":
+            self._sentence_pooling = "separator" if _is_causal_text_config(config.text_config) else "mean"
+
+        if config.lora:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            inject_adapter_in_model(LoraConfig(**config.lora), self.text_model)
+        self.apply_frozen_parameters()
+        self.post_init()
+        if config.activation_checkpointing:
+            self.activation_checkpointing_enable()
+
+    # ----------------------------------------------------------------------------------------- towers
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        # With reentrant checkpointing and frozen embeddings no input of a checkpointed block requires
+        # grad, and the LoRA adapters would get none (the reference's bug): make the embeddings' output
+        # require grad whatever checkpointing flavour the caller picks.
+        if enable and self.config.freeze_text_tower:
+            self.text_model.enable_input_require_grads()
+
+    def encode_image_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the image tower: (pooled feature [B, C], patch tokens after the final norm [B, P, C])."""
+        final_norm = _final_norm(self.vision_model)
+        captured: list[torch.Tensor] = []
+        handle = None
+        if final_norm is not None and self.config.image_pooling == "mean_pre_norm":
+            handle = final_norm.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+        try:
+            outputs = self.vision_model(pixel_values=pixel_values)
+        finally:
+            if handle is not None:
+                handle.remove()
+        tokens = outputs.last_hidden_state
+        patches = tokens[:, self._num_prefix_tokens:]
+        if self.config.image_pooling == "mean_pre_norm":
+            pooled = (captured[-1] if captured else tokens).mean(dim=1)
+        elif self.config.image_pooling == "cls":
+            pooled = tokens[:, 0]
+        else:
+            pooled = patches.mean(dim=1)
+        return pooled, patches
+
+    def encode_text_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the text tower: (pooled feature [B, C], hidden states [B, L, C])."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.config.text_pooling == "mean":
+            pooled = hidden.mean(dim=1)
+        elif self.config.text_pooling == "last":
+            last = attention_mask.sum(dim=1).clamp(min=1) - 1
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        else:
+            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return pooled, hidden
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected (not normalised) global image features [B, projection_dim]."""
+        pooled, _ = self.encode_image_tokens(pixel_values)
+        return self.visual_projection(pooled)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected (not normalised) global text features [B, projection_dim]."""
+        pooled, _ = self.encode_text_tokens(input_ids, attention_mask)
+        return self.text_projection(pooled)
+
+    # ------------------------------------------------------------------------------------------ local
+    def _patch_tokens_for_sla(self, patches: torch.Tensor, tile_pixel_values: torch.Tensor | None,
+                              tile_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Patch tokens SLA aligns: the global view's, or every real tile's when tiles are given."""
+        if tile_pixel_values is None:
+            return patches, None
+        batch, num_tiles = tile_pixel_values.shape[:2]
+        if tile_mask is None:
+            tile_mask = torch.ones(batch, num_tiles, dtype=torch.bool, device=tile_pixel_values.device)
+        _, tile_patches = self.encode_image_tokens(tile_pixel_values[tile_mask])
+        per_tile = tile_patches.shape[1]
+        tokens = tile_patches.new_zeros(batch, num_tiles, per_tile, tile_patches.shape[-1])
+        tokens[tile_mask] = tile_patches
+        patch_mask = tile_mask[:, :, None].expand(batch, num_tiles, per_tile)
+        return tokens.reshape(batch, num_tiles * per_tile, -1), patch_mask.reshape(batch, num_tiles * per_tile)
+
+    def _sentence_features(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                           sentence_positions: torch.Tensor, sentence_mask: torch.Tensor) -> torch.Tensor:
+        if self._sentence_pooling == "separator":
+            index = sentence_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            return hidden.gather(1, index)
+        # Mean over each sentence's tokens: token t belongs to the sentence whose separator is the
+        # first one at or after t.
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        ends = torch.where(sentence_mask, sentence_positions, torch.full_like(sentence_positions, -1))
+        starts = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1] + 1], dim=1)
+        member = (positions[None, None, :] >= starts[:, :, None]) & (positions[None, None, :] <= ends[:, :, None])
+        member = member & attention_mask.bool()[:, None, :] & sentence_mask[:, :, None]
+        weights = member.to(hidden.dtype)
+        return weights @ hidden / weights.sum(dim=-1, keepdim=True).clamp(min=1.0)
+
+    def get_patch_embeddings(self, pixel_values: torch.Tensor, tile_pixel_values: torch.Tensor | None = None,
+                             tile_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """L2-normalised local patch embeddings [B, P, local_projection_dim] and the patch mask."""
+        _, patches = self.encode_image_tokens(pixel_values)
+        tokens, patch_mask = self._patch_tokens_for_sla(patches, tile_pixel_values, tile_mask)
+        return F.normalize(self.patch_projection(tokens, patch_mask), dim=-1), patch_mask
+
+    def get_sentence_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                                sentence_positions: torch.Tensor | None = None,
+                                sentence_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised local sentence embeddings [B, S, local_projection_dim] and the sentence mask."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        _, hidden = self.encode_text_tokens(input_ids, attention_mask)
+        sentence_positions, sentence_mask = self._resolve_sentences(input_ids, sentence_positions, sentence_mask)
+        features = self._sentence_features(hidden, attention_mask, sentence_positions, sentence_mask)
+        return F.normalize(self.sentence_projection(features, sentence_mask), dim=-1), sentence_mask
+
+    def _resolve_sentences(self, input_ids, sentence_positions, sentence_mask):
+        if sentence_positions is None:
+            separator = self.config.sentence_separator_token_id
+            if separator is None:
+                raise ValueError(
+                    "The local (SLA) loss needs `sentence_positions`, or `config.sentence_separator_token_id` "
+                    "to find them; MamaProcessor returns both."
+                )
+            return sentence_positions_from_ids(input_ids, separator)
+        if sentence_mask is None:
+            sentence_mask = torch.ones_like(sentence_positions, dtype=torch.bool)
+        return sentence_positions, sentence_mask.bool()
+
+    # ---------------------------------------------------------------------------------------- forward
+    def clamped_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`logit_scale` and `local_scale`, clamped at `config.max_logit_scale` (ln 100)."""
+        limit = float(self.config.max_logit_scale)
+        return self.logit_scale.clamp(max=limit), self.local_scale.clamp(max=limit)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        extra_pixel_values: torch.FloatTensor | None = None,
+        tile_pixel_values: torch.FloatTensor | None = None,
+        tile_mask: torch.BoolTensor | None = None,
+        sentence_positions: torch.LongTensor | None = None,
+        sentence_mask: torch.BoolTensor | None = None,
+        return_loss: bool | None = None,
+        step: int | None = None,
+        output_local_embeds: bool = False,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> MamaOutput | tuple:
+        r"""
+        Args:
+            input_ids, attention_mask: the reports (or prompts), `[B, L]`.
+            pixel_values: the global view of each image, `[B, 3, H, W]`.
+            extra_pixel_values: a second view of the same exam (multi-view terms), `[B, 3, H, W]`.
+            tile_pixel_values, tile_mask: full-resolution tiles `[B, T, 3, h, w]` and which are real;
+                when given, SLA aligns the tiles' patches instead of the global view's.
+            sentence_positions, sentence_mask: index of each sentence's separator token `[B, S]`, and
+                which sentences are real; derived from `config.sentence_separator_token_id` if absent.
+            return_loss: compute the MaMA loss.
+            step: the optimizer step, which switches the late terms on (`None`: every term with a
+                non-zero weight). Terms needing a second view are skipped without `extra_pixel_values`.
+            output_local_embeds: also return patch / sentence embeddings when the local term did not run.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        config = self.config
+        logit_scale, local_scale = self.clamped_scales()
+        want = {term: bool(return_loss) and config.is_loss_active(term, step)
+                for term in ("clip", "multiview", "symmetric_clip", "local")}
+        has_extra = extra_pixel_values is not None
+        need_extra = has_extra and (want["multiview"] or want["symmetric_clip"])
+
+        # One tower pass over both views (the ViT has no batch statistics, so this is exact).
+        vision_input = torch.cat([pixel_values, extra_pixel_values]) if need_extra else pixel_values
+        pooled_all, patches_all = self.encode_image_tokens(vision_input)
+        batch = pixel_values.shape[0]
+        pooled, patches = pooled_all[:batch], patches_all[:batch]
+        image_embeds = F.normalize(self.visual_projection(pooled), dim=-1)
+
+        text_embeds = logits_per_text = logits_per_image = hidden = None
+        if input_ids is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            text_pooled, hidden = self.encode_text_tokens(input_ids, attention_mask)
+            text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
+            logits_per_text = logit_scale.exp() * text_embeds @ image_embeds.t()
+            logits_per_image = logits_per_text.t()
+
+        terms: dict[str, torch.Tensor] = {}
+        patch_embeds = sentence_embeds = None
+        if return_loss:
+            if text_embeds is None:
+                raise ValueError("return_loss=True needs `input_ids` (the reports) as well as `pixel_values`.")
+            if want["clip"]:
+                terms["clip"] = contrastive_loss(image_embeds, text_embeds, logit_scale,
+                                                 gather=config.gather_with_grad)
+            if need_extra:
+                extra_pooled = pooled_all[batch:]
+                if want["multiview"]:
+                    terms["multiview"] = nt_xent_loss(self.multiview_head(extra_pooled), self.multiview_head(pooled),
+                                                      temperature=float(config.nt_xent_temperature))
+                if want["symmetric_clip"]:
+                    extra_embeds = F.normalize(self.visual_projection(extra_pooled), dim=-1)
+                    terms["symmetric_clip"] = contrastive_loss(extra_embeds, text_embeds, logit_scale,
+                                                               gather=config.gather_with_grad)
+
+        if want["local"] or output_local_embeds:
+            if input_ids is None:
+                raise ValueError("Local embeddings need `input_ids` (the reports).")
+            sentence_positions, sentence_mask = self._resolve_sentences(input_ids, sentence_positions, sentence_mask)
+            tokens, patch_mask = self._patch_tokens_for_sla(patches, tile_pixel_values, tile_mask)
+            patch_embeds = F.normalize(self.patch_projection(tokens, patch_mask), dim=-1)
+            features = self._sentence_features(hidden, attention_mask, sentence_positions, sentence_mask)
+            sentence_embeds = F.normalize(self.sentence_projection(features, sentence_mask), dim=-1)
+            if want["local"]:
+                terms["local"] = local_alignment_loss(
+                    patch_embeds, sentence_embeds, sentence_mask, local_scale,
+                    symmetric=config.local_loss_symmetric, patch_mask=patch_mask, gather=config.gather_with_grad,
+                )
+
+        loss = None
+        if return_loss:
+            loss = sum(config.loss_weight(name) * value for name, value in terms.items())
+            if not terms:
+                loss = logit_scale * 0.0
+        output = MamaOutput(
+            loss=loss, loss_terms=terms if return_loss else None,
+            logits_per_image=logits_per_image, logits_per_text=logits_per_text,
+            image_embeds=image_embeds, text_embeds=text_embeds,
+            patch_embeds=patch_embeds, sentence_embeds=sentence_embeds,
+            sentence_mask=sentence_mask if sentence_embeds is not None else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    # ----------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_backbones(cls, vision: str = "facebook/dinov2-with-registers-base",
+                       text: str = "stanford-crfm/BioMedLM", *, tokenizer=None, config: MamaConfig | None = None,
+                       **from_pretrained_kwargs) -> "MamaModel":
+        """Build MaMA around pretrained towers (Hub ids or local folders).
+
+        The text tower is loaded with `AutoModel` (for BioMedLM, GPT-2 without its LM head). With a
+        `tokenizer`, MaMA's special tokens are added to it and the embeddings resized. `config` gives
+        the head / loss / LoRA values (default: `MamaConfig.paper()`); the tower configs come from the
+        checkpoints. Needs the Hub for Hub ids:
+
+            model = MamaModel.from_backbones(tokenizer=AutoTokenizer.from_pretrained("stanford-crfm/BioMedLM"))
+        """
+        vision_model = AutoModel.from_pretrained(vision, **from_pretrained_kwargs)
+        text_model = AutoModel.from_pretrained(text, **from_pretrained_kwargs)
+        base = (config or MamaConfig.paper()).to_dict()
+        for key in ("vision_config", "text_config", "model_type", "transformers_version", "architectures"):
+            base.pop(key, None)
+        if tokenizer is not None:
+            from .tokenization import add_special_tokens
+
+            add_special_tokens(tokenizer)
+            if len(tokenizer) != text_model.get_input_embeddings().num_embeddings:
+                text_model.resize_token_embeddings(len(tokenizer))
+            base["sentence_separator_token_id"] = tokenizer.sep_token_id
+        merged = MamaConfig(vision_config=vision_model.config.to_dict(), text_config=text_model.config.to_dict(), **base)
+        return cls(merged, vision_model=vision_model, text_model=text_model)
+
+
+class MamaForImageClassification(MamaPreTrainedModel):
+    """MaMA's image tower with a linear head on the pooled feature (linear probe and fine-tune).
+
+    `from_pretrained` of a saved `MamaModel` keeps the image tower (and its pooling) and drops the
+    text tower and the contrastive heads; the classifier is new.
+    """
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _keys_to_ignore_on_load_unexpected = [
+        r"text_model\..*", r"text_projection\..*", r"visual_projection\..*", r"patch_projection\..*",
+        r"sentence_projection\..*", r"multiview_head\..*", r"logit_scale", r"local_scale",
+    ]
+
+    def __init__(self, config: MamaConfig, vision_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vision_model = vision_model if vision_model is not None else AutoModel.from_config(config.vision_config)
+        self.vision_model.config = config.vision_config
+        self._num_prefix_tokens = _num_prefix_tokens(self.vision_model)
+        self.classifier = nn.Linear(config.vision_config.hidden_size, config.num_labels)
+        self.apply_frozen_parameters()
+        self.post_init()
+
+    encode_image_tokens = MamaModel.encode_image_tokens
+
+    def freeze_image_tower(self) -> None:
+        """Linear probing: only the classifier trains."""
+        self.vision_model.requires_grad_(False)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
+                return_dict: bool | None = None, **kwargs: Any) -> ImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        pooled, _ = self.encode_image_tokens(pixel_values)
+        logits = self.classifier(pooled)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        output = ImageClassifierOutput(loss=loss, logits=logits)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "MamaForImageClassification",
+    "MamaModel",
+    "MamaOutput",
+    "MamaPreTrainedModel",
+    "sentence_positions_from_ids",
+]
