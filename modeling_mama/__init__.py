@@ -1,1 +1,53 @@
-"""MaMA: multi-view, multi-scale vision-language pre-training for mammography."""
+"""MaMA: multi-view, multi-scale vision-language pre-training for mammography, as a transformers model.
+
+Importing the package registers MaMA with the Auto classes (`AutoConfig`, `AutoModel`,
+`AutoModelForZeroShotImageClassification`, `AutoModelForImageClassification`, `AutoImageProcessor`,
+`AutoProcessor`). Training, data and evaluation names load on first use.
+"""
+
+import importlib
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+)
+
+from .configuration_mama import MamaConfig
+from .image_processing_mama import MamaImageProcessor
+from .modeling_mama import MamaForImageClassification, MamaModel, MamaOutput, MamaPreTrainedModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register("mama", MamaConfig, exist_ok=True)
+AutoModel.register(MamaConfig, MamaModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(MamaConfig, MamaModel, exist_ok=True)
+AutoModelForImageClassification.register(MamaConfig, MamaForImageClassification, exist_ok=True)
+AutoImageProcessor.register(MamaConfig, slow_image_processor_class=MamaImageProcessor, exist_ok=True)
+
+_LAZY = {
+    "MamaTrainer": "trainer_mama",
+    "MamaTrainingArguments": "trainer_mama",
+    "MamaDataCollator": "trainer_mama",
+    "MultiViewDataset": "multiview",
+    "ExamIndex": "multiview",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "MamaConfig",
+    "MamaForImageClassification",
+    "MamaImageProcessor",
+    "MamaModel",
+    "MamaOutput",
+    "MamaPreTrainedModel",
+    *_LAZY,
+]

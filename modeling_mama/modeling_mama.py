@@ -34,6 +34,7 @@ from transformers.models.auto.modeling_auto import (
 from transformers.utils import ModelOutput
 
 from .configuration_mama import MamaConfig
+from .hub import check_release_allowed, write_model_card
 from .losses import contrastive_loss, local_alignment_loss, nt_xent_loss
 
 
@@ -158,6 +159,19 @@ class MamaPreTrainedModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.apply_frozen_parameters()
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the rendered model card as README.md."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(save_directory, self.config)
+        return result
+
+    def push_to_hub(self, repo_id: str, *args, acknowledge_data_license: bool = False, **kwargs):
+        """`PreTrainedModel.push_to_hub`, refused before any upload when the recorded training data
+        forbids releasing weights (EMBED) unless `acknowledge_data_license=True`."""
+        check_release_allowed(self.config.training_datasets, acknowledge_data_license)
+        return super().push_to_hub(repo_id, *args, **kwargs)
 
     def apply_frozen_parameters(self) -> None:
         """Freeze what the config says: the text tower except LoRA, the image tower's final-norm affine."""
