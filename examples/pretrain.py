@@ -1,0 +1,220 @@
+"""Pre-train MaMA on a converted mammography dataset.
+
+    accelerate launch examples/pretrain.py --dataset DATA --output_dir OUT [--preset paper|tiny] [...]
+
+With **no arguments** it runs the offline demo: it generates (or reuses) a synthetic EMBED look-alike
+under `~/.cache/modeling_mama`, converts it with the EMBED converter, trains a byte-level BPE tokenizer
+on its reports, pre-trains the tiny preset on the CPU, saves a complete model folder (model, processor,
+card) in `outputs/pretrain-demo`, and prints zero-shot density and BI-RADS results on the held-out split.
+
+Every `TrainingArguments` option works (`--max_steps`, `--per_device_train_batch_size`, `--bf16`,
+`--gradient_checkpointing`, `--resume_from_checkpoint`, ...), as do the loss knobs of `MamaConfig`
+(`--late_loss_step`, `--local_loss_weight`, `--nt_xent_temperature`, `--gather_with_grad`, ...).
+The paper preset builds MaMA from `facebook/dinov2-with-registers-base` and `stanford-crfm/BioMedLM`
+(needs the Hub) with METHOD.md's recipe; see README for the multi-GPU launch configs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import load_from_disk
+from transformers import AutoTokenizer, HfArgumentParser, set_seed
+
+from modeling_mama import (
+    MamaConfig,
+    MamaDataCollator,
+    MamaImageProcessor,
+    MamaModel,
+    MamaProcessor,
+    MamaTrainer,
+    MamaTrainingArguments,
+    MultiViewDataset,
+)
+from modeling_mama.multiview import report_fields_from_row
+from modeling_mama.reports import build_report
+from modeling_mama.tokenization import add_special_tokens, train_report_tokenizer
+from modeling_mama.zero_shot import evaluate_zero_shot
+
+logger = logging.getLogger("pretrain")
+
+# The embedded default: what `python examples/pretrain.py` runs (tuned to finish in minutes on 2 CPU cores).
+DEMO_ARGUMENTS = [
+    "--preset", "tiny", "--output_dir", "outputs/pretrain-demo", "--image_size", "112",
+    "--synthetic_exams", "120", "--num_train_epochs", "12", "--per_device_train_batch_size", "32",
+    "--learning_rate", "1e-3", "--weight_decay", "0.05", "--warmup_steps", "10",
+    "--lr_scheduler_type", "cosine", "--late_loss_step", "40", "--logging_steps", "10",
+    "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "1", "--seed", "42",
+]
+
+PAPER_TRAINING = dict(  # METHOD.md section 6
+    learning_rate=4e-5, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.999, warmup_steps=4000, max_steps=40_000,
+    lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": 1e-8}, per_device_train_batch_size=36,
+    gradient_accumulation_steps=2, seed=42, decay_all_parameters=True,
+)
+
+
+@dataclass
+class ModelArguments:
+    preset: str = field(default="tiny", metadata={"help": "tiny (CPU demo / tests) or paper (METHOD.md)."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Continue from a saved MaMA folder."})
+    vision_backbone: str = field(default="facebook/dinov2-with-registers-base")
+    text_backbone: str = field(default="stanford-crfm/BioMedLM")
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Default: the text backbone's (paper) or a new BPE (tiny)."})
+    image_size: int | None = field(default=None, metadata={"help": "Model input size (paper 518)."})
+    hidden_size: int = field(default=64, metadata={"help": "Tiny preset width."})
+    late_loss_step: int | None = field(default=None, metadata={"help": "Step where multi-view and local terms start."})
+    clip_loss_weight: float | None = None
+    multiview_loss_weight: float | None = None
+    symmetric_clip_loss_weight: float | None = None
+    local_loss_weight: float | None = None
+    local_loss_symmetric: bool | None = None
+    nt_xent_temperature: float | None = None
+    gather_with_grad: bool | None = None
+    training_datasets: str | None = field(default=None, metadata={"help": "Comma-separated names recorded in the config."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str | None = field(default=None, metadata={"help": "A folder written by data_scripts/*.py; default: synthetic demo."})
+    synthetic_exams: int = field(default=120, metadata={"help": "Exams in the synthetic demo set."})
+    cache_dir: str = field(default=os.path.join(os.path.expanduser("~"), ".cache", "modeling_mama"))
+    multiview_policy: str = field(default="same_exam", metadata={"help": "same_exam | ipsilateral | contralateral"})
+    multiview_probability: float = 0.5
+    mask_prob: float = 0.8
+    max_length: int = 144
+    eval_tasks: str = field(default="density,birads", metadata={"help": "Zero-shot tasks run on the test split at the end."})
+
+
+def synthetic_dataset(data_args: DataArguments, seed: int) -> Path:
+    """Generate and convert the synthetic EMBED look-alike once; later runs reuse it."""
+    from modeling_mama.converters.embed import convert_embed
+    from modeling_mama.synthetic import generate_embed
+
+    name = f"synthetic-embed-{data_args.synthetic_exams}-seed{seed}"
+    raw = Path(data_args.cache_dir) / name
+    converted = Path(data_args.cache_dir) / f"{name}-converted"
+    if not (converted / "dataset_dict.json").exists():
+        generate_embed(raw, num_exams=data_args.synthetic_exams, seed=seed, workers=min(2, os.cpu_count() or 1))
+        convert_embed(raw, converted, image_size=256, workers=min(2, os.cpu_count() or 1), seed=seed)
+    return converted
+
+
+def build_tokenizer(model_args: ModelArguments, train_split, output_dir: str):
+    if model_args.tokenizer_name or model_args.preset == "paper":
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.text_backbone)
+        add_special_tokens(tokenizer)
+        return tokenizer
+    # An offline tokenizer for the tiny preset: byte-level BPE trained on this dataset's reports.
+    rows = train_split.remove_columns("image")
+    sentences = [s for row in rows for s in build_report(report_fields_from_row(row))]
+    return train_report_tokenizer(sentences, vocab_size=1024)
+
+
+def build_config_overrides(model_args: ModelArguments) -> dict:
+    overrides = {}
+    for name in ("clip_loss_weight", "multiview_loss_weight", "symmetric_clip_loss_weight", "local_loss_weight",
+                 "local_loss_symmetric", "nt_xent_temperature", "gather_with_grad"):
+        if getattr(model_args, name) is not None:
+            overrides[name] = getattr(model_args, name)
+    if model_args.late_loss_step is not None:
+        for term in ("multiview", "symmetric_clip", "local"):
+            overrides[f"{term}_loss_start_step"] = model_args.late_loss_step
+    if model_args.training_datasets:
+        overrides["training_datasets"] = [name.strip() for name in model_args.training_datasets.split(",")]
+    return overrides
+
+
+def build_model(model_args: ModelArguments, tokenizer, image_size: int, overrides: dict) -> MamaModel:
+    if model_args.model_name_or_path:
+        return MamaModel.from_pretrained(model_args.model_name_or_path, **overrides)
+    if model_args.preset == "paper":
+        config = MamaConfig.paper(**overrides)
+        return MamaModel.from_backbones(model_args.vision_backbone, model_args.text_backbone,
+                                        tokenizer=tokenizer, config=config)
+    if model_args.preset != "tiny":
+        raise ValueError(f"--preset must be 'tiny' or 'paper', got {model_args.preset!r}.")
+    config = MamaConfig.tiny(vocab_size=len(tokenizer), image_size=image_size, hidden_size=model_args.hidden_size,
+                             sentence_separator_token_id=tokenizer.sep_token_id, **overrides)
+    return MamaModel(config)
+
+
+def print_table(results: dict[str, dict]) -> None:
+    print("\nzero-shot on the held-out test split")
+    print(f"{'task':10s} {'images':>7s} {'bACC':>7s} {'AUC':>7s} {'chance':>7s}")
+    for task, metrics in results.items():
+        chance = 1.0 / metrics["num_classes"]
+        print(f"{task:10s} {metrics['num_images']:7d} {metrics['balanced_accuracy']:7.3f} "
+              f"{metrics.get('auc', float('nan')):7.3f} {chance:7.3f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = list(DEMO_ARGUMENTS)
+    parser = HfArgumentParser((ModelArguments, DataArguments, MamaTrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if model_args.preset == "paper":
+        explicit = {arg.lstrip("-").split("=")[0] for arg in argv if arg.startswith("--")}
+        for name, value in PAPER_TRAINING.items():
+            if name not in explicit:
+                setattr(training_args, name, value)
+        if torch.cuda.is_available() and "bf16" not in explicit:
+            training_args.bf16 = True  # bf16 autocast (mixed precision), fp32 master weights
+    logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    training_args.remove_unused_columns = False
+    set_seed(training_args.seed)
+    started = time.time()
+
+    dataset_path = Path(data_args.dataset) if data_args.dataset else None
+    if dataset_path is None:
+        with training_args.main_process_first(desc="synthetic data"):
+            dataset_path = synthetic_dataset(data_args, training_args.seed)
+    splits = load_from_disk(str(dataset_path))
+    train_split = splits["train"]
+    logger.info("dataset %s: %s", dataset_path, {name: len(split) for name, split in splits.items()})
+
+    image_size = model_args.image_size or (518 if model_args.preset == "paper" else 112)
+    tokenizer = build_tokenizer(model_args, train_split, training_args.output_dir)
+    overrides = build_config_overrides(model_args)
+    model = build_model(model_args, tokenizer, image_size, overrides)
+    processor = MamaProcessor(
+        image_processor=MamaImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tokenizer,
+    )
+    train_dataset = MultiViewDataset(
+        train_split, processor.image_processor, policy=data_args.multiview_policy,
+        probability=data_args.multiview_probability, mask_prob=data_args.mask_prob, seed=training_args.seed,
+    )
+    trainer = MamaTrainer(
+        model=model, args=training_args, train_dataset=train_dataset,
+        data_collator=MamaDataCollator(tokenizer, max_length=data_args.max_length),
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    results: dict = {"train": train_result.metrics}
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)
+        test_split = splits["test"] if "test" in splits else splits[list(splits)[-1]]
+        zero_shot = {}
+        for task in [t.strip() for t in data_args.eval_tasks.split(",") if t.strip()]:
+            if task in test_split.column_names:
+                zero_shot[task] = evaluate_zero_shot(model, processor, test_split, task)
+        results["zero_shot"] = zero_shot
+        results["wall_time_seconds"] = round(time.time() - started, 1)
+        with open(Path(training_args.output_dir) / "results.json", "w") as handle:
+            json.dump(results, handle, indent=2, default=float)
+        print_table(zero_shot)
+        print(f"\nsaved to {training_args.output_dir} in {results['wall_time_seconds']} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Multi-view pairing: which other image of the exam is a training item's second view (METHOD.md 4).
+
+An `ExamIndex` is built once from the dataset's `exam_id` / `laterality` columns; drawing another
+view is then O(1) per sample (the reference scanned lists). `MultiViewDataset` turns a converted
+dataset into training items: an augmented image, its second view, and its report with freshly drawn
+metadata masking. All randomness of an item is derived from (seed, epoch, index), so a run resumed
+from a checkpoint sees exactly the items it would have seen.
+
+>>> index = ExamIndex(["e1", "e1", "e1", "e2"], ["L", "L", "R", "R"])
+>>> index.sample(0, "ipsilateral", np.random.default_rng(0))
+1
+>>> index.sample(3, "same_exam", np.random.default_rng(0)) is None  # a single-image exam
+True
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+POLICIES = ("same_exam", "ipsilateral", "contralateral")
+
+
+class ExamIndex:
+    """Rows grouped by exam and by (exam, breast), with each row's place in its groups."""
+
+    def __init__(self, exam_ids: Sequence[str], lateralities: Sequence[str]):
+        if len(exam_ids) != len(lateralities):
+            raise ValueError(f"exam_ids ({len(exam_ids)}) and lateralities ({len(lateralities)}) differ in length.")
+        self.exam_ids = [str(exam) for exam in exam_ids]
+        self.lateralities = [str(side).upper() if side is not None else "" for side in lateralities]
+        self._by_exam: dict[str, list[int]] = defaultdict(list)
+        self._by_breast: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self._place_in_exam: list[int] = []
+        self._place_in_breast: list[int] = []
+        for row, (exam, side) in enumerate(zip(self.exam_ids, self.lateralities)):
+            self._place_in_exam.append(len(self._by_exam[exam]))
+            self._by_exam[exam].append(row)
+            self._place_in_breast.append(len(self._by_breast[exam, side]))
+            self._by_breast[exam, side].append(row)
+
+    def __len__(self) -> int:
+        return len(self.exam_ids)
+
+    @staticmethod
+    def _other(group: list[int], place: int, rng: np.random.Generator) -> int | None:
+        # Uniform over the group without the row itself, without building a new list.
+        if len(group) < 2:
+            return None
+        pick = int(rng.integers(len(group) - 1))
+        return group[pick + 1] if pick >= place else group[pick]
+
+    def sample(self, row: int, policy: str, rng: np.random.Generator) -> int | None:
+        """Another row to pair with `row` under `policy`, or None when the exam has none."""
+        exam, side = self.exam_ids[row], self.lateralities[row]
+        if policy == "same_exam":
+            return self._other(self._by_exam[exam], self._place_in_exam[row], rng)
+        if policy == "ipsilateral":
+            return self._other(self._by_breast[exam, side], self._place_in_breast[row], rng)
+        if policy == "contralateral":
+            other_side = {"L": "R", "R": "L"}.get(side)
+            group = self._by_breast.get((exam, other_side), []) if other_side else []
+            return group[int(rng.integers(len(group)))] if group else None
+        raise ValueError(f"Unknown multi-view policy {policy!r}; expected one of {POLICIES}.")
+
+
+def sample_extra_view(index: ExamIndex, row: int, *, policy: str = "same_exam", probability: float = 0.5,
+                      rng: np.random.Generator) -> int | None:
+    """The paper's rule: with `probability` another view of the exam (per `policy`), else (or when
+    there is none) None, meaning "a second augmentation of the same image"."""
+    if rng.random() >= probability:
+        return None
+    return index.sample(row, policy, rng)
+
+
+def report_fields_from_row(row: dict[str, Any]):
+    """The `ReportFields` of a converted dataset row (DESIGN.md schema)."""
+    from .reports import ReportFields
+
+    names = ReportFields.__dataclass_fields__.keys()
+    values = {name: row.get(name) for name in names}
+    if "report_birads" in row:
+        values["birads"] = row["report_birads"]
+    if "report_density" in row:
+        values["density"] = row["report_density"]
+    return ReportFields(**values)
+
+
+def image_array(image) -> np.ndarray:
+    """A stored image (PIL, 8- or 16-bit) as float32 in [0, 1]."""
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype.kind in "iu":
+        return array.astype(np.float32) / 65535.0
+    return array.astype(np.float32)
+
+
+class MultiViewDataset(torch.utils.data.Dataset):
+    """Training items from a converted dataset: image, second view, masked report (METHOD.md 3-5).
+
+    Args:
+        dataset: a `datasets.Dataset` in the converters' schema.
+        image_processor: a `MamaImageProcessor`; its training augmentation is applied to both views.
+        policy, probability: the extra-view rule (paper: `same_exam`, 0.5).
+        mask_prob: probability of masking each metadata field of the report (paper: 0.8).
+        augment: apply the training augmentation (off for validation).
+        seed: base of every random draw.
+    """
+
+    def __init__(self, dataset, image_processor, *, policy: str = "same_exam", probability: float = 0.5,
+                 mask_prob: float = 0.8, augment: bool = True, seed: int = 0):
+        if policy not in POLICIES:
+            raise ValueError(f"Unknown multi-view policy {policy!r}; expected one of {POLICIES}.")
+        missing = {"exam_id", "laterality", "image"} - set(dataset.column_names)
+        if missing:
+            raise ValueError(f"The dataset lacks column(s) {sorted(missing)}; convert it with data_scripts/*.py.")
+        self.dataset = dataset
+        self.image_processor = image_processor
+        self.policy, self.probability, self.mask_prob = policy, probability, mask_prob
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        self.index = ExamIndex(list(dataset["exam_id"]), list(dataset["laterality"]))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _pixels(self, row: dict[str, Any]) -> torch.Tensor:
+        processed = self.image_processor.preprocess(
+            image_array(row["image"]), augment=self.augment, return_tensors="pt",
+        )
+        return processed["pixel_values"][0]
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        from .reports import build_report
+
+        rng = np.random.default_rng([self.seed, self.epoch, int(item)])
+        row = self.dataset[int(item)]
+        other = sample_extra_view(self.index, int(item), policy=self.policy, probability=self.probability, rng=rng)
+        extra_row = self.dataset[other] if other is not None else row
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            pixel_values = self._pixels(row)
+            extra_pixel_values = self._pixels(extra_row)
+        report = build_report(report_fields_from_row(row), mask_prob=self.mask_prob, generator=rng)
+        return {
+            "pixel_values": pixel_values,
+            "extra_pixel_values": extra_pixel_values,
+            "report": report,
+            "extra_index": -1 if other is None else int(other),
+        }
+
+
+__all__ = ["POLICIES", "ExamIndex", "MultiViewDataset", "image_array", "report_fields_from_row", "sample_extra_view"]

@@ -1,0 +1,127 @@
+"""Pre-training MaMA with the transformers `Trainer` (METHOD.md sections 2 and 6).
+
+- `MamaDataCollator` stacks the two views and tokenises the reports (one separator per sentence).
+- `MamaTrainer.compute_loss` passes the optimizer step to the model, which switches the late terms
+  on at their configured steps. Nothing is frozen or unfrozen mid-run (the reference's approach broke
+  DDP gradient sync and resume): before its start step a term is simply not computed, so its heads get
+  no gradient (`None`, not zero) and the optimizer, weight decay included, leaves them alone. Under DDP
+  this needs `ddp_find_unused_parameters=True`, which `MamaTrainer` turns on unless told otherwise.
+- Every named loss term and the batch's image<->report retrieval accuracy are logged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import get_parameter_names
+
+from .tokenization import batch_tokenize_reports
+
+NO_DECAY_NAME_PARTS = ("bias", "layernorm", "layer_norm", "rmsnorm", "logit_scale", "local_scale")
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass
+class MamaTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus MaMA's optimizer choice.
+
+    `decay_all_parameters`: apply weight decay to scales, norms and biases too (the paper did; the
+    default leaves them undecayed, the usual practice for CLIP-style models).
+    """
+
+    decay_all_parameters: bool = field(default=False, metadata={"help": "Weight decay on scales/norms/biases too (paper)."})
+
+
+@dataclass
+class MamaDataCollator:
+    """Batches `MultiViewDataset` items: pixel tensors stacked, reports tokenised and padded."""
+
+    tokenizer: Any
+    max_length: int = 144
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {"pixel_values": torch.stack([item["pixel_values"] for item in items])}
+        if all("extra_pixel_values" in item for item in items):
+            batch["extra_pixel_values"] = torch.stack([item["extra_pixel_values"] for item in items])
+        text = batch_tokenize_reports([item["report"] for item in items], self.tokenizer, max_length=self.max_length)
+        for key in ("input_ids", "attention_mask", "sentence_positions", "sentence_mask"):
+            batch[key] = text[key]
+        return batch
+
+
+def retrieval_accuracy(logits_per_image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k image->report and report->image accuracy in a batch whose pairs lie on the diagonal."""
+    k = min(k, logits_per_image.shape[0])
+    targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+    image_to_text = (logits_per_image.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
+    text_to_image = (logits_per_image.t().topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
+    return image_to_text, text_to_image
+
+
+class _EpochCallback(TrainerCallback):
+    """Tells the dataset the epoch, so per-item randomness is reproducible across a resume."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor(state.epoch or 0))
+
+
+class MamaTrainer(Trainer):
+    """A `Trainer` for `MamaModel` pre-training; see the module docstring."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.ddp_find_unused_parameters is None:
+            # Late-starting terms leave their heads unused for a while (see module docstring).
+            self.args.ddp_find_unused_parameters = True
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.add_callback(_EpochCallback(self.train_dataset))
+        self._log_sums: dict[str, torch.Tensor] = {}
+        self._log_count = 0
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        if getattr(self.args, "decay_all_parameters", False):
+            return [name for name, _ in model.named_parameters()]
+        names = get_parameter_names(model, list(NORM_TYPES), list(NO_DECAY_NAME_PARTS))
+        return [name for name in names if not name.endswith(NO_DECAY_NAME_PARTS)]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, return_loss=True, step=self.state.global_step)
+        if model.training:
+            self._record(outputs)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _record(self, outputs) -> None:
+        values = {f"loss_{name}": value.detach() for name, value in outputs.loss_terms.items()}
+        for k in (1, 5):
+            image_to_text, text_to_image = retrieval_accuracy(outputs.logits_per_image.detach(), k)
+            values[f"retrieval_i2t_top{k}"] = image_to_text
+            values[f"retrieval_t2i_top{k}"] = text_to_image
+        values["logit_scale"] = outputs.logits_per_image.new_tensor(0.0) + self._scale()
+        for name, value in values.items():
+            self._log_sums[name] = self._log_sums.get(name, 0.0) + value.float()
+        self._log_count += 1
+
+    def _scale(self) -> float:
+        model = self.accelerator.unwrap_model(self.model)
+        return float(model.clamped_scales()[0].exp())
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._log_count:
+            names = sorted(self._log_sums)
+            means = torch.stack([self._log_sums[name] / self._log_count for name in names])
+            # Every process logs at the same steps, so this collective is matched on all ranks.
+            means = self.accelerator.reduce(means, reduction="mean") if self.accelerator.num_processes > 1 else means
+            logs.update({name: round(float(value), 4) for name, value in zip(names, means)})
+            self._log_sums, self._log_count = {}, 0
+        super().log(logs, *args, **kwargs)
+
+
+__all__ = ["MamaDataCollator", "MamaTrainer", "MamaTrainingArguments", "retrieval_accuracy"]
