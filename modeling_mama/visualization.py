@@ -1,0 +1,182 @@
+"""Plots of evaluation results, saved as PNG files next to the JSON metrics.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot): nothing opens a window, the
+user's pyplot backend and global state are untouched, and plotting works on headless machines and in
+worker threads. Every file is written atomically by `save_figure` (temporary file, then os.replace),
+so a crash never leaves a half-written PNG behind.
+
+>>> import tempfile, os
+>>> path = plot_confusion_matrix([[5, 1], [2, 4]], ["negative", "positive"],
+...                              os.path.join(tempfile.mkdtemp(), "cm.png"))
+>>> path.name, path.read_bytes()[:4]
+('cm.png', b'\\x89PNG')
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn import metrics as sk_metrics
+
+from .metrics import TARGET_SENSITIVITY, _as_labels, _to_numpy, specificity_at_sensitivity
+
+NORMALIZE_CHOICES = (None, "true", "pred", "all")
+
+
+# --------------------------------------------------------------------------------------------- files
+def new_figure(width: float, height: float) -> Figure:
+    """A figure bound to the Agg canvas (off-screen), independent of pyplot."""
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
+    """Write `figure` to `path` as PNG atomically (temporary file in the same folder, then os.replace).
+
+    The parent folder is created if needed. Returns the final path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a unique name opened with "xb" (not mkstemp, whose 0600 mode would make the PNG private)
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(temporary, "xb") as stream:
+            figure.savefig(stream, format="png")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_class_names(class_names: Sequence[str], num_classes: int, what: str) -> list[str]:
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != num_classes:
+        raise ValueError(f"{what} has {num_classes} classes but {len(class_names)} class_names were given "
+                         f"({class_names}).")
+    return class_names
+
+
+# ---------------------------------------------------------------------------------- confusion matrix
+def normalize_confusion_matrix(counts: np.ndarray, normalize: str | None) -> np.ndarray:
+    """Counts -> fractions over true classes ("true", rows), predictions ("pred", columns) or "all".
+
+    Rows (or columns) without any image stay nan rather than dividing by zero.
+
+    >>> normalize_confusion_matrix(np.array([[3, 1], [0, 0]]), "true").tolist()
+    [[0.75, 0.25], [nan, nan]]
+    """
+    if normalize not in NORMALIZE_CHOICES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}.")
+    counts = counts.astype(np.float64)
+    if normalize is None:
+        return counts
+    totals = {"true": counts.sum(axis=1, keepdims=True), "pred": counts.sum(axis=0, keepdims=True),
+              "all": counts.sum(keepdims=True)}[normalize]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, counts / totals, np.nan)
+
+
+def plot_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.PathLike, title: str | None = None,
+                          normalize: str | None = "true") -> Path:
+    """Confusion matrix heat map (rows true class, columns predicted class) saved as PNG; returns the path.
+
+    `cm` holds counts, e.g. `classification_metrics(...)["confusion_matrix"]`. With `normalize`
+    ("true": each row sums to 1, i.e. the diagonal is per-class recall; "pred"; "all") the colours and
+    the first number in each cell are fractions and the count follows in brackets; `None` shows counts.
+    """
+    counts = _to_numpy(cm)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"cm must be a square matrix of counts, got shape {counts.shape}.")
+    class_names = _check_class_names(class_names, counts.shape[0], "cm")
+    values = normalize_confusion_matrix(counts, normalize)
+    num_classes = len(class_names)
+
+    side = 2.5 + 0.6 * num_classes
+    figure = new_figure(side + 1.0, side)
+    axes = figure.add_subplot()
+    finite = values[np.isfinite(values)]
+    upper = 1.0 if normalize else max(float(finite.max()) if finite.size else 0.0, 1.0)
+    image = axes.imshow(np.ma.masked_invalid(values), cmap="Blues", vmin=0.0, vmax=upper)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction" if normalize else "count")
+    for row in range(num_classes):
+        for column in range(num_classes):
+            value, count = values[row, column], int(counts[row, column])
+            if not np.isfinite(value):
+                text = "-"
+            elif normalize:
+                text = f"{value:.2f}\n({count})"
+            else:
+                text = str(count)
+            dark = np.isfinite(value) and value > 0.6 * upper
+            axes.text(column, row, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    axes.set_xticks(range(num_classes), class_names, rotation=45, ha="right")
+    axes.set_yticks(range(num_classes), class_names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title or ("confusion matrix" + (f" (normalised over {normalize})" if normalize else "")))
+    return save_figure(figure, path)
+
+
+# ------------------------------------------------------------------------------------------ ROC curve
+def plot_roc(scores: Any, labels: Any, class_names: Sequence[str], path: str | os.PathLike,
+             title: str | None = None) -> Path:
+    """ROC curve(s) saved as PNG; returns the path.
+
+    `scores` are probabilities: [N, 2] or [N] (positive-class score) for a binary task, one curve of
+    class_names[1] with the operating point at 80% sensitivity marked; [N, C] for a multiclass task,
+    one one-vs-rest curve per class present in `labels` (absent classes are listed, not drawn) and the
+    macro AUC in the title.
+    """
+    labels = _as_labels(labels)
+    scores = _to_numpy(scores).astype(np.float64)
+    if scores.ndim == 1:
+        scores = np.stack([1.0 - scores, scores], axis=1)
+    if scores.ndim != 2 or len(scores) != len(labels):
+        raise ValueError(f"scores must be [N] or [N, num_classes] with N = {len(labels)} labels, got {scores.shape}.")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinite values.")
+    num_classes = scores.shape[1]
+    class_names = _check_class_names(class_names, num_classes, "scores")
+    _as_labels(labels, num_classes)
+
+    figure = new_figure(5.5, 5.0)
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
+    curves = [1] if num_classes == 2 else range(num_classes)
+    aucs, absent = [], []
+    for c in curves:
+        is_class = labels == c
+        if is_class.all() or not is_class.any():
+            absent.append(class_names[c])
+            continue
+        false_positive_rate, true_positive_rate, _ = sk_metrics.roc_curve(is_class, scores[:, c])
+        aucs.append(sk_metrics.roc_auc_score(is_class, scores[:, c]))
+        name = class_names[c] if num_classes == 2 else f"{class_names[c]} vs rest"
+        axes.plot(false_positive_rate, true_positive_rate, linewidth=1.5, label=f"{name} (AUC {aucs[-1]:.3f})")
+    if num_classes == 2 and aucs:
+        specificity, threshold = specificity_at_sensitivity(scores[:, 1], labels, TARGET_SENSITIVITY)
+        sensitivity_reached = float(np.mean(scores[labels == 1, 1] >= threshold))  # the point on the curve
+        axes.plot([1.0 - specificity], [sensitivity_reached], marker="o", color="black", linestyle="none",
+                  label=f"specificity {specificity:.3f} at >= {TARGET_SENSITIVITY:.0%} sensitivity")
+    if absent:
+        reason = "single class in labels" if num_classes == 2 else "absent from labels"
+        axes.plot([], [], linestyle="none", label=f"no curve ({reason}): {', '.join(absent)}")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_aspect("equal")
+    axes.set_xlabel("false positive rate (1 - specificity)")
+    axes.set_ylabel("true positive rate (sensitivity)")
+    axes.legend(loc="lower right", fontsize=7)
+    default_title = "ROC" if num_classes == 2 else (
+        f"one-vs-rest ROC, macro AUC {np.mean(aucs):.3f}" if aucs else "one-vs-rest ROC")
+    axes.set_title(title or default_title)
+    return save_figure(figure, path)
