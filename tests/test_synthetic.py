@@ -1,0 +1,501 @@
+"""Synthetic EMBED / RSNA / VinDr look-alikes: layout, DICOM validity, labels in the pixels, determinism."""
+
+import ast
+import filecmp
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from modeling_mama import synthetic
+from modeling_mama.synthetic import (
+    DicomEncoding,
+    Lesion,
+    generate_embed,
+    generate_rsna,
+    generate_vindr,
+    main,
+    mammogram_dataset,
+    parse_image_size,
+    render_mammogram,
+)
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+
+# Column lists copied from DATASETS.md (independently of the module's constants).
+EMBED_METADATA = ("empi_anon, acc_anon, anon_dicom_path, png_path, png_filename, study_date_anon, "
+                  "StudyDescription, SeriesDescription, FinalImageType, ImageLateralityFinal, ViewPosition, "
+                  "spot_mag, num_roi, ROI_coords, SRC_DST, match_level").split(", ")
+EMBED_CLINICAL = ("empi_anon, acc_anon, study_date_anon, desc, tissueden, asses, numfind, side, total_l_find, "
+                  "total_r_find, massshape, massmargin, massdens, calcfind, calcdistri, bside, procdate_anon, "
+                  "type, path1, path2, path3, path4, path5, path6, path7, path8, path9, path10, path_severity, "
+                  "RACE_DESC, ETHNIC_GROUP_DESC, age_at_study").split(", ")
+RSNA_TRAIN = ("site_id, patient_id, image_id, laterality, view, age, cancer, biopsy, invasive, BIRADS, implant, "
+              "density, machine_id, difficult_negative_case").split(", ")
+VINDR_BREAST = ("study_id, series_id, image_id, laterality, view_position, height, width, breast_birads, "
+                "breast_density, split").split(", ")
+VINDR_FINDING_EXTRA = ["finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax"]
+
+SIZE = (96, 80)
+
+
+def display(ds):
+    """What a viewer shows, in [0, 1] with dense = bright: modality LUT, first window, MONOCHROME1 inverted."""
+    values = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, index=0).astype(np.float64)
+    slope, intercept = float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
+    low, high = intercept, slope * (2**ds.BitsStored - 1) + intercept
+    shown = (values - low) / (high - low)
+    return 1.0 - shown if ds.PhotometricInterpretation == "MONOCHROME1" else shown
+
+
+def lesion_pixels(with_findings: Path, without_findings: Path):
+    """Stored-pixel increase due to the findings (MONOCHROME1 stores dark = dense, hence the sign)."""
+    shown, plain = pydicom.dcmread(with_findings), pydicom.dcmread(without_findings)
+    difference = (shown.pixel_array.astype(np.int64) - plain.pixel_array.astype(np.int64)) / (2**shown.BitsStored - 1)
+    return -difference if shown.PhotometricInterpretation == "MONOCHROME1" else difference
+
+
+def without_drawing_findings(generate, out_dir, **options):
+    """The same dataset with the findings left out of the pixels (tables and everything else equal)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(synthetic, "_draw_lesion", lambda *args, **kwargs: None)
+        return generate(out_dir, **options)
+
+
+def box_mask(shape, boxes, margin=1):
+    mask = np.zeros(shape, bool)
+    for y0, x0, y1, x1 in boxes:
+        rows = slice(max(0, int(y0) - margin), int(np.ceil(y1)) + margin)
+        mask[rows, max(0, int(x0) - margin):int(np.ceil(x1)) + margin] = True
+    return mask
+
+
+@pytest.fixture(scope="module")
+def embed_root(tmp_path_factory):
+    return generate_embed(tmp_path_factory.mktemp("embed"), num_exams=14, image_size=SIZE, seed=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def embed_plain_root(tmp_path_factory):
+    return without_drawing_findings(generate_embed, tmp_path_factory.mktemp("embed_plain"), num_exams=14,
+                                    image_size=SIZE, seed=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def embed_tables(embed_root):
+    tables = embed_root / "tables"
+    return (pd.read_csv(tables / "EMBED_OpenData_metadata.csv"), pd.read_csv(tables / "EMBED_OpenData_clinical.csv"),
+            pd.read_csv(tables / "AWS_Open_Data_Clinical_Legend.csv", dtype=str))
+
+
+def local_path(root, anon_dicom_path):
+    return root / anon_dicom_path.split("/anon_dicom/", 1)[1]
+
+
+# ---------------------------------------------------------------------------------------------- pixels
+
+
+def test_render_is_deterministic_and_depends_on_the_seed():
+    kwargs = dict(height=64, width=52, laterality="L", view="MLO", density=2, findings=[Lesion(kind="mass")])
+    first = render_mammogram(np.random.default_rng(5), **kwargs)
+    again = render_mammogram(np.random.default_rng(5), **kwargs)
+    other = render_mammogram(np.random.default_rng(6), **kwargs)
+    assert first.dtype == np.uint16 and first.shape == (64, 52)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_render_fits_the_stored_bits_and_rejects_bad_arguments():
+    pixels = render_mammogram(np.random.default_rng(0), height=64, width=52, laterality="R", view="CC",
+                              density=4, findings=[Lesion(kind="calcifications")], bits_stored=12)
+    assert pixels.max() < 2**12 and pixels.max() > 2**11  # dense breast + calcifications use the range
+    with pytest.raises(ValueError, match="bits_stored=20"):
+        render_mammogram(np.random.default_rng(0), height=64, width=52, laterality="R", view="CC",
+                         density=1, findings=[], bits_stored=20)
+    with pytest.raises(ValueError, match="Unknown view 'AXIAL'"):
+        render_mammogram(np.random.default_rng(0), height=64, width=52, laterality="R", view="AXIAL",
+                         density=1, findings=[])
+    with pytest.raises(ValueError, match="laterality='B'"):
+        render_mammogram(np.random.default_rng(0), height=64, width=52, laterality="B", view="CC",
+                         density=1, findings=[])
+    with pytest.raises(ValueError, match="density=0"):
+        render_mammogram(np.random.default_rng(0), height=64, width=52, laterality="L", view="CC",
+                         density=0, findings=[])
+    with pytest.raises(ValueError, match="Lesion.kind='tumour'"):
+        Lesion(kind="tumour")
+
+
+def test_dense_fraction_and_brightness_follow_density():
+    fractions, brightness = {}, {}
+    for density in (1, 2, 3, 4):
+        per_image_fraction, per_image_mean = [], []
+        for seed in range(6):
+            signal = render_mammogram(np.random.default_rng(1000 + seed), height=128, width=104, laterality="L",
+                                      view="CC", density=density, findings=[], bits_stored=12) / 4095.0
+            breast = signal > 0.12
+            per_image_fraction.append(np.mean(signal[breast] > 0.42))
+            per_image_mean.append(signal[breast].mean())
+        fractions[density], brightness[density] = np.mean(per_image_fraction), np.mean(per_image_mean)
+    assert fractions[1] < fractions[2] < fractions[3] < fractions[4]
+    assert brightness[1] < brightness[2] < brightness[3] < brightness[4]
+    for density, target in {1: 0.10, 2: 0.30, 3: 0.55, 4: 0.80}.items():
+        assert abs(fractions[density] - target) < 0.08, (density, fractions[density])
+
+
+def test_chest_wall_side_and_pectoral_muscle():
+    for laterality in ("L", "R"):
+        pixels = render_mammogram(np.random.default_rng(3), height=96, width=80, laterality=laterality, view="MLO",
+                                  density=1, findings=[]).astype(float)
+        chest_wall = slice(0, 12) if laterality == "L" else slice(68, 80)
+        far_side = slice(68, 80) if laterality == "L" else slice(0, 12)
+        assert pixels[:, chest_wall].mean() > 2 * pixels[:, far_side].mean()
+        # The muscle triangle in the upper chest-wall corner is brighter than the fatty breast.
+        breast = pixels[pixels > 0.12 * 65535]
+        assert pixels[:8, chest_wall].mean() > np.median(breast) * 1.3
+
+
+@pytest.mark.parametrize("lesion", [
+    Lesion(kind="mass", shape="irregular", margin="spiculated", density="high", size=0.07),
+    Lesion(kind="calcifications", morphology="pleomorphic", distribution="clustered", size=0.03),
+    Lesion(kind="mass", shape="round", density="low", size=0.03, position=(0.5, 0.3)),
+])
+def test_a_finding_changes_only_its_own_box(lesion):
+    kwargs = dict(height=128, width=104, laterality="R", view="CC", density=3, bits_stored=12)
+    plain = render_mammogram(np.random.default_rng(9), findings=[], **kwargs).astype(float)
+    with_finding, boxes = render_mammogram(np.random.default_rng(9), findings=[lesion], return_boxes=True, **kwargs)
+    difference = with_finding.astype(float) - plain
+    (y0, x0, y1, x1), = boxes
+    inside = np.zeros(difference.shape, bool)
+    inside[max(0, int(y0) - 3):int(y1) + 4, max(0, int(x0) - 3):int(x1) + 4] = True
+    brighter = np.clip(difference, 0, None)
+    assert brighter[inside].sum() > 0.8 * brighter.sum()  # spicule tips may leave the box
+    assert brighter[inside].max() > 0.1 * 4095
+    assert np.abs(difference[~inside]).max() < 0.06 * 4095 or lesion.margin == "spiculated"
+
+
+def test_dicom_encodings_show_the_same_picture():
+    pixels = render_mammogram(np.random.default_rng(4), height=64, width=52, laterality="R", view="CC",
+                              density=2, findings=[Lesion(kind="mass")], bits_stored=14)
+    reference = None
+    for encoding in [
+        DicomEncoding(bits_stored=14),
+        DicomEncoding(bits_stored=14, photometric="MONOCHROME1", rescale=(1.0, -512.0)),
+        DicomEncoding(bits_stored=14, photometric="MONOCHROME1", rescale=(0.5, 0.0), transfer_syntax=JPEG2000_LOSSLESS),
+        DicomEncoding(bits_stored=14, rescale=(0.5, 0.0), transfer_syntax=RLE_LOSSLESS, second_window=True),
+    ]:
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, mammogram_dataset(pixels, encoding, laterality="R", view_position="CC"),
+                         enforce_file_format=True)
+        ds = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+        assert ds.file_meta.TransferSyntaxUID == encoding.transfer_syntax
+        stored = ds.pixel_array.astype(int)
+        expected = 2**14 - 1 - pixels.astype(int) if encoding.photometric == "MONOCHROME1" else pixels.astype(int)
+        assert np.array_equal(stored, expected)  # lossless
+        shown = display(ds)
+        reference = shown if reference is None else reference
+        assert np.abs(shown - reference).max() < 0.01
+    # The window spans the breast: the breast is neither crushed to black nor burnt to white.
+    breast = reference[pixels > 0.12 * (2**14 - 1)]
+    assert 0.2 < np.median(breast) < 0.8 and np.mean(breast >= 0.999) < 0.05
+
+
+def test_dicom_dataset_rejects_values_that_do_not_fit():
+    with pytest.raises(ValueError, match="do not fit in 12 stored bits"):
+        mammogram_dataset(np.full((20, 20), 5000, np.uint16), DicomEncoding(bits_stored=12),
+                          laterality="L", view_position="CC")
+    with pytest.raises(ValueError, match="1.2.840.10008.1.2.4.50 is not written here"):
+        mammogram_dataset(np.zeros((20, 20), np.uint16), DicomEncoding(transfer_syntax="1.2.840.10008.1.2.4.50"),
+                          laterality="L", view_position="CC")
+
+
+# ---------------------------------------------------------------------------------------------- EMBED
+
+
+def test_embed_tables_have_the_published_columns(embed_tables):
+    metadata, clinical, legend = embed_tables
+    assert list(metadata.columns[:len(EMBED_METADATA)]) == EMBED_METADATA
+    assert list(clinical.columns) == EMBED_CLINICAL
+    assert {"Header in export", "Code", "Meaning"} <= set(legend.columns)
+    for header in ("massshape", "massmargin", "massdens", "calcfind", "calcdistri"):
+        codes = set(legend.loc[legend["Header in export"] == header, "Code"])
+        used = set(clinical[header].dropna().astype(str))
+        assert used <= codes, header
+
+
+def test_embed_layout_and_absolute_paths(embed_root, embed_tables):
+    metadata, _, _ = embed_tables
+    provider_path = r"^/mnt/NAS2/mammo/anon_dicom/cohort_[12]/\d{8}/[\d.]+/[\d.]+\.dcm$"
+    assert metadata.anon_dicom_path.str.match(provider_path).all()
+    with_files = metadata[metadata.FinalImageType.isin(["2D", "C-view"])]
+    assert all(local_path(embed_root, p).is_file() for p in with_files.anon_dicom_path)
+    # Screen saves are listed but not released, as in the public data.
+    screensaves = metadata[metadata.FinalImageType == "ROI_SSC"]
+    assert len(screensaves) >= 1 and not any(local_path(embed_root, p).exists() for p in screensaves.anon_dicom_path)
+    assert {"2D", "C-view", "ROI_SSC"} == set(metadata.FinalImageType)
+    assert {"cohort_1", "cohort_2"} == {p.name for p in embed_root.iterdir() if p.name.startswith("cohort")}
+    on_disk = {str(p.relative_to(embed_root)) for p in embed_root.rglob("*.dcm")}
+    listed = {p.split("/anon_dicom/", 1)[1] for p in with_files.anon_dicom_path}
+    assert on_disk == listed
+    assert not list(embed_root.rglob("*.partial"))
+    # Patient and study folders match the table's ids.
+    for path, empi in zip(with_files.anon_dicom_path, with_files.empi_anon):
+        assert path.split("/")[-3] == str(empi)
+
+
+def test_embed_dicom_files_are_readable_mammograms(embed_root, embed_tables):
+    metadata, _, _ = embed_tables
+    syntaxes, photometrics, functions, laterality_tags, rescaled = set(), set(), set(), [], 0
+    for row in metadata[metadata.FinalImageType != "ROI_SSC"].itertuples():
+        ds = pydicom.dcmread(local_path(embed_root, row.anon_dicom_path))
+        pixels = ds.pixel_array
+        assert pixels.shape == SIZE and ds.Rows == SIZE[0]
+        assert int(pixels.max()) < 2**ds.BitsStored and 12 <= ds.BitsStored <= 16
+        assert ds.SOPClassUID == MG_FOR_PRESENTATION and ds.file_meta.MediaStorageSOPClassUID == MG_FOR_PRESENTATION
+        assert ds.Modality == "MG" and ds.ViewPosition == row.ViewPosition
+        assert ds.PatientID == str(row.empi_anon) and ds.AccessionNumber == str(row.acc_anon)
+        assert ds.SOPInstanceUID == Path(row.anon_dicom_path).stem
+        assert len(ds.PatientOrientation) == 2
+        tag = ds.get("ImageLaterality", ds.get("Laterality"))
+        laterality_tags.append(tag)
+        if tag is not None:
+            assert tag == row.ImageLateralityFinal
+        syntaxes.add(ds.file_meta.TransferSyntaxUID)
+        photometrics.add(ds.PhotometricInterpretation)
+        functions.add(ds.get("VOILUTFunction", "absent"))
+        rescaled += "RescaleSlope" in ds
+    assert syntaxes == {EXPLICIT_LE, JPEG2000_LOSSLESS, RLE_LOSSLESS}
+    assert photometrics == {"MONOCHROME1", "MONOCHROME2"}
+    assert "SIGMOID" in functions and rescaled > 0
+    assert None in laterality_tags  # a few files have no laterality tag at all
+
+
+def test_embed_pixels_put_the_chest_wall_where_the_laterality_says(embed_root, embed_tables):
+    metadata, _, _ = embed_tables
+    whole_views = metadata[metadata.FinalImageType.isin(["2D", "C-view"]) & (metadata.spot_mag == 0)]
+    for row in whole_views.itertuples():
+        shown = display(pydicom.dcmread(local_path(embed_root, row.anon_dicom_path)))
+        left, right = shown[:, :12].mean(), shown[:, -12:].mean()
+        assert (left > right) == (row.ImageLateralityFinal == "L"), row.anon_dicom_path
+
+
+def test_embed_findings_follow_birads(embed_root, embed_plain_root, embed_tables):
+    metadata, clinical, _ = embed_tables
+    assert filecmp.cmp(embed_root / "tables/EMBED_OpenData_metadata.csv",
+                       embed_plain_root / "tables/EMBED_OpenData_metadata.csv", shallow=False)
+    negative, positive, marked = 0, 0, 0
+    for row in metadata[metadata.FinalImageType.isin(["2D", "C-view"])].itertuples():
+        rows = clinical[clinical.acc_anon == row.acc_anon]
+        same_side = set(rows.asses[(rows.side == row.ImageLateralityFinal) | (rows.side == "B")])
+        relative = row.anon_dicom_path.split("/anon_dicom/", 1)[1]
+        lesion = lesion_pixels(embed_root / relative, embed_plain_root / relative)
+        assert lesion.min() > -0.02  # findings add density (the noise level differs a little)
+        if same_side <= {"N"}:
+            assert not lesion.any() and row.num_roi == 0 and row.ROI_coords == "()"
+            negative += 1
+            continue
+        assert lesion.max() > 0.05, relative
+        positive += 1
+        if row.num_roi:
+            assert same_side & {"A", "P", "S", "M", "K"}
+            assert row.match_level == repr((1 if row.FinalImageType == "2D" else 2,) * row.num_roi)
+            for box in ast.literal_eval(row.ROI_coords):
+                inside = box_mask(lesion.shape, [box])
+                assert lesion[inside].max() > 0.5 * lesion.max(), (relative, box)
+            marked += 1
+    assert negative >= 4 and positive >= 4 and marked >= 2
+
+
+def test_embed_clinical_rows_are_plausible(embed_tables):
+    metadata, clinical, _ = embed_tables
+    assert set(clinical.asses) <= set("ANBPSMK") and {"N", "A", "S"} <= set(clinical.asses)
+    assert set(clinical.side.dropna()) <= {"L", "R", "B"} and clinical.side.isna().any()
+    assert set(clinical.tissueden.dropna()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    for acc, rows in clinical.groupby("acc_anon"):
+        assert list(rows.numfind) == list(range(1, len(rows) + 1))
+        assert rows.total_l_find.iloc[0] == ((rows.side.isin(["L", "B"])) & (rows.asses != "N")).sum()
+        assert (rows.path_severity.notna() == rows.path1.notna()).all()
+    # A BI-RADS 0 row with another row in the same exam, and a later work-up of that breast.
+    recalls = clinical[clinical.asses == "A"]
+    assert any((clinical.acc_anon == acc).sum() > 1 for acc in recalls.acc_anon)
+    dates = pd.to_datetime(clinical.study_date_anon)
+    followed_up = [
+        ((clinical.empi_anon == r.empi_anon) & (dates > pd.Timestamp(r.study_date_anon))
+         & (clinical.side == r.side) & clinical.desc.str.contains("Diagnostic")).any()
+        for r in recalls.itertuples()
+    ]
+    assert any(followed_up)
+    # Density is a property of the patient: every exam of a patient reports the same value.
+    assert (clinical.dropna(subset=["tissueden"]).groupby("empi_anon").tissueden.nunique() == 1).all()
+    assert set(metadata.acc_anon) == set(clinical.acc_anon)
+
+
+def test_embed_dense_fraction_in_files_follows_tissueden(embed_root, embed_tables):
+    metadata, clinical, _ = embed_tables
+    density_of_exam = clinical.dropna(subset=["tissueden"]).groupby("acc_anon").tissueden.first()
+    fractions = {}
+    views = metadata[(metadata.FinalImageType == "2D") & (metadata.ViewPosition == "CC") & (metadata.spot_mag == 0)]
+    for row in views.itertuples():
+        if row.acc_anon not in density_of_exam:
+            continue
+        shown = display(pydicom.dcmread(local_path(embed_root, row.anon_dicom_path)))
+        breast = shown[shown > 0.1]
+        fractions.setdefault(density_of_exam[row.acc_anon], []).append(np.mean(breast > 0.5))
+    means = [np.mean(fractions[d]) for d in sorted(fractions)]
+    assert len(means) >= 2 and all(a < b for a, b in zip(means, means[1:])), fractions
+
+
+def test_generation_is_deterministic_whatever_the_worker_count(tmp_path):
+    options = dict(num_exams=5, image_size=(64, 52), seed=11, progress=False)
+    one = generate_embed(tmp_path / "one", workers=1, **options)
+    two = generate_embed(tmp_path / "two", workers=2, **options)
+    other = generate_embed(tmp_path / "other", workers=1, **{**options, "seed": 12})
+    files = sorted(str(p.relative_to(one)) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(two)) for p in two.rglob("*") if p.is_file())
+    assert any(f.endswith(".dcm") for f in files)
+    _, mismatch, errors = filecmp.cmpfiles(one, two, files, shallow=False)
+    assert mismatch == [] and errors == []
+    for name in files[:3]:
+        if name.endswith(".dcm"):
+            assert np.array_equal(pydicom.dcmread(one / name).pixel_array, pydicom.dcmread(two / name).pixel_array)
+    table = "tables/EMBED_OpenData_metadata.csv"
+    assert (one / table).read_bytes() != (other / table).read_bytes()
+
+
+def test_an_interrupted_run_leaves_no_partial_file_and_resumes(tmp_path, monkeypatch):
+    options = dict(num_exams=3, image_size=(64, 52), seed=5, progress=False)
+    reference = generate_embed(tmp_path / "reference", **options)
+
+    real_write, calls = pydicom.dcmwrite, []
+
+    def dies_on_the_third_file(filename, dataset, **kwargs):
+        calls.append(filename)
+        if len(calls) == 3:
+            Path(filename).write_bytes(b"half a DICOM file")
+            raise KeyboardInterrupt("killed")
+        return real_write(filename, dataset, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmwrite", dies_on_the_third_file)
+    target = tmp_path / "target"
+    with pytest.raises(KeyboardInterrupt):
+        generate_embed(target, **options)
+    assert len(list(target.rglob("*.dcm"))) == 2  # the killed file never appears under its real name
+    assert len(list(target.rglob(".*.partial"))) == 1
+    assert not (target / "tables").exists()
+    monkeypatch.setattr(pydicom, "dcmwrite", real_write)
+
+    first_done = sorted(target.rglob("*.dcm"))[0]
+    first_mtime = first_done.stat().st_mtime_ns
+    generate_embed(target, **options)
+    assert first_done.stat().st_mtime_ns == first_mtime  # complete files are not rewritten
+    assert not list(target.rglob("*.partial"))
+    files = sorted(str(p.relative_to(reference)) for p in reference.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    _, mismatch, errors = filecmp.cmpfiles(reference, target, files, shallow=False)
+    assert mismatch == [] and errors == []
+
+
+def test_a_folder_of_other_settings_is_refused(tmp_path):
+    generate_vindr(tmp_path, num_studies=1, image_size=(48, 40), seed=0, progress=False)
+    with pytest.raises(ValueError, match=r"\.synthetic\.json says this folder holds"):
+        generate_vindr(tmp_path, num_studies=1, image_size=(48, 40), seed=1, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- RSNA
+
+
+def test_rsna_look_alike(tmp_path):
+    options = dict(num_patients=6, image_size=(64, 52), seed=2, progress=False)
+    root = generate_rsna(tmp_path / "rsna", **options)
+    plain = without_drawing_findings(generate_rsna, tmp_path / "plain", **options)
+    train = pd.read_csv(root / "train.csv")
+    raw = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    assert list(train.columns) == RSNA_TRAIN
+    assert raw.age.map(lambda a: a == "" or re.fullmatch(r"\d+\.0", a) is not None).all()
+    assert (raw.BIRADS == "").any() and set(raw.BIRADS) - {""} <= {"0.0", "1.0", "2.0"}
+    assert (raw.density == "").any() and set(raw.density) - {""} <= set("ABCD")
+    breast_labels = train.groupby(["patient_id", "laterality"])[["cancer", "biopsy", "invasive", "BIRADS"]]
+    assert (breast_labels.nunique(dropna=False) == 1).all().all()  # labels belong to the breast, not the view
+    assert train.cancer.sum() > 0 and (train.cancer == 0).any() and (train.invasive <= train.cancer).all()
+    assert (train.difficult_negative_case == ((train.biopsy == 1) & (train.cancer == 0))).all()
+    syntaxes = []
+    for row in train.itertuples():
+        relative = Path("train_images") / str(row.patient_id) / f"{row.image_id}.dcm"
+        ds = pydicom.dcmread(root / relative)
+        assert ds.PatientID == str(row.patient_id) and ds.pixel_array.shape == (64, 52)
+        assert ds.get("ImageLaterality", ds.get("Laterality", row.laterality)) == row.laterality
+        syntaxes.append(ds.file_meta.TransferSyntaxUID)
+        lesion = lesion_pixels(root / relative, plain / relative)
+        if row.cancer:
+            assert lesion.max() > 0.05  # every view of a cancer breast shows it
+        elif row.BIRADS == 1.0:
+            assert not lesion.any()
+    assert syntaxes.count(JPEG2000_LOSSLESS) > len(syntaxes) / 2 and EXPLICIT_LE in syntaxes
+    test = pd.read_csv(root / "test.csv")
+    assert "cancer" not in test.columns and len(test) > 0
+    assert all((root / "test_images" / str(r.patient_id) / f"{r.image_id}.dcm").is_file() for r in test.itertuples())
+
+
+# ---------------------------------------------------------------------------------------------- VinDr
+
+
+def test_vindr_look_alike(tmp_path):
+    options = dict(num_studies=5, image_size=(96, 80), seed=4, progress=False)
+    root = generate_vindr(tmp_path / "vindr", **options)
+    plain = without_drawing_findings(generate_vindr, tmp_path / "plain", **options)
+    breasts = pd.read_csv(root / "breast-level_annotations.csv")
+    findings = pd.read_csv(root / "finding_annotations.csv")
+    assert list(breasts.columns) == VINDR_BREAST
+    assert set(findings.columns) == set(VINDR_BREAST + VINDR_FINDING_EXTRA)
+    for ids in (breasts.study_id, breasts.series_id, breasts.image_id):
+        assert ids.str.fullmatch(r"[0-9a-f]{32}").all()
+    assert set(breasts.breast_birads) <= {f"BI-RADS {n}" for n in range(1, 6)}
+    assert set(breasts.breast_density) <= {f"DENSITY {c}" for c in "ABCD"}
+    assert set(breasts.split) <= {"training", "test"}
+    assert (breasts.groupby("study_id").size() == 4).all()
+    assert (breasts.groupby(["study_id", "laterality"]).breast_birads.nunique() == 1).all()
+    boxed = 0
+    for row in findings.itertuples():
+        relative = Path("images") / row.study_id / f"{row.image_id}.dicom"
+        ds = pydicom.dcmread(root / relative)
+        assert (ds.Rows, ds.Columns) == (row.height, row.width)
+        lesion = lesion_pixels(root / relative, plain / relative)
+        categories = ast.literal_eval(row.finding_categories)
+        if categories == ["No Finding"]:
+            assert np.isnan(row.xmin) and pd.isna(row.finding_birads)
+            assert lesion.any() == (row.breast_birads != "BI-RADS 1")  # benign BI-RADS 2 findings are not boxed
+            continue
+        assert 0 <= row.xmin < row.xmax <= row.width and 0 <= row.ymin < row.ymax <= row.height
+        inside = box_mask(lesion.shape, [(row.ymin, row.xmin, row.ymax, row.xmax)])
+        assert lesion[inside].max() == lesion.max() > 0 and row.finding_birads == row.breast_birads
+        boxed += 1
+    assert boxed >= 2
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_image_size_parsing():
+    assert parse_image_size("256x208") == (256, 208)
+    assert parse_image_size(" FULL ") == (3328, 2560)
+    with pytest.raises(ValueError, match="must look like '256x208'"):
+        parse_image_size("256 by 208")
+    with pytest.raises(ValueError, match="too small"):
+        parse_image_size((8, 8))
+
+
+def test_command_line(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "v"), "--format", "vindr", "--num-exams", "1",
+                 "--image-size", "48x40", "--seed", "1", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "v")
+    assert len(list((tmp_path / "v" / "images").glob("*/*.dicom"))) == 4
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "w"), "--image-size", "tiny"])
+    assert "must look like" in capsys.readouterr().err
