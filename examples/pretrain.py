@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> dict:
             training_args.bf16 = True  # bf16 autocast (mixed precision), fp32 master weights
     logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    training_args.remove_unused_columns = False
     set_seed(training_args.seed)
     started = time.time()
 

@@ -78,16 +78,10 @@ def sample_extra_view(index: ExamIndex, row: int, *, policy: str = "same_exam", 
 
 
 def report_fields_from_row(row: dict[str, Any]):
-    """The `ReportFields` of a converted dataset row (DESIGN.md schema)."""
-    from .reports import ReportFields
+    """The `ReportFields` of a converted dataset row (DESIGN.md schema; `reports.DATASET_COLUMNS`)."""
+    from .reports import DATASET_COLUMNS, ReportFields
 
-    names = ReportFields.__dataclass_fields__.keys()
-    values = {name: row.get(name) for name in names}
-    if "report_birads" in row:
-        values["birads"] = row["report_birads"]
-    if "report_density" in row:
-        values["density"] = row["report_density"]
-    return ReportFields(**values)
+    return ReportFields.from_mapping(row, DATASET_COLUMNS)
 
 
 def image_array(image) -> np.ndarray:
@@ -131,9 +125,9 @@ class MultiViewDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _pixels(self, row: dict[str, Any]) -> torch.Tensor:
+    def _pixels(self, row: dict[str, Any], seed: int) -> torch.Tensor:
         processed = self.image_processor.preprocess(
-            image_array(row["image"]), augment=self.augment, return_tensors="pt",
+            image_array(row["image"]), augment=self.augment, seed=seed, return_tensors="pt",
         )
         return processed["pixel_values"][0]
 
@@ -144,10 +138,8 @@ class MultiViewDataset(torch.utils.data.Dataset):
         row = self.dataset[int(item)]
         other = sample_extra_view(self.index, int(item), policy=self.policy, probability=self.probability, rng=rng)
         extra_row = self.dataset[other] if other is not None else row
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2**62)))
-            pixel_values = self._pixels(row)
-            extra_pixel_values = self._pixels(extra_row)
+        pixel_values = self._pixels(row, seed=int(rng.integers(2**62)))
+        extra_pixel_values = self._pixels(extra_row, seed=int(rng.integers(2**62)))
         report = build_report(report_fields_from_row(row), mask_prob=self.mask_prob, generator=rng)
         return {
             "pixel_values": pixel_values,

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,10 @@ class MamaTrainer(Trainer):
     """A `Trainer` for `MamaModel` pre-training; see the module docstring."""
 
     def __init__(self, *args, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if training_args is not None:
+            # Items are the collator's input (two views + report sentences), not forward() kwargs.
+            training_args.remove_unused_columns = False
         super().__init__(*args, **kwargs)
         if self.args.ddp_find_unused_parameters is None:
             # Late-starting terms leave their heads unused for a while (see module docstring).
@@ -85,6 +90,19 @@ class MamaTrainer(Trainer):
             self.add_callback(_EpochCallback(self.train_dataset))
         self._log_sums: dict[str, torch.Tensor] = {}
         self._log_count = 0
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        # transformers 5.23's Trainer loads checkpoint files with a raw `load_state_dict(strict=False)`, but
+        # `save_pretrained` writes some towers (DINOv2) under their legacy key names: the image tower's
+        # attention weights would silently stay as they are. Load through `from_pretrained`, which applies
+        # the key conversions, and copy strictly.
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        has_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, name))
+                          for name in ("model.safetensors", "model.safetensors.index.json"))
+        if self.is_fsdp_enabled or not has_weights or not hasattr(target, "config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        reloaded = type(target).from_pretrained(resume_from_checkpoint, config=target.config)
+        target.load_state_dict(reloaded.state_dict(), strict=True)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         if getattr(self.args, "decay_all_parameters", False):
@@ -111,7 +129,7 @@ class MamaTrainer(Trainer):
 
     def _scale(self) -> float:
         model = self.accelerator.unwrap_model(self.model)
-        return float(model.clamped_scales()[0].exp())
+        return float(model.clamped_scales()[0].detach().exp())
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._log_count:

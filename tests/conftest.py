@@ -14,3 +14,67 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ------------------------------------------------------------------------------- tiny training data
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+TINY_IMAGE = (64, 52)
+
+
+def _schema_rows(num_exams: int, seed: int = 0):
+    """Rows in the converters' schema (DESIGN.md), with synthetic pixels whose density follows the label."""
+    from modeling_mama.synthetic import render_mammogram
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for exam in range(num_exams):
+        density = 1 + exam % 4
+        birads = [1, 2, 4][exam % 3]
+        for laterality in ("L", "R"):
+            for view in ("CC", "MLO"):
+                pixels = render_mammogram(rng, height=TINY_IMAGE[0], width=TINY_IMAGE[1], laterality=laterality,
+                                          view=view, density=density, findings=[])
+                if laterality == "R":
+                    pixels = pixels[:, ::-1]  # stored chest-wall-left, as the converters write it
+                rows.append({
+                    "patient_id": f"p{exam}", "exam_id": f"e{exam}", "image_id": f"e{exam}-{laterality}{view}",
+                    "laterality": laterality, "view": view, "source_path": "",
+                    "image": Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint16)),
+                    "procedure": "MG Screening Bilateral", "reason": "screening", "race": "White",
+                    "ethnicity": "Non-Hispanic or Latino", "age": 50 + exam, "image_type": "2D",
+                    "density": density, "report_density": density, "birads": birads, "report_birads": birads,
+                    "mass_shape": None, "mass_density": None, "calc_find": None, "calc_distribution": None,
+                    "cancer": int(birads >= 4),
+                })
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    """24 images (6 exams x 4 views) in the converted-dataset schema."""
+    import datasets
+
+    rows = _schema_rows(6)
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
+    features = datasets.Features({
+        key: (datasets.Image() if key == "image" else
+              datasets.Value("int64") if key in ("age", "density", "report_density", "birads", "report_birads", "cancer")
+              else datasets.Value("string"))
+        for key in columns
+    })
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+@pytest.fixture(scope="session")
+def report_tokenizer():
+    """An offline byte-level BPE tokenizer trained on generated reports, with MaMA's special tokens."""
+    from modeling_mama.multiview import report_fields_from_row
+    from modeling_mama.reports import build_report, zero_shot_prompts
+    from modeling_mama.tokenization import train_report_tokenizer
+
+    sentences = [s for row in _schema_rows(4, seed=1) for s in build_report(report_fields_from_row(row))]
+    for task in ("birads", "density", "cancer"):
+        sentences += [s for prompt in zero_shot_prompts(task) for s in prompt]
+    return train_report_tokenizer(sentences, vocab_size=1000)

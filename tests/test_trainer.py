@@ -1,0 +1,173 @@
+"""MamaTrainer: collation, loss gating across steps and resume, optimizer groups, schedule, 2-process DDP."""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaTrainer
+from modeling_mama import MamaTrainingArguments, MultiViewDataset
+from modeling_mama.trainer_mama import retrieval_accuracy
+
+IMAGE = 56
+
+
+def make_trainer(tiny_dataset, tokenizer, out_dir, *, late_loss_step=3, max_steps=6, save_steps=None, **extra):
+    torch.manual_seed(0)
+    config = MamaConfig.tiny(vocab_size=len(tokenizer), sentence_separator_token_id=tokenizer.sep_token_id,
+                             late_loss_step=late_loss_step)
+    model = MamaModel(config)
+    train = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=0)
+    args = MamaTrainingArguments(
+        output_dir=str(out_dir), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=2e-3,
+        weight_decay=0.1, logging_steps=1, report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, disable_tqdm=True, **extra,
+    )
+    return MamaTrainer(model=model, args=args, train_dataset=train, data_collator=MamaDataCollator(tokenizer))
+
+
+def train_logs(trainer):
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_collator_batches_views_and_reports(tiny_dataset, report_tokenizer):
+    dataset = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=0)
+    batch = MamaDataCollator(report_tokenizer)([dataset[i] for i in range(4)])
+    assert batch["pixel_values"].shape == batch["extra_pixel_values"].shape == (4, 3, IMAGE, IMAGE)
+    ids, positions, mask = batch["input_ids"], batch["sentence_positions"], batch["sentence_mask"]
+    assert ids.shape == batch["attention_mask"].shape and positions.shape == mask.shape
+    # Every real sentence position holds the separator token; a report has 8+ sentences.
+    assert (ids.gather(1, positions)[mask] == report_tokenizer.sep_token_id).all()
+    assert (mask.sum(dim=1) >= 8).all()
+
+
+def test_items_are_reproducible_per_epoch(tiny_dataset):
+    dataset = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=3)
+    first, again = dataset[5], dataset[5]
+    assert torch.equal(first["pixel_values"], again["pixel_values"]) and first["report"] == again["report"]
+    dataset.set_epoch(1)
+    other = [dataset[5] for _ in range(1)][0]
+    assert not torch.equal(first["pixel_values"], other["pixel_values"])
+    # Masking is drawn per item: over the dataset, about 80% of the six metadata fields are "unknown".
+    masked = sum(sentence.count("unknown") for i in range(len(dataset)) for sentence in dataset[i]["report"])
+    assert 0.5 < masked / (6 * len(dataset)) < 1.0
+
+
+def test_retrieval_accuracy():
+    logits = torch.tensor([[5.0, 1.0, 0.0], [0.0, 2.0, 5.0], [0.0, 0.0, 4.0]])
+    top1_i2t, top1_t2i = retrieval_accuracy(logits, 1)
+    assert top1_i2t.item() == pytest.approx(2 / 3)  # image 1's best report is 2
+    assert top1_t2i.item() == pytest.approx(2 / 3)  # report 2's best image is 1
+    assert retrieval_accuracy(logits, 5)[0].item() == 1.0
+
+
+def test_terms_switch_on_at_their_step_and_are_logged(tiny_dataset, report_tokenizer, tmp_path):
+    trainer = make_trainer(tiny_dataset, report_tokenizer, tmp_path, late_loss_step=3, max_steps=5)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = train_logs(trainer)
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4, 5]
+    for entry in logs:
+        late = entry["step"] > 3  # the optimizer step counter is 3 during the 4th step
+        assert ("loss_local" in entry) == late and ("loss_multiview" in entry) == late
+        assert "loss_clip" in entry and "retrieval_i2t_top1" in entry and math.isfinite(entry["loss"])
+    # The local head moved only after its switch-on, and weight decay alone did not move it before.
+    assert not torch.equal(before["patch_projection.fc1.weight"], trainer.model.patch_projection.fc1.weight)
+
+
+def test_late_heads_untouched_before_start_step(tiny_dataset, report_tokenizer, tmp_path):
+    trainer = make_trainer(tiny_dataset, report_tokenizer, tmp_path, late_loss_step=100, max_steps=3)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    for name in ("patch_projection.fc1.weight", "sentence_projection.fc2.weight", "multiview_head.0.weight",
+                 "local_scale"):
+        assert torch.equal(before[name], after[name]), name  # no gradient and no weight decay
+    assert not torch.equal(before["visual_projection.weight"], after["visual_projection.weight"])
+    lora = [n for n in before if "lora_B" in n]
+    assert lora and any(not torch.equal(before[n], after[n]) for n in lora)
+
+
+def test_resume_after_switch_on_continues_exactly(tiny_dataset, report_tokenizer, tmp_path):
+    full = make_trainer(tiny_dataset, report_tokenizer, tmp_path / "full", late_loss_step=2, max_steps=6, save_steps=4)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-4"
+    assert checkpoint.exists()
+    resumed = make_trainer(tiny_dataset, report_tokenizer, tmp_path / "resumed", late_loss_step=2, max_steps=6)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    full_logs = {entry["step"]: entry for entry in train_logs(full)}
+    resumed_logs = [entry for entry in train_logs(resumed) if entry["step"] > 4]  # history 1-4 comes from the checkpoint
+    assert [entry["step"] for entry in resumed_logs] == [5, 6]
+    for entry in resumed_logs:
+        assert "loss_local" in entry
+        assert entry["loss"] == pytest.approx(full_logs[entry["step"]]["loss"], rel=1e-5)
+        assert entry["loss_local"] == pytest.approx(full_logs[entry["step"]]["loss_local"], rel=1e-5)
+    # The local heads kept learning after the resume.
+    from safetensors.torch import load_file
+
+    at_checkpoint = load_file(checkpoint / "model.safetensors")
+    name = "patch_projection.fc1.weight"
+    assert not torch.equal(at_checkpoint[name], resumed.model.state_dict()[name])
+    torch.testing.assert_close(full.model.state_dict()[name], resumed.model.state_dict()[name])
+
+
+def test_optimizer_groups(tiny_dataset, report_tokenizer, tmp_path):
+    trainer = make_trainer(tiny_dataset, report_tokenizer, tmp_path)
+    decay = set(trainer.get_decay_parameter_names(trainer.model))
+    assert "visual_projection.weight" in decay and "patch_projection.fc1.weight" in decay
+    for name in ("logit_scale", "local_scale", "visual_projection.bias", "patch_projection.norm1.weight",
+                 "multiview_head.1.weight", "vision_model.embeddings.patch_embeddings.projection.bias"):
+        assert name not in decay, name
+    assert not any("norm" in name and name.endswith("weight") and "layernorm" in name for name in decay)
+    trainer.args.decay_all_parameters = True
+    assert set(trainer.get_decay_parameter_names(trainer.model)) == {n for n, _ in trainer.model.named_parameters()}
+
+
+def test_cosine_schedule_with_min_lr_matches_formula(tiny_dataset, report_tokenizer, tmp_path):
+    trainer = make_trainer(tiny_dataset, report_tokenizer, tmp_path, max_steps=100, warmup_steps=10,
+                           lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": 1e-5})
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    peak, floor = 2e-3, 1e-5
+    lrs = []
+    for _ in range(100):
+        lrs.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    for step in (0, 5, 10, 40, 75, 99):
+        if step < 10:
+            expected = peak * step / 10
+        else:
+            progress = (step - 10) / 90
+            expected = floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        assert lrs[step] == pytest.approx(expected, rel=1e-6, abs=1e-12), step
+
+
+def _free_port() -> int:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+def test_two_process_ddp_run(tmp_path):
+    worker = Path(__file__).with_name("_ddp_train_worker.py")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(worker), str(tmp_path)]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    histories = [json.loads((tmp_path / f"history_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(history["world_size"] == 2 for history in histories)
+    params = [torch.load(tmp_path / f"params_rank{rank}.pt") for rank in (0, 1)]
+    for name in params[0]:
+        assert torch.equal(params[0][name], params[1][name]), name
+    losses = [entry["loss"] for entry in histories[0]["log_history"] if "loss" in entry]
+    assert len(losses) == 10 and all(math.isfinite(loss) for loss in losses)
+    # CLIP alone for 2 steps, then all terms: compare like with like.
+    clip = [entry["loss_clip"] for entry in histories[0]["log_history"] if "loss_clip" in entry]
+    assert sum(clip[-3:]) < sum(clip[:3])
