@@ -1,0 +1,467 @@
+"""Read a mammogram DICOM file into calibrated float pixels plus the metadata MaMA needs.
+
+`read_dicom` decodes every transfer syntax the public mammography datasets use (uncompressed,
+deflated, RLE, JPEG lossless, JPEG-LS, JPEG 2000 lossless and lossy) through pydicom 3 and its
+pylibjpeg plugins, then applies the grey-level pipeline of the DICOM standard in floating point:
+
+1. Modality LUT: `RescaleSlope` / `RescaleIntercept`, or a Modality LUT Sequence.
+2. VOI LUT: a VOI LUT Sequence, else a window (`WindowCenter` / `WindowWidth`) with the
+   `VOILUTFunction` LINEAR (default), LINEAR_EXACT or SIGMOID, else the min-max range of the image.
+3. MONOCHROME1 inversion, so that high values are always dense / bright.
+
+The result is float32 in [0, 1] with no 8-bit round trip: two stored values that differ stay
+different. Calibration is a pure function of the stored value, so for stored data of at most
+16 bits it is tabulated once (65,536 entries) and applied with one gather; `DicomImage.calibrate`
+applies it to any sub-array (a crop or a preview) without calibrating the whole image.
+
+>>> from pydicom.data import get_testdata_file
+>>> import warnings
+>>> with warnings.catch_warnings():
+...     warnings.simplefilter("ignore", NotMammogramWarning)  # a CR radiograph, not MG
+...     image = read_dicom(get_testdata_file("RG1_UNCR.dcm"))
+>>> image.pixels.shape, image.pixels.dtype, image.photometric_interpretation
+((1955, 1841), dtype('float32'), 'MONOCHROME1')
+>>> 0.0 <= float(image.pixels.min()) <= float(image.pixels.max()) <= 1.0
+True
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+MAMMOGRAPHY_MODALITY = "MG"
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+# Previews (for the laterality fallback) sample every k-th pixel so the long side is about this.
+PREVIEW_SIDE = 512
+
+# What to `pip install` for each family of compressed transfer syntaxes (pydicom's plugin names).
+_JPEG2000_PACKAGES = "pylibjpeg pylibjpeg-openjpeg"
+_LIBJPEG_PACKAGES = "pylibjpeg pylibjpeg-libjpeg"
+DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": _LIBJPEG_PACKAGES,  # JPEG Baseline (8-bit)
+    "1.2.840.10008.1.2.4.51": _LIBJPEG_PACKAGES,  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.57": _LIBJPEG_PACKAGES,  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70": _LIBJPEG_PACKAGES,  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": _LIBJPEG_PACKAGES,  # JPEG-LS Lossless (pyjpegls also works)
+    "1.2.840.10008.1.2.4.81": _LIBJPEG_PACKAGES,  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": _JPEG2000_PACKAGES,  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": _JPEG2000_PACKAGES,  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": _JPEG2000_PACKAGES,  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": _JPEG2000_PACKAGES,  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": _JPEG2000_PACKAGES,  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",  # RLE (pydicom also decodes it natively)
+}
+
+# View Code Sequence meanings (DICOM CID 4014) for files that leave ViewPosition empty.
+_VIEW_CODE_MEANINGS = {
+    "craniocaudal": "CC",
+    "mediolateraloblique": "MLO",
+    "mediolateral": "ML",
+    "lateromedial": "LM",
+    "lateromedialoblique": "LMO",
+    "craniocaudalexaggeratedlaterally": "XCCL",
+    "craniocaudalexaggeratedmedially": "XCCM",
+    "caudocranialfrombelow": "FB",
+}
+
+
+class DicomError(ValueError):
+    """A DICOM file that cannot be turned into a mammogram; the message names the file and the cause."""
+
+
+class NotMammogramWarning(UserWarning):
+    """The file's Modality is not MG (pass `refuse_non_mg=True` to `read_dicom` to make this an error)."""
+
+
+@dataclass(eq=False)
+class Calibration:
+    """The grey-level pipeline of one image: stored pixel value -> float in [0, 1].
+
+    Stages, in the order of the DICOM standard (PS3.3 C.11):
+
+    * Modality LUT: `modality_lut` (a table indexed by `stored - modality_lut_first`, clamped to its
+      ends) when the file has a Modality LUT Sequence, else `stored * slope + intercept`.
+    * VOI, chosen by `voi`:
+      - `"window"`: `window_center` c and `window_width` w with `voi_function`
+        (x is the modality output, y the result before clipping to [0, 1]):
+        LINEAR (PS3.3 C.11.2.1.2.1): y = 0 if x <= c - 0.5 - (w - 1) / 2, y = 1 if
+        x > c - 0.5 + (w - 1) / 2, else y = (x - (c - 0.5)) / (w - 1) + 0.5;
+        LINEAR_EXACT (C.11.2.1.3.2): y = (x - c) / w + 0.5;
+        SIGMOID (C.11.2.1.3.1): y = 1 / (1 + exp(-4 (x - c) / w)).
+      - `"lut"`: the VOI LUT Sequence table `voi_lut`, indexed by `round(x) - voi_lut_first`
+        (clamped to its ends), divided by `voi_lut_max` (2**bits - 1 from the LUT Descriptor).
+      - `"minmax"`: (x - lo) / (hi - lo) over `value_range`, the modality output range of the image.
+    * MONOCHROME1 inversion when `invert`: y -> 1 - y.
+    """
+
+    slope: float = 1.0
+    intercept: float = 0.0
+    modality_lut: np.ndarray | None = None
+    modality_lut_first: int = 0
+    voi: str = "minmax"
+    window_center: float | None = None
+    window_width: float | None = None
+    voi_function: str = "LINEAR"
+    voi_lut: np.ndarray | None = None
+    voi_lut_first: int = 0
+    voi_lut_max: float = 1.0
+    value_range: tuple[float, float] = (0.0, 1.0)
+    invert: bool = False
+    _tables: dict = field(default_factory=dict, init=False, repr=False)  # dtype -> (table, offset)
+
+    def modality(self, stored: np.ndarray) -> np.ndarray:
+        """Apply the Modality LUT stage (float64 out)."""
+        if self.modality_lut is not None:
+            index = np.clip(stored.astype(np.int64) - self.modality_lut_first, 0, len(self.modality_lut) - 1)
+            return self.modality_lut[index].astype(np.float64)
+        return stored.astype(np.float64) * self.slope + self.intercept
+
+    def voi_transform(self, values: np.ndarray) -> np.ndarray:
+        """Apply the VOI stage to modality values (float64 in [0, 1] out)."""
+        if self.voi == "lut":
+            index = np.clip(np.rint(values).astype(np.int64) - self.voi_lut_first, 0, len(self.voi_lut) - 1)
+            return self.voi_lut[index] / self.voi_lut_max
+        if self.voi == "minmax":
+            lo, hi = self.value_range
+            return np.zeros_like(values) if hi <= lo else (values - lo) / (hi - lo)
+        center, width = self.window_center, self.window_width
+        if self.voi_function == "SIGMOID":
+            return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+        if self.voi_function == "LINEAR_EXACT":
+            return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+        if width == 1:  # LINEAR with width 1 is a step at c - 0.5
+            return (values > center - 0.5).astype(np.float64)
+        return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+    def apply(self, stored: np.ndarray) -> np.ndarray:
+        """Calibrate stored values directly (any integer dtype); float32 in [0, 1]."""
+        values = self.voi_transform(self.modality(stored))
+        if self.invert:
+            values = 1.0 - values
+        return values.astype(np.float32)
+
+    def table(self, dtype: np.dtype) -> tuple[np.ndarray, int]:
+        """The calibrated value of every value of an integer `dtype` of at most 16 bits, and its offset."""
+        info = np.iinfo(dtype)
+        return self.apply(np.arange(info.min, info.max + 1, dtype=np.int64)), int(info.min)
+
+    def __call__(self, stored: np.ndarray) -> np.ndarray:
+        """Calibrate an array of stored values (a whole image, a crop or a preview)."""
+        dtype = np.dtype(stored.dtype)
+        if dtype.kind not in "ui" or dtype.itemsize > 2:
+            return self.apply(stored)
+        if dtype not in self._tables:
+            self._tables[dtype] = self.table(dtype)
+        table, offset = self._tables[dtype]
+        if offset == 0:
+            return table[stored]
+        return table[stored.astype(np.int32) - offset]
+
+
+@dataclass(eq=False)
+class DicomImage:
+    """A decoded, calibrated single-frame mammogram and the metadata the rest of the package uses.
+
+    `pixels` (float32 [H, W] in [0, 1], high = dense, original geometry) is computed on first use;
+    `calibrate(stored_pixels[...])` calibrates only a part of the image. `laterality_source` says
+    where `laterality` came from: `"ImageLaterality"`, `"Laterality"` or `"pixels"` (the side of the
+    pixel mass, when both tags are missing or not L/R).
+    """
+
+    stored_pixels: np.ndarray
+    calibration: Calibration
+    laterality: str | None
+    laterality_source: str | None
+    view_position: str | None
+    photometric_interpretation: str
+    manufacturer: str | None
+    pixel_spacing: tuple[float, float] | None
+    patient_id: str | None
+    study_instance_uid: str | None
+    sop_instance_uid: str | None
+    modality: str | None
+    bits_stored: int
+    transfer_syntax_uid: str | None
+    path: str | None
+
+    @cached_property
+    def pixels(self) -> np.ndarray:
+        return self.calibration(self.stored_pixels)
+
+    def calibrate(self, stored: np.ndarray) -> np.ndarray:
+        """Calibrate any array of this image's stored values (e.g. `image.stored_pixels[100:200, :50]`)."""
+        return self.calibration(stored)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.stored_pixels.shape)
+
+    def preview(self) -> tuple[np.ndarray, int]:
+        """A calibrated preview sampling every `stride`-th pixel (long side about 512), and the stride."""
+        stride = max(1, max(self.shape) // PREVIEW_SIDE)
+        return self.calibrate(self.stored_pixels[::stride, ::stride]), stride
+
+
+def read_dicom(source: str | os.PathLike | Dataset, *, refuse_non_mg: bool = False, voi_index: int = 0) -> DicomImage:
+    """Decode and calibrate a single-frame grayscale DICOM image.
+
+    Args:
+        source: a file path or an already-read `pydicom.Dataset` (it must carry its pixel data and,
+            for compressed data, `file_meta.TransferSyntaxUID`).
+        refuse_non_mg: raise `DicomError` (instead of warning with `NotMammogramWarning`) when the
+            Modality is not MG.
+        voi_index: which VOI transform to use when the file lists several (several window
+            centre/width pairs, or several VOI LUT Sequence items). The default 0 takes the first.
+            The standard calls several values "alternative views" without ranking them (PS3.3
+            C.8.11.3.1.5, DX / MG images); the first is what viewers show on opening the image and
+            what pydicom's `apply_voi_lut` uses, so it is the reproducible, conventional choice.
+            A file with both a VOI LUT Sequence and windows gets the LUT, as in pydicom.
+
+    Raises:
+        DicomError: not a DICOM file, no pixel data, multi-frame or colour data, a compressed
+            transfer syntax whose decoder is not installed (the message names the pip packages),
+            undecodable data, or an invalid VOI LUT.
+        FileNotFoundError: `source` is a path that does not exist.
+    """
+    ds, path = _read_dataset(source)
+    name = path or f"<pydicom Dataset SOPInstanceUID={ds.get('SOPInstanceUID', '?')}>"
+    modality = _text(ds, "Modality")
+    if modality != MAMMOGRAPHY_MODALITY:
+        message = (f"{name}: Modality is {modality or 'missing'}, not MG (mammography); "
+                   "the calibration still applies, but check this is the file you meant")
+        if refuse_non_mg:
+            raise DicomError(message + ".")
+        warnings.warn(message + " (pass refuse_non_mg=True to refuse such files).", NotMammogramWarning, stacklevel=2)
+    _check_single_grayscale_frame(ds, name)
+    stored = _decode(ds, name)
+    calibration = _calibration(ds, stored, name, voi_index)
+    image = DicomImage(
+        stored_pixels=stored,
+        calibration=calibration,
+        laterality=None,
+        laterality_source=None,
+        view_position=_view_position(ds),
+        photometric_interpretation=str(ds.PhotometricInterpretation).strip(),
+        manufacturer=_text(ds, "Manufacturer"),
+        pixel_spacing=_pixel_spacing(ds),
+        patient_id=_text(ds, "PatientID"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        modality=modality,
+        bits_stored=int(ds.get("BitsStored") or stored.dtype.itemsize * 8),
+        transfer_syntax_uid=_transfer_syntax(ds),
+        path=path,
+    )
+    image.laterality, image.laterality_source = _laterality(ds, image)
+    return image
+
+
+def _read_dataset(source) -> tuple[Dataset, str | None]:
+    """The dataset and the path of its file (None for a dataset that was not read from a file)."""
+    if isinstance(source, Dataset):
+        filename = getattr(source, "filename", None)
+        return source, (str(filename) if isinstance(filename, (str, os.PathLike)) else None)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"read_dicom expects a path or a pydicom Dataset, got {type(source).__name__}.")
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such DICOM file.")
+    try:
+        return pydicom.dcmread(path), str(path)
+    except InvalidDicomError as error:
+        raise DicomError(f"{path}: not a DICOM file ({error}).") from error
+    except Exception as error:  # a truncated or garbled file fails in many ways inside pydicom
+        raise DicomError(f"{path}: could not be parsed as DICOM ({type(error).__name__}: {error}).") from error
+
+
+def _check_single_grayscale_frame(ds: Dataset, name: str) -> None:
+    if "PixelData" not in ds:
+        kind = "float pixel data, which is not supported" if (
+            "FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else "no pixel data"
+        sop_class = ds.get("SOPClassUID")
+        described = f" (SOP class {UID(sop_class).name})" if sop_class else ""
+        raise DicomError(f"{name}: {kind}{described}; expected a mammogram image (is the file truncated?).")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise DicomError(
+            f"{name}: multi-frame data ({frames} frames, e.g. a tomosynthesis volume) is not supported; "
+            "use the 2D or synthesised 2D (C-view) image of the exam.")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
+        raise DicomError(
+            f"{name}: unsupported pixel data: PhotometricInterpretation {photometric or 'missing'} with "
+            f"{samples} sample(s) per pixel; only grayscale MONOCHROME1 / MONOCHROME2 images are supported.")
+
+
+def _transfer_syntax(ds: Dataset) -> str | None:
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    return str(syntax) if syntax else None
+
+
+def _decode(ds: Dataset, name: str) -> np.ndarray:
+    syntax = _transfer_syntax(ds)
+    if syntax is not None and UID(syntax).is_encapsulated:
+        uid = UID(syntax)
+        try:
+            decoder = get_decoder(uid)
+        except NotImplementedError as error:
+            raise DicomError(
+                f"{name}: pixel data in transfer syntax {uid.name} ({uid}) cannot be decoded by pydicom; "
+                "convert the file to an uncompressed or JPEG / JPEG-LS / JPEG 2000 / RLE syntax.") from error
+        if not decoder.is_available:
+            packages = DECODER_PACKAGES.get(str(uid), "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
+            raise DicomError(
+                f"{name}: pixel data is compressed with {uid.name} ({uid}) and no decoder for it is "
+                f"installed; install one with `pip install {packages}`.")
+    try:
+        stored = ds.pixel_array
+    except Exception as error:  # decoder plugins raise many types for corrupt streams
+        described = f" ({UID(syntax).name})" if syntax else ""
+        raise DicomError(f"{name}: could not decode the pixel data{described}: {error}") from error
+    if stored.ndim != 2:
+        raise DicomError(f"{name}: decoded pixel data has shape {stored.shape}; expected one 2D frame.")
+    return stored
+
+
+def _calibration(ds: Dataset, stored: np.ndarray, name: str, voi_index: int) -> Calibration:
+    calibration = Calibration(invert=str(ds.PhotometricInterpretation).strip() == "MONOCHROME1")
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+
+    modality_items = ds.get("ModalityLUTSequence")
+    if modality_items:
+        item = modality_items[0]
+        table, first, _ = _lut(ds, item, name, "Modality LUT Sequence", signed)
+        calibration.modality_lut, calibration.modality_lut_first = table, first
+    else:
+        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        calibration.slope = float(slope) if slope not in (None, "") else 1.0
+        calibration.intercept = float(intercept) if intercept not in (None, "") else 0.0
+
+    voi_items = ds.get("VOILUTSequence")
+    if voi_items:
+        if voi_index >= len(voi_items):
+            raise DicomError(f"{name}: voi_index={voi_index} but the VOI LUT Sequence has {len(voi_items)} item(s).")
+        table, first, bits = _lut(ds, voi_items[voi_index], name, "VOI LUT Sequence", signed)
+        calibration.voi, calibration.voi_lut, calibration.voi_lut_first = "lut", table, first
+        # Some writers put a larger value in the table than the descriptor's bit depth allows.
+        calibration.voi_lut_max = float(max(2**bits - 1, table.max(initial=1)))
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        try:
+            centers, widths = _numbers(ds["WindowCenter"].value), _numbers(ds["WindowWidth"].value)
+        except (TypeError, ValueError) as error:
+            raise DicomError(f"{name}: WindowCenter / WindowWidth are not numbers ({error}).") from error
+        count = min(len(centers), len(widths))
+        if voi_index >= count:
+            raise DicomError(f"{name}: voi_index={voi_index} but the file lists {count} window(s).")
+        function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+        center, width = centers[voi_index], widths[voi_index]
+        if function not in VOI_FUNCTIONS:
+            raise DicomError(f"{name}: VOILUTFunction {function!r} is not one of {VOI_FUNCTIONS}.")
+        if (function == "LINEAR" and width < 1) or width <= 0:
+            raise DicomError(f"{name}: WindowWidth {width} is invalid for the {function} VOI function.")
+        calibration.voi, calibration.voi_function = "window", function
+        calibration.window_center, calibration.window_width = center, width
+    else:
+        calibration.value_range = _modality_range(calibration, stored)
+    return calibration
+
+
+def _modality_range(calibration: Calibration, stored: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest modality output over the image (for images without a VOI transform)."""
+    low, high = int(stored.min()), int(stored.max())
+    if calibration.modality_lut is not None:
+        values = calibration.modality(np.arange(low, high + 1))
+    else:
+        values = calibration.modality(np.array([low, high]))
+    return float(values.min()), float(values.max())
+
+
+def _lut(ds: Dataset, item: Dataset, name: str, what: str, signed: bool) -> tuple[np.ndarray, int, int]:
+    """Table, first mapped value and bit depth of a Modality / VOI LUT Sequence item."""
+    try:
+        count, first, bits = (int(value) for value in item.LUTDescriptor)
+        element = item["LUTData"]
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise DicomError(f"{name}: the {what} item has no valid LUTDescriptor / LUTData ({error}).") from error
+    count = count or 65536  # 0 means 2**16 entries
+    if signed and first > 32767:  # the descriptor's first value is US or SS depending on the pixels
+        first -= 65536
+    if element.VR == "OW" or isinstance(element.value, (bytes, bytearray)):
+        little_endian = getattr(ds, "original_encoding", (None, True))[1] is not False
+        table = np.frombuffer(element.value, dtype="<u2" if little_endian else ">u2")[:count]
+    else:
+        table = np.asarray(element.value if isinstance(element.value, (list, tuple, MultiValue))
+                           else [element.value], dtype=np.float64)
+    if len(table) == 0:
+        raise DicomError(f"{name}: the {what} item has an empty LUTData.")
+    return table.astype(np.float64), first, bits
+
+
+def _numbers(value) -> list[float]:
+    values = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+    return [float(v) for v in values]
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """Row and column spacing in mm: PixelSpacing, else ImagerPixelSpacing (MG often has only the latter)."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            spacing = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        if len(spacing) == 2 and min(spacing) > 0:
+            return spacing
+    return None
+
+
+def _view_position(ds: Dataset) -> str | None:
+    view = _text(ds, "ViewPosition")
+    if view:
+        return view.upper()
+    for item in ds.get("ViewCodeSequence") or []:
+        meaning = "".join(ch for ch in str(item.get("CodeMeaning", "")).lower() if ch.isalpha())
+        if meaning in _VIEW_CODE_MEANINGS:
+            return _VIEW_CODE_MEANINGS[meaning]
+    return None
+
+
+def _laterality(ds: Dataset, image: DicomImage) -> tuple[str | None, str | None]:
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = (_text(ds, keyword) or "").upper()
+        if value in ("L", "R"):
+            return value, keyword
+    # Imported here: image_processing_mama imports this module.
+    from .image_processing_mama import infer_laterality
+
+    preview, _ = image.preview()
+    laterality = infer_laterality(preview)
+    return laterality, ("pixels" if laterality else None)
+
+
+__all__ = [
+    "Calibration", "DECODER_PACKAGES", "DicomError", "DicomImage", "MAMMOGRAPHY_MODALITY",
+    "NotMammogramWarning", "read_dicom",
+]

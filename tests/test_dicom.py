@@ -1,0 +1,386 @@
+"""read_dicom: decoding in every transfer syntax, calibration, metadata and error messages.
+
+Real files nobody here wrote (pydicom's test files and pydicom-data) are checked against pydicom's own
+`apply_modality_lut` / `apply_voi_lut`; generated MG files (tests/dicom_factory.py) against their
+uncompressed twins and against values worked out by hand from the DICOM formulas.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_factory import (
+    JPEG_LS_NEAR_ERROR,
+    LOSSY,
+    TRANSFER_SYNTAXES,
+    breast_pixels,
+    mammogram_dataset,
+    missing_encoder,
+    write_dataset,
+    write_mammogram,
+)
+from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+
+from modeling_mama.dicom import DECODER_PACKAGES, DicomError, NotMammogramWarning, read_dicom
+
+
+def read_non_mg(path, **kwargs):
+    """read_dicom on one of pydicom's CT / MR / CR test files (they warn that they are not MG)."""
+    with pytest.warns(NotMammogramWarning):
+        return read_dicom(path, **kwargs)
+
+
+def real_file(name):
+    path = get_testdata_file(name)
+    assert path is not None, f"{name} is missing: pydicom-data must be installed (it works offline)"
+    return path
+
+
+def pydicom_reference(ds) -> np.ndarray:
+    """Calibrated pixels in [0, 1] computed with pydicom's own LUT functions."""
+    stored = ds.pixel_array
+    values = apply_modality_lut(stored, ds)
+    if ds.get("VOILUTSequence"):
+        bits = ds.VOILUTSequence[0].LUTDescriptor[2]
+        unit = apply_voi_lut(stored, ds) / (2**bits - 1)
+    elif "WindowCenter" in ds:
+        # pydicom maps the window onto the stored value range (after rescale); undo that range.
+        bits = ds.BitsStored
+        low, high = (0, 2**bits - 1) if ds.PixelRepresentation == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+            low, high = (low * ds.RescaleSlope + ds.RescaleIntercept, high * ds.RescaleSlope + ds.RescaleIntercept)
+        unit = (apply_voi_lut(values, ds) - low) / (high - low)
+    else:
+        unit = (values - values.min()) / (values.max() - values.min())
+    return 1.0 - unit if ds.PhotometricInterpretation == "MONOCHROME1" else unit
+
+
+# ---------------------------------------------------------------------------------------------
+# Real DICOM files
+
+
+@pytest.mark.parametrize("name", [
+    "RG1_UNCR.dcm",   # CR 1955x1841, MONOCHROME1, 15-bit, window
+    "MR2_UNCR.dcm",   # rescale slope 3.77, window
+    "MR_small.dcm",   # signed 16-bit, window
+    "693_UNCR.dcm",   # CT, rescale + window
+    "CT_small.dcm",   # no window: min-max
+    "mlut_18.dcm",    # Modality LUT Sequence with a negative first mapped value
+    "vlut_04.dcm",    # VOI LUT Sequence
+])
+def test_calibration_matches_pydicom(name):
+    path = real_file(name)
+    image = read_non_mg(path)
+    expected = pydicom_reference(pydicom.dcmread(path))
+    assert image.pixels.dtype == np.float32 and image.pixels.shape == expected.shape
+    np.testing.assert_allclose(image.pixels, expected, atol=1e-6)
+    assert 0.0 <= image.pixels.min() and image.pixels.max() <= 1.0
+
+
+@pytest.mark.parametrize("uncompressed, compressed", [
+    ("RG1_UNCR.dcm", "RG1_J2KR.dcm"),  # JPEG 2000 lossless, 1955x1841
+    ("RG1_UNCI.dcm", "RG1_J2KI.dcm"),  # JPEG 2000 lossy (UNCI is its decompressed twin)
+    ("MR2_UNCR.dcm", "MR2_J2KR.dcm"),
+    ("MR_small.dcm", "MR_small_bigendian.dcm"),
+    ("MR_small.dcm", "MR_small_RLE.dcm"),
+    ("MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm"),
+    ("MR_small.dcm", "MR_small_jp2klossless.dcm"),
+])
+def test_real_compressed_files_equal_their_uncompressed_twin(uncompressed, compressed):
+    reference = read_non_mg(real_file(uncompressed))
+    image = read_non_mg(real_file(compressed))
+    assert image.transfer_syntax_uid != reference.transfer_syntax_uid
+    np.testing.assert_array_equal(image.stored_pixels, reference.stored_pixels)
+    np.testing.assert_array_equal(image.pixels, reference.pixels)
+
+
+@pytest.mark.parametrize("name, decode, tolerance", [
+    ("JPEG-LL.dcm", "ljpeg_decode", 0),                  # JPEG Lossless SV1, 16-bit
+    ("JPEGLSNearLossless_16.dcm", "jpegls_decode", 0),   # JPEG-LS near-lossless, 16-bit
+    ("JPGExtended.dcm", "jpeg8_decode", 1),              # JPEG Extended 12-bit: IDCTs may round apart
+])
+def test_real_jpeg_files_match_an_independent_decoder(name, decode, tolerance):
+    """pydicom's decoders (pylibjpeg-libjpeg) against imagecodecs (libjpeg-turbo / CharLS)."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    path = real_file(name)
+    ds = pydicom.dcmread(path)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    expected = getattr(imagecodecs, decode)(frame)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotMammogramWarning)
+        image = read_dicom(path)
+    assert np.abs(image.stored_pixels.astype(np.int64) - expected.astype(np.int64)).max() <= tolerance
+    np.testing.assert_allclose(image.pixels, pydicom_reference(ds), atol=1e-6)
+
+
+def test_real_monochrome1_radiograph_metadata():
+    image = read_non_mg(real_file("RG1_UNCR.dcm"))
+    assert image.photometric_interpretation == "MONOCHROME1"
+    assert image.calibration.invert and image.calibration.voi == "window"
+    assert (image.calibration.window_center, image.calibration.window_width) == (15000.0, 30000.0)
+    assert image.manufacturer == "Philips Medical Systems"
+    assert image.pixel_spacing is None  # the file says 0.000 \ 0.000, which is no spacing
+    assert image.modality == "CR" and image.bits_stored == 15
+    assert image.path == real_file("RG1_UNCR.dcm")
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated MG files in every transfer syntax
+
+
+def _variant(index):
+    """Spread lateralities and views over the parametrised syntaxes."""
+    return "LR"[index % 2], ("CC", "MLO")[(index // 2) % 2]
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("index, syntax", list(enumerate(name for name in TRANSFER_SYNTAXES if name != "explicit")))
+def test_generated_compressed_mg_equals_uncompressed_twin(tmp_path, index, syntax, photometric):
+    package = missing_encoder(syntax)
+    if package:
+        pytest.skip(f"writing {syntax} needs {package}")
+    laterality, view = _variant(index)
+    center, width = 2000.0, 3000.0
+    options = dict(laterality=laterality, view_position=view, photometric=photometric, window=(center, width),
+                   seed=index)
+    twin = read_dicom(write_mammogram(tmp_path / "twin.dcm", **options))
+    image = read_dicom(write_mammogram(tmp_path / f"{syntax}.dcm", transfer_syntax=syntax, **options))
+    assert image.transfer_syntax_uid == TRANSFER_SYNTAXES[syntax]
+    assert (image.laterality, image.view_position, image.photometric_interpretation) == (laterality, view, photometric)
+    difference = np.abs(image.pixels.astype(np.float64) - twin.pixels)
+    if syntax not in LOSSY:
+        assert difference.max() == 0.0
+    elif syntax == "jpegls_near_lossless":  # at most NEAR stored units, i.e. NEAR / (w - 1) after the window
+        assert difference.max() <= JPEG_LS_NEAR_ERROR / (width - 1) + 1e-6
+    else:
+        assert difference.mean() < 2e-3 and difference.max() < 0.03
+
+
+@pytest.mark.parametrize("voi", [
+    dict(window=(1800.0, 2500.0)),
+    dict(window=(1800.0, 2500.0), voi_function="LINEAR_EXACT"),
+    dict(window=(1800.0, 2500.0), voi_function="SIGMOID"),
+    dict(window=(900.0, 1200.0), rescale=(0.5, 100.0)),
+    dict(),  # no VOI: min-max
+    dict(voi_lut=(500, 8, np.linspace(0, 255, 3000).round())),
+])
+def test_monochrome1_is_inverted(voi):
+    """The factory stores MONOCHROME1 pixels inverted (and mirrors the VOI): calibration must undo it."""
+    pixels = breast_pixels(64, 48, bits_stored=12, seed=3)
+    monochrome2 = read_dicom(mammogram_dataset(pixels, photometric="MONOCHROME2", **voi))
+    monochrome1 = read_dicom(mammogram_dataset(pixels, photometric="MONOCHROME1", **voi))
+    assert not np.array_equal(monochrome1.stored_pixels, monochrome2.stored_pixels)
+    np.testing.assert_allclose(monochrome1.pixels, monochrome2.pixels, atol=1e-6)
+    # The breast (chest wall side) is brighter than the background corner in both.
+    assert monochrome1.pixels[32, 2] > monochrome1.pixels[60, 46]
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration values worked out by hand from the DICOM formulas (PS3.3 C.11)
+
+
+def calibrate(stored, **options):
+    ds = mammogram_dataset(np.array([stored], dtype=np.uint16), laterality_tags=(), **options)
+    return read_dicom(ds).pixels[0].astype(np.float64)
+
+
+def test_linear_window_by_hand():
+    # c = 100, w = 101: 0 at or below 49.5, 1 above 149.5, else (x - 99.5) / 100 + 0.5.
+    stored = [0, 49, 50, 99, 100, 149, 150, 4095]
+    np.testing.assert_allclose(calibrate(stored, window=(100, 101)),
+                               [0, 0, 0.005, 0.495, 0.505, 0.995, 1, 1], atol=1e-6)
+    # Width 1 is a threshold: below the centre 0, from the centre on 1 (PS3.3 C.11.2.1.2.1 note 5).
+    np.testing.assert_array_equal(calibrate([99, 100, 101], window=(100, 1)), [0, 1, 1])
+
+
+def test_linear_exact_and_sigmoid_by_hand():
+    np.testing.assert_allclose(calibrate([75, 100, 110, 124, 130], window=(100, 50), voi_function="LINEAR_EXACT"),
+                               [0, 0.5, 0.7, 0.98, 1], atol=1e-6)
+    # SIGMOID: 1 / (1 + exp(-4 (x - c) / w))
+    np.testing.assert_allclose(calibrate([75, 100, 125], window=(100, 50), voi_function="SIGMOID"),
+                               [1 / (1 + math.exp(2)), 0.5, 1 / (1 + math.exp(-2))], atol=1e-6)
+
+
+def test_rescale_is_applied_before_the_window():
+    # slope 2, intercept -100: stored 50 -> 0, 100 -> 100, 125 -> 150; window (100, 200) LINEAR_EXACT.
+    np.testing.assert_allclose(
+        calibrate([50, 100, 125], window=(100, 200), voi_function="LINEAR_EXACT", rescale=(2.0, -100.0)),
+        [0, 0.5, 0.75], atol=1e-6)
+
+
+def test_several_windows_take_the_first_by_default():
+    windows = [(100.0, 50.0), (1000.0, 500.0)]
+    ds = mammogram_dataset(np.array([[100, 1000]], dtype=np.uint16), window=windows, voi_function="LINEAR_EXACT")
+    np.testing.assert_allclose(read_dicom(ds).pixels[0], [0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(read_dicom(ds, voi_index=1).pixels[0], [0.0, 0.5], atol=1e-6)
+    with pytest.raises(DicomError, match=r"voi_index=2 but the file lists 2 window\(s\)"):
+        read_dicom(ds, voi_index=2)
+
+
+def test_voi_lut_sequence_by_hand():
+    # First mapped value 10; values below map to entry 0, above the table to its last entry.
+    table = np.array([0, 51, 102, 153, 204, 255])
+    np.testing.assert_allclose(calibrate([9, 10, 12, 15, 100], voi_lut=(10, 8, table)),
+                               [0, 0, 0.4, 1, 1], atol=1e-6)
+
+
+def test_no_voi_uses_the_image_range():
+    np.testing.assert_allclose(calibrate([100, 300, 500]), [0, 0.5, 1], atol=1e-6)
+
+
+def test_precision_is_kept():
+    """Every one of the 4096 12-bit values stays distinct: no 8-bit round trip."""
+    ramp = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    pixels = read_dicom(mammogram_dataset(ramp, window=(2048, 4097), laterality_tags=())).pixels
+    assert pixels.dtype == np.float32
+    assert np.unique(pixels).size == 4096
+    assert np.all(np.diff(pixels.ravel()) > 0)
+
+
+def test_calibrate_applies_to_parts_of_the_image():
+    image = read_dicom(mammogram_dataset(window=(2000, 3000), voi_function="SIGMOID"))
+    np.testing.assert_array_equal(image.calibrate(image.stored_pixels[10:30, 5:20]), image.pixels[10:30, 5:20])
+    preview, stride = image.preview()
+    np.testing.assert_array_equal(preview, image.pixels[::stride, ::stride])
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata
+
+
+def test_metadata(tmp_path):
+    path = write_mammogram(
+        tmp_path / "mlo.dcm", laterality="R", view_position="MLO", patient_id="P42",
+        study_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5", imager_pixel_spacing=(0.065, 0.07),
+        manufacturer="GE MEDICAL SYSTEMS", bits_stored=14, window=(8000, 16000))
+    image = read_dicom(path)
+    assert (image.laterality, image.laterality_source) == ("R", "ImageLaterality")
+    assert image.view_position == "MLO"
+    assert image.pixel_spacing == (0.065, 0.07)  # only ImagerPixelSpacing in the file
+    assert (image.patient_id, image.study_instance_uid, image.sop_instance_uid) == ("P42", "1.2.3.4", "1.2.3.4.5")
+    assert (image.manufacturer, image.modality, image.bits_stored) == ("GE MEDICAL SYSTEMS", "MG", 14)
+    assert image.photometric_interpretation == "MONOCHROME2" and image.path == str(path)
+
+
+def test_pixel_spacing_prefers_pixel_spacing():
+    ds = mammogram_dataset(pixel_spacing=(0.1, 0.1), imager_pixel_spacing=(0.07, 0.07))
+    assert read_dicom(ds).pixel_spacing == (0.1, 0.1)
+
+
+def test_laterality_falls_back_to_the_laterality_tag_then_the_pixels():
+    from_series = read_dicom(mammogram_dataset(laterality="L", laterality_tags=("Laterality",)))
+    assert (from_series.laterality, from_series.laterality_source) == ("L", "Laterality")
+    for laterality in "LR":
+        untagged = read_dicom(mammogram_dataset(laterality=laterality, laterality_tags=()))
+        assert (untagged.laterality, untagged.laterality_source) == (laterality, "pixels")
+    # "B" (both) is not a side: the pixels decide.
+    both = read_dicom(mammogram_dataset(breast_pixels(laterality="R"), laterality="B"))
+    assert (both.laterality, both.laterality_source) == ("R", "pixels")
+
+
+def test_view_from_view_code_sequence():
+    ds = mammogram_dataset(view_position=None)
+    item = pydicom.Dataset()
+    item.CodeMeaning = "medio-lateral oblique"
+    ds.ViewCodeSequence = [item]
+    assert read_dicom(ds).view_position == "MLO"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a DicomError naming the file and the cause
+
+
+def test_not_a_dicom_file(tmp_path):
+    path = tmp_path / "notes.dcm"
+    path.write_text("not an image")
+    with pytest.raises(DicomError, match=rf"^{path}: not a DICOM file \("):
+        read_dicom(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.dcm: no such DICOM file"):
+        read_dicom(tmp_path / "missing.dcm")
+
+
+def test_no_pixel_data(tmp_path):
+    ds = mammogram_dataset()
+    del ds.PixelData
+    path = write_dataset(ds, tmp_path / "header_only.dcm")
+    with pytest.raises(DicomError, match=rf"^{path}: no pixel data \(SOP class Digital Mammography X-Ray Image "
+                                         r"Storage - For Presentation\)"):
+        read_dicom(path)
+
+
+def test_truncated_pixel_data(tmp_path):
+    path = write_mammogram(tmp_path / "truncated.dcm")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 4000])
+    with pytest.raises(DicomError, match=rf"^{path}: could not decode the pixel data \(Explicit VR Little Endian\)"):
+        read_dicom(path)
+
+
+def test_multi_frame_is_refused():
+    path = real_file("emri_small.dcm")  # MR, 10 frames
+    with pytest.raises(DicomError, match=r"emri_small.dcm: multi-frame data \(10 frames"):
+        read_non_mg(path)
+
+
+@pytest.mark.parametrize("name, photometric", [("SC_rgb.dcm", "RGB"), ("OBXXXX1A.dcm", "PALETTE COLOR")])
+def test_colour_is_refused(name, photometric):
+    with pytest.raises(DicomError, match=rf"{name}: unsupported pixel data: PhotometricInterpretation {photometric}"):
+        read_non_mg(real_file(name))
+
+
+@pytest.mark.parametrize("syntax, uid, package", [
+    ("jpeg2000_lossless", JPEG2000Lossless, "pylibjpeg pylibjpeg-openjpeg"),
+    ("jpegls_lossless", JPEGLSLossless, "pylibjpeg pylibjpeg-libjpeg"),
+])
+def test_missing_decoder_names_the_package(tmp_path, monkeypatch, syntax, uid, package):
+    if missing_encoder(syntax):
+        pytest.skip(f"writing {syntax} needs {missing_encoder(syntax)}")
+    path = write_mammogram(tmp_path / "compressed.dcm", transfer_syntax=syntax)
+    # Make every installed plugin for this syntax look absent, as on a machine without them.
+    decoder = get_decoder(uid)
+    monkeypatch.setattr(decoder, "_available", {})
+    assert DECODER_PACKAGES[str(uid)] == package
+    with pytest.raises(DicomError) as raised:
+        read_dicom(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: pixel data is compressed with {uid.name} ({uid})")
+    assert message.endswith(f"install one with `pip install {package}`.")
+
+
+def test_non_mammogram_warns_or_is_refused():
+    path = real_file("RG1_UNCR.dcm")
+    with pytest.warns(NotMammogramWarning, match=r"RG1_UNCR.dcm: Modality is CR, not MG"):
+        read_dicom(path)
+    with pytest.raises(DicomError, match=r"RG1_UNCR.dcm: Modality is CR, not MG"):
+        read_dicom(path, refuse_non_mg=True)
+
+
+def test_mammogram_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = read_dicom(mammogram_dataset(), refuse_non_mg=True)
+    assert image.path is None  # an in-memory dataset has no file
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(window=(100, 50), voi_function="FANCY"), r"VOILUTFunction 'FANCY' is not one of"),
+    (dict(window=(100, 0.5)), r"WindowWidth 0.5 is invalid for the LINEAR VOI function"),
+    (dict(window=(100, 0), voi_function="SIGMOID"), r"WindowWidth 0.0 is invalid for the SIGMOID VOI function"),
+])
+def test_invalid_voi_is_refused(options, message):
+    with pytest.raises(DicomError, match=message):
+        read_dicom(mammogram_dataset(**options))
+
+
+def test_dataset_without_a_file_is_named_by_its_uid():
+    ds = mammogram_dataset(sop_instance_uid="1.2.826.0.1.99", window=(100, 50), voi_function="FANCY")
+    with pytest.raises(DicomError, match=r"^<pydicom Dataset SOPInstanceUID=1.2.826.0.1.99>: VOILUTFunction"):
+        read_dicom(ds)

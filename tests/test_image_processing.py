@@ -1,0 +1,442 @@
+"""Pixel helpers, MamaImageProcessor (global and tiles modes), training augmentation, serialisation."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from dicom_factory import breast_pixels, mammogram_dataset, write_mammogram
+from PIL import Image
+from torchvision.transforms import v2
+
+from modeling_mama.dicom import read_dicom
+from modeling_mama.image_processing_mama import (
+    PAPER_AUGMENTATION,
+    MamaImageProcessor,
+    MamaTrainTransform,
+    breast_bbox,
+    crop_to_breast,
+    infer_laterality,
+    load_mammogram,
+    orient_breast,
+    otsu_threshold,
+    to_unit_range,
+)
+
+
+def reference_view(unit_pixels, height, width):
+    """The paper's evaluation view, written out step by step with the public helpers."""
+    oriented = orient_breast(unit_pixels)
+    crop = torch.from_numpy(np.ascontiguousarray(crop_to_breast(oriented)))
+    resized = F.interpolate(crop[None, None], size=(height, width), mode="bilinear", antialias=True,
+                            align_corners=False)[0, 0]
+    return ((resized - 0.5) / 0.5).expand(3, -1, -1)
+
+
+def unnormalise(values):
+    return values * 0.5 + 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel helpers
+
+
+def test_to_unit_range():
+    assert to_unit_range(np.array([0, 51, 255], dtype=np.uint8)).tolist() == pytest.approx([0, 0.2, 1])
+    assert to_unit_range(np.array([0, 13107, 65535], dtype=np.uint16)).tolist() == pytest.approx([0, 0.2, 1])
+    assert to_unit_range(np.array([0.25, 0.5])).tolist() == [0.25, 0.5]  # already in [0, 1]: kept
+    assert to_unit_range(np.array([-10.0, 0.0, 30.0])).tolist() == [0.0, 0.25, 1.0]
+    assert to_unit_range(np.array([100, 300, 500], dtype=np.int32)).tolist() == [0.0, 0.5, 1.0]
+    assert to_unit_range(np.full((2, 2), 7.0)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert to_unit_range(np.array([3], dtype=np.uint16)).dtype == np.float32
+
+
+def test_otsu_threshold_matches_a_brute_force_search():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.2, 0.05, 3000), rng.normal(0.7, 0.1, 2000)]).clip(0, 1)
+
+    def between_class_variance(threshold):
+        low, high = values[values < threshold], values[values >= threshold]
+        if low.size == 0 or high.size == 0:
+            return 0.0
+        return low.size * high.size * (low.mean() - high.mean()) ** 2
+
+    candidates = np.unique(values)
+    best = max(candidates, key=between_class_variance)
+    threshold = otsu_threshold(values)
+    assert between_class_variance(threshold) >= 0.999 * between_class_variance(best)
+    assert 0.3 < threshold < 0.55
+    assert otsu_threshold(np.full(10, 0.4)) == pytest.approx(0.4)
+
+
+def l_breast(rows=200, cols=150):
+    """A breast block against the left edge plus a bright marker in the top-right corner."""
+    pixels = np.zeros((rows, cols), dtype=np.float32)
+    pixels[30:170, 0:90] = 0.6
+    pixels[2:8, 140:148] = 0.95
+    return pixels
+
+
+def test_breast_bbox_excludes_markers_and_is_exact_at_full_resolution():
+    pixels = l_breast()
+    assert breast_bbox(pixels) == (0, 30, 90, 170)
+    np.testing.assert_array_equal(crop_to_breast(pixels), pixels[30:170, 0:90])
+
+
+def test_breast_bbox_of_an_odd_width_is_exact():
+    pixels = np.zeros((30, 41), dtype=np.float32)
+    pixels[5:25, 0:20] = 0.7  # ends just before the middle column (20)
+    assert breast_bbox(pixels) == (0, 5, 20, 25)
+    assert breast_bbox(pixels[:, ::-1]) == (21, 5, 41, 25)
+
+
+def test_breast_bbox_on_a_preview_still_holds_the_breast():
+    pixels = np.zeros((1300, 900), dtype=np.uint16)  # preview stride 2
+    pixels[301:1001, 0:555] = 30000
+    x0, y0, x1, y1 = breast_bbox(pixels)
+    assert x0 == 0 and 300 <= y0 <= 301 and 555 <= x1 <= 556 and 1001 <= y1 <= 1002
+
+
+def test_breast_bbox_of_an_empty_image_is_the_whole_image():
+    assert breast_bbox(np.zeros((20, 30))) == (0, 0, 30, 20)
+
+
+def test_infer_laterality_from_the_pixel_mass():
+    assert infer_laterality(breast_pixels(laterality="L")) == "L"
+    assert infer_laterality(breast_pixels(laterality="R")) == "R"
+    assert infer_laterality(np.zeros((10, 10))) is None
+
+
+def test_orient_breast_puts_the_chest_wall_left_and_checks_the_tag():
+    left, right = breast_pixels(laterality="L"), breast_pixels(laterality="R")
+    np.testing.assert_array_equal(orient_breast(right, "R"), left)
+    np.testing.assert_array_equal(orient_breast(right), left)           # no tag: the pixels decide
+    np.testing.assert_array_equal(orient_breast(left, "R"), left)       # a lying tag: the pixels win
+    symmetric = np.zeros((40, 40), dtype=np.float32)
+    symmetric[10:30, 10:30] = 1.0
+    symmetric[12, 10] = 0.0  # a dent, so the flip is visible
+    np.testing.assert_array_equal(orient_breast(symmetric, "R"), symmetric[:, ::-1])  # ambiguous: the tag decides
+    np.testing.assert_array_equal(orient_breast(symmetric, "L"), symmetric)
+
+
+def test_load_mammogram_sources(tmp_path):
+    path = write_mammogram(tmp_path / "r.dcm", laterality="R", window=(2000, 3000))
+    pixels, laterality = load_mammogram(path)
+    np.testing.assert_array_equal(pixels, read_dicom(path).pixels)
+    assert laterality == "R"
+    stored = breast_pixels(laterality="L", bits_stored=16)
+    for source in (stored, Image.fromarray(stored), torch.from_numpy(stored / 65535)):
+        pixels, laterality = load_mammogram(source)
+        np.testing.assert_allclose(pixels, stored / 65535, atol=1e-7)
+        assert laterality == "L"
+    png = tmp_path / "l.png"
+    Image.fromarray(stored).save(png)
+    pixels, _ = load_mammogram(png)
+    np.testing.assert_allclose(pixels, stored / 65535, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Global mode
+
+
+def test_defaults_are_the_paper_preset():
+    processor = MamaImageProcessor()
+    assert processor.size == {"height": 518, "width": 518}
+    assert processor.image_mean == [0.5] * 3 and processor.image_std == [0.5] * 3
+    assert processor.mode == "global" and processor.do_crop_to_breast and not processor.keep_aspect_ratio
+    out = processor(breast_pixels(laterality="L"))
+    assert out["pixel_values"].shape == (1, 3, 518, 518) and out["pixel_values"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("laterality", ["L", "R"])
+@pytest.mark.parametrize("shape", [(120, 90), (1100, 700)])
+def test_global_view_is_orient_crop_resize_normalise(laterality, shape):
+    stored = breast_pixels(*shape, laterality=laterality, bits_stored=16, seed=1)
+    expected = reference_view(to_unit_range(stored), 64, 48)
+    out = MamaImageProcessor(size=[64, 48])(stored)["pixel_values"][0]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_mirrored_images_come_out_identical(tmp_path):
+    left, right = (breast_pixels(1100, 700, laterality=side, seed=2) for side in "LR")
+    processor = MamaImageProcessor(size=64)
+    out = processor([left, right])["pixel_values"]
+    torch.testing.assert_close(out[0], out[1], atol=0, rtol=0)
+    # The same through DICOM files, MLO and CC, MONOCHROME1 and 2, with and without tags.
+    paths = [write_mammogram(tmp_path / f"{side}{index}.dcm", laterality=side, seed=5, photometric=photometric,
+                             view_position=view, laterality_tags=tags, window=(2000, 3000))
+             for index, (photometric, view, tags) in enumerate([("MONOCHROME2", "CC", ("ImageLaterality",)),
+                                                                ("MONOCHROME1", "MLO", ())])
+             for side in "LR"]
+    out = processor(paths)["pixel_values"]
+    torch.testing.assert_close(out[0], out[1], atol=0, rtol=0)
+    torch.testing.assert_close(out[2], out[3], atol=0, rtol=0)
+    torch.testing.assert_close(out[0], out[2], atol=1e-5, rtol=0)  # MONOCHROME1 calibrates like MONOCHROME2
+
+
+def test_dicom_sources_match_their_pixels(tmp_path):
+    pixels = breast_pixels(1100, 700, laterality="R", bits_stored=14, seed=4)
+    path = write_mammogram(tmp_path / "r.dcm", pixels, laterality="R", bits_stored=14, window=(8000, 12000),
+                           voi_function="SIGMOID")
+    image = read_dicom(path)
+    processor = MamaImageProcessor(size=96)
+    expected = processor(image.pixels, laterality="R")["pixel_values"]
+    for source in (path, str(path), pydicom_dataset(path), image):
+        torch.testing.assert_close(processor(source)["pixel_values"], expected, atol=1e-6, rtol=0)
+
+
+def pydicom_dataset(path):
+    import pydicom
+
+    return pydicom.dcmread(path)
+
+
+def test_every_input_type_gives_the_same_result(tmp_path):
+    levels = breast_pixels(90, 70, bits_stored=8, seed=6).astype(np.uint8)  # 0..255
+    as_uint16 = levels.astype(np.uint16) * 257  # same unit values: 257 * 255 = 65535
+    png = tmp_path / "sixteen.png"
+    Image.fromarray(as_uint16).save(png)
+    sources = [
+        levels, as_uint16, levels / 255.0, levels.astype(np.float32) / 255, torch.from_numpy(levels),
+        Image.fromarray(levels), Image.fromarray(as_uint16), Image.fromarray(as_uint16.astype(np.int32)),
+        np.stack([levels] * 3, axis=-1), Image.fromarray(np.stack([levels] * 3, axis=-1)), png,
+    ]
+    assert Image.fromarray(as_uint16).mode.startswith("I;16")
+    assert Image.fromarray(as_uint16.astype(np.int32)).mode == "I"
+    processor = MamaImageProcessor(size=40)
+    expected = processor(levels)["pixel_values"]
+    for source in sources:
+        torch.testing.assert_close(processor(source)["pixel_values"], expected, atol=1e-6, rtol=0)
+    batch = processor(sources)["pixel_values"]
+    assert batch.shape == (len(sources), 3, 40, 40)
+    torch.testing.assert_close(batch, expected.expand(len(sources), -1, -1, -1), atol=1e-6, rtol=0)
+
+
+def test_keep_aspect_ratio_pads_right_and_bottom():
+    pixels = np.zeros((120, 100), dtype=np.float32)
+    pixels[10:110, 0:50] = 1.0  # a 100x50 breast
+    out = MamaImageProcessor(size=56, keep_aspect_ratio=True)(pixels)["pixel_values"][0]
+    torch.testing.assert_close(out[:, :, :28], torch.ones(3, 56, 28))
+    assert torch.all(out[:, :, 28:] == -1.0)
+    stretched = MamaImageProcessor(size=56)(pixels)["pixel_values"][0]
+    torch.testing.assert_close(stretched, torch.ones(3, 56, 56))
+
+
+def test_normalisation_options():
+    pixels = l_breast()
+    out = MamaImageProcessor(size=32, do_normalize=False)(pixels)["pixel_values"][0]
+    torch.testing.assert_close(out, torch.full((3, 32, 32), 0.6), atol=1e-6, rtol=0)
+    out = MamaImageProcessor(size=32, image_mean=[0.1, 0.2, 0.3], image_std=[0.5, 0.25, 0.1])(pixels)["pixel_values"][0]
+    torch.testing.assert_close(out[:, 0, 0], torch.tensor([1.0, 1.6, 3.0]), atol=1e-5, rtol=0)
+
+
+def test_laterality_argument_and_geometry():
+    symmetric = np.zeros((40, 40), dtype=np.float32)
+    symmetric[10:30, 10:30] = 1.0
+    symmetric[12, 10] = 0.0
+    processor = MamaImageProcessor(size=20, do_crop_to_breast=False)
+    out = processor([symmetric, symmetric], laterality=["L", "R"], return_geometry=True)
+    assert out["flipped"].tolist() == [False, True]
+    torch.testing.assert_close(out["pixel_values"][1], out["pixel_values"][0].flip(-1), atol=1e-6, rtol=0)
+    right = breast_pixels(120, 90, laterality="R")
+    x0, y0, x1, y1 = breast_bbox(right)
+    out = MamaImageProcessor(size=20)(right, return_geometry=True)
+    assert out["crop_boxes"][0].tolist() == [x0, y0, x1, y1] and out["flipped"].tolist() == [True]
+
+
+def test_evaluation_is_deterministic():
+    processor = MamaImageProcessor(size=32)
+    image = breast_pixels(seed=7)
+    torch.testing.assert_close(processor(image)["pixel_values"], processor(image)["pixel_values"], atol=0, rtol=0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"mode='patches' is not one of \('global', 'tiles'\)"):
+        MamaImageProcessor(mode="patches")
+    with pytest.raises(ValueError, match=r"Unknown augmentation keys \['blur'\]"):
+        MamaImageProcessor(augmentation={"blur": 0.5})
+    with pytest.raises(ValueError, match=r"Got 1 lateralities for 2 images"):
+        MamaImageProcessor(size=8)([l_breast(), l_breast()], laterality=["L"])
+    with pytest.raises(ValueError, match=r"got an array of shape \(5, 20, 20\); pass a list for a batch"):
+        MamaImageProcessor(size=8)(np.zeros((5, 20, 20)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiles mode
+
+
+def test_tiles_are_full_resolution_pieces_of_the_source(tmp_path):
+    processor = MamaImageProcessor(mode="tiles", size=32, tile_size=40, tile_grid=[4, 3], do_normalize=False)
+    for laterality in "LR":
+        stored = breast_pixels(150, 120, laterality=laterality, bits_stored=16, seed=8)  # breast about 126x86
+        unit = to_unit_range(stored)
+        out = processor(stored)
+        rows, cols = 4, 3
+        assert out["tile_pixel_values"].shape == (1, rows * cols, 3, 40, 40)
+        assert out["tile_mask"].shape == (1, rows * cols) and out["tile_mask"].dtype == torch.bool
+        x0, y0, x1, y1 = breast_bbox(orient_breast(unit))
+        crop_height, crop_width = y1 - y0, x1 - x0
+        real = 0
+        for index in range(rows * cols):
+            box = out["tile_boxes"][0, index].tolist()
+            tile = out["tile_pixel_values"][0, index, 0]
+            if box == [0, 0, 0, 0]:
+                assert not out["tile_mask"][0, index] and torch.all(tile == 0)
+                continue
+            real += 1
+            left, top, right, bottom = (int(v) for v in box)
+            assert box == [left, top, right, bottom]  # no scaling: integer source pixels
+            assert (right - left, bottom - top) == (40, 40)  # edge tiles overlap their neighbour, never pad
+            expected = unit[top:bottom, left:right]
+            if laterality == "R":
+                expected = expected[:, ::-1]
+            torch.testing.assert_close(tile[: bottom - top, : right - left], torch.from_numpy(expected.copy()))
+        assert real == -(-crop_height // 40) * -(-crop_width // 40)
+
+
+def test_tiles_outside_the_breast_are_masked():
+    pixels = np.zeros((128, 128), dtype=np.float32)
+    pixels[:, :64] = 0.8
+    pixels[:64, 64:] = 0.8  # an L-shaped breast: the bottom-right tile is background
+    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 3])(pixels)
+    assert out["tile_mask"][0].tolist() == [True, True, False, True, False, False, False, False, False]
+    assert out["tile_boxes"][0, 4].tolist() == [64, 64, 128, 128]  # present (a box) but masked
+    assert out["tile_boxes"][0, 2].tolist() == [0, 0, 0, 0]        # beyond the breast: absent
+
+
+def test_a_large_breast_is_scaled_to_fit_the_grid():
+    pixels = np.zeros((400, 120), dtype=np.float32)
+    pixels[:, :100] = 0.7  # a 400x100 breast, grid 2x2 of 64: scale 128 / 400 = 0.32
+    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[2, 2])(pixels)
+    assert out["tile_mask"][0].tolist() == [True, False, True, False]
+    torch.testing.assert_close(out["tile_boxes"][0], torch.tensor(
+        [[0, 0, 100, 200], [0, 0, 0, 0], [0, 200, 100, 400], [0, 0, 0, 0]], dtype=torch.float32))
+
+
+def test_tile_count_is_constant_across_a_batch():
+    processor = MamaImageProcessor(mode="tiles", size=32, tile_size=32, tile_grid=[3, 2])
+    out = processor([breast_pixels(200, 150, seed=1), breast_pixels(60, 40, seed=2, laterality="R")])
+    assert out["pixel_values"].shape == (2, 3, 32, 32)
+    assert out["tile_pixel_values"].shape == (2, 6, 3, 32, 32)
+    assert out["tile_mask"].shape == (2, 6) and out["tile_boxes"].shape == (2, 6, 4)
+    assert out["tile_mask"][0].sum() > out["tile_mask"][1].sum() >= 1
+    global_only = MamaImageProcessor(size=32)([breast_pixels(200, 150, seed=1)])["pixel_values"]
+    torch.testing.assert_close(out["pixel_values"][:1], global_only, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training augmentation
+
+
+def test_augmentation_is_the_paper_recipe():
+    transform = MamaImageProcessor().train_transform()
+    crop, hflip, vflip, jitter, grayscale, blur, normalize = transform.transform.transforms
+    assert isinstance(crop, v2.RandomResizedCrop) and crop.size == (518, 518) and crop.scale == (0.1, 1.0)
+    assert isinstance(hflip, v2.RandomHorizontalFlip) and hflip.p == 0.5
+    assert isinstance(vflip, v2.RandomVerticalFlip) and vflip.p == 0.5
+    color_jitter = jitter.transforms[0]
+    assert jitter.p == 0.8 and isinstance(color_jitter, v2.ColorJitter)
+    assert (color_jitter.brightness, color_jitter.contrast, color_jitter.saturation, color_jitter.hue) == (
+        pytest.approx((0.2, 1.8)), pytest.approx((0.2, 1.8)), pytest.approx((0.2, 1.8)), pytest.approx((-0.2, 0.2)))
+    assert isinstance(grayscale, v2.RandomGrayscale) and grayscale.p == 0.2
+    gaussian = blur.transforms[0]
+    assert blur.p == 0.4 and gaussian.kernel_size == (7, 7) and gaussian.sigma == [0.1, 2.0]
+    assert isinstance(normalize, v2.Normalize) and normalize.mean == [0.5] * 3 and normalize.std == [0.5] * 3
+    assert PAPER_AUGMENTATION["crop_scale"] == [0.1, 1.0]
+
+
+def test_augmentation_on_a_cropped_16_bit_png_is_seedable(tmp_path):
+    stored = crop_to_breast(breast_pixels(200, 140, bits_stored=16, seed=9))
+    png = tmp_path / "cropped.png"
+    Image.fromarray(stored).save(png)
+    transform = MamaImageProcessor(size=48).train_transform()
+    with Image.open(png) as image:
+        state = torch.random.get_rng_state()
+        first, again = transform(image, seed=3), transform(image, seed=3)
+        assert torch.equal(torch.random.get_rng_state(), state)  # seeding does not touch the global RNG
+        other = transform(image, seed=4)
+    assert first.shape == (3, 48, 48) and first.dtype == torch.float32
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.min() >= -1.0 - 1e-6 and first.max() <= 1.0 + 1e-6
+
+
+def test_augmentation_with_only_a_flip_is_exactly_a_flip():
+    deterministic = {"crop_scale": [1.0, 1.0], "horizontal_flip_p": 1.0, "vertical_flip_p": 0.0,
+                     "color_jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0}
+    transform = MamaTrainTransform(size=(30, 30), augmentation=deterministic)
+    image = np.random.default_rng(0).random((60, 60)).astype(np.float32)  # square: the crop is the whole image
+    resized = F.interpolate(torch.from_numpy(image)[None, None], size=(30, 30), mode="bilinear", antialias=True,
+                            align_corners=False)[0, 0]
+    expected = ((resized.flip(-1) - 0.5) / 0.5).expand(3, -1, -1)
+    torch.testing.assert_close(transform(image), expected, atol=1e-5, rtol=0)
+
+
+def test_preprocess_augment_uses_the_train_transform():
+    processor = MamaImageProcessor(size=40)
+    stored = breast_pixels(150, 100, laterality="R", seed=10)
+    out = processor([stored, stored], augment=True, seed=11)["pixel_values"]
+    assert out.shape == (2, 3, 40, 40) and not torch.equal(out[0], out[1])  # each image draws its own
+    torch.testing.assert_close(processor([stored, stored], augment=True, seed=11)["pixel_values"], out)
+    crop = crop_to_breast(orient_breast(to_unit_range(stored)))
+    torch.testing.assert_close(out[0], processor.train_transform()(np.ascontiguousarray(crop), seed=11))
+    with pytest.raises(ValueError, match="augment=True is the paper's global-view augmentation"):
+        processor(stored, mode="tiles", augment=True)
+
+
+def test_train_transform_in_a_dataloader():
+    images = [Image.fromarray(breast_pixels(80, 60, bits_stored=16, seed=s)) for s in range(4)]
+    transform = pickle.loads(pickle.dumps(MamaImageProcessor(size=24).train_transform()))  # workers pickle it
+
+    class Mammograms(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, index):
+            return transform(images[index])
+
+    batch = next(iter(torch.utils.data.DataLoader(Mammograms(), batch_size=4)))
+    assert batch.shape == (4, 3, 24, 24)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialisation
+
+
+def test_save_and_load_round_trip(tmp_path):
+    import json
+
+    from transformers import AutoImageProcessor
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+
+    from modeling_mama.configuration_mama import MamaConfig
+
+    processor = MamaImageProcessor(mode="tiles", size=[48, 40], tile_size=24, tile_grid=[2, 3], keep_aspect_ratio=True,
+                                   min_tile_foreground=0.2, augmentation={"blur_p": 0.1})
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "MamaImageProcessor"
+    assert saved["tile_grid"] == [2, 3] and saved["size"] == {"height": 48, "width": 40}
+    loaded = MamaImageProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.to_dict()
+    if MamaConfig not in IMAGE_PROCESSOR_MAPPING:  # the package __init__ normally registers it
+        AutoImageProcessor.register(
+            MamaConfig, image_processor_classes={"torchvision": MamaImageProcessor, "pil": MamaImageProcessor})
+    auto = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(auto) is MamaImageProcessor and auto.to_dict() == processor.to_dict()
+    image = breast_pixels(90, 70, seed=12)
+    for key, value in processor(image).items():
+        torch.testing.assert_close(loaded(image)[key], value, atol=0, rtol=0)
+    assert MamaImageProcessor.from_pretrained(tmp_path, mode="global").mode == "global"
+
+
+def test_numpy_outputs():
+    out = MamaImageProcessor(size=16)(l_breast(), return_tensors="np")
+    assert isinstance(out["pixel_values"], np.ndarray) and out["pixel_values"].shape == (1, 3, 16, 16)
+
+
+def test_mammogram_dataset_input_without_a_file():
+    ds = mammogram_dataset(window=(2000, 3000))
+    out = MamaImageProcessor(size=16)(ds)["pixel_values"]
+    expected = MamaImageProcessor(size=16)(read_dicom(ds).pixels, laterality="L")["pixel_values"]
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
