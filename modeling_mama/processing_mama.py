@@ -1,0 +1,187 @@
+"""`MamaProcessor`: mammograms and reports -> every input `MamaModel` takes (DESIGN.md "Model inputs").
+
+It pairs a `MamaImageProcessor` with a tokenizer (BioMedLM's for the paper preset, a small BPE from
+`tokenization.train_report_tokenizer` offline) and adds what the local alignment needs: the index of
+each sentence's separator token (`sentence_positions`) and which sentences are real (`sentence_mask`).
+
+Reports can be given three ways:
+
+- `reports=`: `ReportFields` or mappings (rows of a converted dataset by default; see
+  `report_columns`), turned into sentences by `reports.build_report` (optionally with metadata
+  masking). Sentence boundaries come from the template.
+- `text=` as sentence lists: `[["Procedure reported: ...", "Overall Assessment: Negative."], ...]`,
+  or one report's sentences with `is_split_into_sentences=True`.
+- `text=` as running text: a string (one report) or a list of strings (one report each), split into
+  sentences at ". " boundaries (`tokenization.split_sentences`), so a period followed by a space
+  inside a value would split it: give sentence lists when you have them.
+
+Zero-shot class prompts need no images: `processor(text=reports.zero_shot_prompts("density"))`.
+
+>>> import numpy as np
+>>> from modeling_mama.image_processing_mama import MamaImageProcessor
+>>> from modeling_mama.reports import ReportFields, build_report
+>>> from modeling_mama.tokenization import train_report_tokenizer
+>>> fields = [ReportFields(birads=1), ReportFields(density=3)]
+>>> tokenizer = train_report_tokenizer([s for f in fields for s in build_report(f)] * 10, vocab_size=400)
+>>> processor = MamaProcessor(MamaImageProcessor(size=28), tokenizer)
+>>> image = np.zeros((60, 40), dtype=np.uint16)
+>>> image[5:55, :30] = 30000
+>>> inputs = processor(images=[image, image], reports=fields)
+>>> tuple(inputs["pixel_values"].shape), inputs["sentence_mask"].sum(dim=1).tolist()
+((2, 3, 28, 28), [7, 6])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .reports import DATASET_COLUMNS, ReportFields, build_report
+from .tokenization import DEFAULT_MAX_LENGTH, batch_tokenize_reports, split_sentences
+
+TEXT_INPUT_NAMES = ["input_ids", "attention_mask", "sentence_positions", "sentence_mask"]
+PADDING_MODES = (True, "longest", "max_length")
+
+
+class MamaProcessor(ProcessorMixin):
+    r"""
+    Image processor + tokenizer for MaMA.
+
+    Args:
+        image_processor: a `MamaImageProcessor`.
+        tokenizer: a tokenizer with bos, eos, pad and sentence-separator tokens
+            (`tokenization.add_special_tokens` adds them).
+        max_length: the token budget of a report (paper: 144; the RSNA prompts: 72). A longer report
+            raises unless called with `truncation="warn"`.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, max_length: int = DEFAULT_MAX_LENGTH, **kwargs):
+        if image_processor is None or tokenizer is None:
+            raise ValueError("MamaProcessor needs both an image_processor (MamaImageProcessor) and a tokenizer.")
+        super().__init__(image_processor, tokenizer, **kwargs)
+        self.max_length = int(max_length)
+
+    def __call__(
+        self,
+        images=None,
+        text: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
+        *,
+        reports: ReportFields | Mapping | Sequence[ReportFields | Mapping] | None = None,
+        is_split_into_sentences: bool = False,
+        report_columns: Mapping[str, Any] | None = None,
+        mask_prob: float = 0.0,
+        generator=None,
+        max_length: int | None = None,
+        truncation: str = "error",
+        padding: bool | str = True,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = "pt",
+        **image_kwargs,
+    ) -> BatchFeature:
+        """Process images and / or reports (give `text` or `reports`, not both).
+
+        Args:
+            images: anything `MamaImageProcessor` takes (DICOM paths, pydicom datasets, arrays, PIL
+                images; one or a list). `image_kwargs` (e.g. `laterality=`, `augment=`) go to it.
+            text: a string, a list of strings, or a list of sentence lists (see the module docstring).
+            reports: `ReportFields` or mappings, one or a list.
+            is_split_into_sentences: `text` is ONE report given as its list of sentences.
+            report_columns: how mappings in `reports` are read (`reports.ReportFields.from_mapping`);
+                default `reports.DATASET_COLUMNS`, the converted datasets' columns.
+            mask_prob, generator: metadata masking of `reports` (training; see `reports.build_report`).
+            max_length: token budget (default: `self.max_length`).
+            truncation: "error" (default) raises on a report longer than `max_length`; "warn" drops
+                its last whole sentences and warns.
+            padding: True / "longest" pads to the longest report, "max_length" to `max_length`.
+            pad_to_multiple_of: round the padded length up to a multiple of this.
+            return_tensors: "pt" (default) or "np".
+
+        Returns:
+            `pixel_values` (plus the tile outputs in tiles mode) when images are given; `input_ids`,
+            `attention_mask`, `sentence_positions`, `sentence_mask` when text or reports are given.
+        """
+        if images is None and text is None and reports is None:
+            raise ValueError("MamaProcessor needs images, text or reports.")
+        if text is not None and reports is not None:
+            raise ValueError("Give either text= or reports=, not both.")
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
+        if padding not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}.")
+
+        if images is None and image_kwargs:
+            raise TypeError(f"Unexpected argument(s) {sorted(image_kwargs)} (image options need images).")
+
+        # The reports first: they are cheap, and a bad one should fail before any image is decoded.
+        sentence_lists = None
+        if text is not None:
+            sentence_lists = self._reports_from_text(text, is_split_into_sentences)
+        elif reports is not None:
+            sentence_lists = self.build_reports(reports, report_columns=report_columns, mask_prob=mask_prob,
+                                                generator=generator)
+        data: dict[str, Any] = {}
+        if images is not None:
+            data.update(self.image_processor(images, return_tensors="pt", **image_kwargs))
+        if sentence_lists is not None:
+            if images is not None and len(sentence_lists) != len(data["pixel_values"]):
+                raise ValueError(f"Got {len(data['pixel_values'])} images but {len(sentence_lists)} reports; "
+                                 f"give one report per image.")
+            max_length = self.max_length if max_length is None else int(max_length)
+            if padding == "max_length":
+                pad_to_multiple_of = max_length  # every report fits in max_length, so this pads to it exactly
+            data.update(batch_tokenize_reports(sentence_lists, self.tokenizer, max_length=max_length,
+                                               pad_to_multiple_of=pad_to_multiple_of, truncation=truncation))
+        if return_tensors == "np":
+            data = {key: value.numpy() if hasattr(value, "numpy") else np.asarray(value) for key, value in data.items()}
+        return BatchFeature(data=data)
+
+    def build_reports(self, reports, *, report_columns: Mapping[str, Any] | None = None, mask_prob: float = 0.0,
+                      generator=None) -> list[list[str]]:
+        """The sentence lists of `reports` (`ReportFields` or mappings, one or a list)."""
+        if isinstance(reports, (ReportFields, Mapping)):
+            reports = [reports]
+        if isinstance(reports, str) or not isinstance(reports, Sequence) or not reports:
+            raise TypeError("reports= takes ReportFields or mappings (one, or a non-empty list); for text use text=.")
+        if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+            generator = np.random.default_rng(int(generator))  # one stream for the batch, not one seed per report
+        columns = DATASET_COLUMNS if report_columns is None else report_columns
+        sentence_lists = []
+        for index, report in enumerate(reports):
+            if isinstance(report, Mapping):
+                report = ReportFields.from_mapping(report, columns)
+            elif not isinstance(report, ReportFields):
+                raise TypeError(f"reports[{index}] is a {type(report).__name__}; expected ReportFields or a mapping.")
+            sentence_lists.append(build_report(report, mask_prob=mask_prob, generator=generator))
+        return sentence_lists
+
+    @staticmethod
+    def _reports_from_text(text, is_split_into_sentences: bool) -> list[list[str]]:
+        if isinstance(text, str):
+            return [split_sentences(text)]
+        if not isinstance(text, Sequence) or not text:
+            raise TypeError("text= takes a string, a list of strings or a list of sentence lists (non-empty).")
+        if is_split_into_sentences:
+            if not all(isinstance(sentence, str) for sentence in text):
+                raise TypeError("With is_split_into_sentences=True, text is one report: a list of sentence strings.")
+            return [list(text)]
+        sentence_lists = []
+        for index, report in enumerate(text):
+            if isinstance(report, str):
+                sentence_lists.append(split_sentences(report))
+            elif isinstance(report, Sequence) and all(isinstance(sentence, str) for sentence in report):
+                sentence_lists.append(list(report))
+            else:
+                raise TypeError(f"text[{index}] is a {type(report).__name__}; "
+                                f"expected a string or a list of sentences.")
+        return sentence_lists
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return list(self.image_processor.model_input_names) + TEXT_INPUT_NAMES
+
+
+__all__ = ["MamaProcessor", "TEXT_INPUT_NAMES"]

@@ -1,0 +1,800 @@
+"""Structured reports from tabular data, metadata masking and zero-shot prompts (METHOD.md 3 and 7).
+
+A report is a list of sentences. The sentence boundaries come from the template, never from the
+punctuation inside a value (a procedure called "MG Dx. Bilat." stays one sentence), and the
+tokenizer puts one separator token after each sentence (`tokenization.tokenize_report`).
+
+Sections, in order (a section may hold several sentences):
+
+1. ``Procedure reported: {procedure}.``
+2. ``Reason for procedure: {screening|diagnostic}.``
+3. ``Patient info: This patient is {race}, {ethnicity}, and {age} years old.``
+4. ``Image info: This is a {image type} full-field digital mammogram of the {left|right|bilateral} breast
+   with {view} view.``
+5. ``Breast composition: The breast is {density words}.``
+   (+ ``This may lower the sensitivity of mammography.`` for densities 3 and 4)
+6. ``Findings: The mammogram shows that {BI-RADS finding phrase}.`` (+ the mass and calcification sentences)
+7. ``Impressions: BI-RADS Category {n}: {description}.``
+8. ``Overall Assessment: {assessment}.``
+
+Choices this module makes where the recipe is silent:
+
+- A missing metadata value (sections 1-4) is written "unknown". So is a value that says it is
+  unknown ("Unknown, Unavailable or Unreported"); a missing ethnicity is "unknown", not
+  "Non-Hispanic" (METHOD.md **Fix**).
+- A missing density drops section 5; a missing BI-RADS drops sections 6-8 (there is nothing true
+  to say, and the reference dropped such images altogether).
+- The report is per image and describes ONE clinical row (the one `select_clinical_row` picks),
+  so "Findings" has at most one mass sentence and one calcification sentence. As in the reference,
+  the mass sentence needs both shape and density, the calcification sentence both morphology and
+  distribution.
+
+>>> fields = ReportFields(procedure="MG Screening Bilateral", race="Asian", ethnicity=None, age="61.0",
+...                       image_type="2D", laterality="L", view="L-CC", density="C", birads="N")
+>>> for sentence in build_report(fields):
+...     print(sentence)
+Procedure reported: MG Screening Bilateral.
+Reason for procedure: screening.
+Patient info: This patient is Asian, unknown, and 61 years old.
+Image info: This is a 2D full-field digital mammogram of the left breast with CC view.
+Breast composition: The breast is heterogeneously dense.
+This may lower the sensitivity of mammography.
+Findings: The mammogram shows that no significant masses, calcification, or other abnormalities are present.
+Impressions: BI-RADS Category 1: negative.
+Overall Assessment: Negative.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import random
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+UNKNOWN = "unknown"
+
+# ---------------------------------------------------------------------------------------------
+# Label vocabularies (METHOD.md section 3)
+# ---------------------------------------------------------------------------------------------
+
+# EMBED's `asses` letters -> BI-RADS category.
+BIRADS_OF_LETTER = {"A": 0, "N": 1, "B": 2, "P": 3, "S": 4, "M": 5, "K": 6}
+LETTER_OF_BIRADS = {category: letter for letter, category in BIRADS_OF_LETTER.items()}
+# Indexed by BI-RADS category 0-6.
+BIRADS_DESCRIPTIONS = (
+    "additional imaging required", "negative", "benign finding", "probably benign finding",
+    "suspicious abnormality", "highly suggestive of malignancy", "known biopsy-proven malignancy",
+)
+BIRADS_FINDING_PHRASES = (
+    "an additional imaging is recommended",
+    "no significant masses, calcification, or other abnormalities are present",
+    "a benign finding is present",
+    "a probably benign finding is present",
+    "a suspicious abnormality is present",
+    "a highly suggestive of malignancy is present, a biopsy is recommended",
+    "a known biopsy-proven malignant mass is present",
+)
+BIRADS_ASSESSMENTS = (
+    "Additional imaging is recommended", "Negative", "Benign", "Probably benign", "Suspicious abnormality",
+    "Highly suggestive of malignancy", "Known biopsy-proven malignancy",
+)
+
+# Density 1-4 = BI-RADS A-D; EMBED codes a male breast as 5.
+DENSITY_OF_LETTER = {"A": 1, "B": 2, "C": 3, "D": 4}
+LETTER_OF_DENSITY = {density: letter for letter, density in DENSITY_OF_LETTER.items()}
+MALE_DENSITY = 5
+DENSITY_DESCRIPTIONS = {
+    1: "almost entirely fat",
+    2: "scattered fibroglandular densities",
+    3: "heterogeneously dense",
+    4: "extremely dense",
+    5: "normal male dense",
+}
+DENSE_BREAST_SENTENCE = "This may lower the sensitivity of mammography."
+DENSE_DENSITIES = (3, 4)
+
+LATERALITY_WORDS = {"L": "left", "R": "right", "B": "bilateral"}
+_LATERALITY_SPELLINGS = {
+    "L": "L", "LEFT": "L", "R": "R", "RIGHT": "R", "B": "B", "BOTH": "B", "BILATERAL": "B",
+}
+
+# Mammography view positions (DICOM CID 4014 codes and the extra ones EMBED uses).
+VIEW_POSITIONS = (
+    "CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "XCC", "FB", "SIO", "ISO", "AT", "CV", "RL", "RM", "TAN",
+)
+_VIEW_SYNONYMS = {
+    "CRANIOCAUDAL": "CC", "MEDIOLATERALOBLIQUE": "MLO", "MEDIOLATERAL": "ML", "LATEROMEDIAL": "LM",
+    "LATEROMEDIALOBLIQUE": "LMO", "AXILLARYTAIL": "AT", "CLEAVAGE": "CV",
+}
+
+REASONS = ("screening", "diagnostic")
+
+# The six fields metadata masking may hide (METHOD.md section 3); everything else is never masked.
+MASKABLE_FIELDS = ("age", "race", "ethnicity", "image_type", "laterality", "view")
+PAPER_MASK_PROB = 0.8
+
+# Values that mean "we do not know" in the real tables.
+_UNKNOWN_SPELLINGS = {
+    "", "nan", "none", "null", "na", "n/a", "unknown", "unknown, unavailable or unreported", "not reported",
+    "unavailable", "unreported",
+}
+
+# ---------------------------------------------------------------------------------------------
+# Parsing one value
+# ---------------------------------------------------------------------------------------------
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN, pandas NA / NaT and strings that say the value is unknown.
+
+    >>> [is_missing(v) for v in (None, float("nan"), "", "  ", "Unknown, Unavailable or Unreported", "2D", 0)]
+    [True, True, True, True, True, False, False]
+    """
+    if value is None or type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    if isinstance(value, str):
+        return " ".join(value.split()).lower() in _UNKNOWN_SPELLINGS
+    return False
+
+
+def clean_text(value: Any) -> str | None:
+    """A table value as text: whitespace runs collapsed, trailing periods dropped (the template adds
+    its own), None when missing.
+
+    >>> clean_text("  African American  or Black "), clean_text("MG Dx. Bilat."), clean_text(float("nan"))
+    ('African American or Black', 'MG Dx. Bilat', None)
+    """
+    if is_missing(value):
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)  # a numeric code read as 61.0 by pandas
+    text = " ".join(str(value).split()).rstrip(". ")
+    return text or None
+
+
+def _integral(value: Any, what: str) -> int:
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"{what} {value!r} is not a whole number.")
+    return int(number)
+
+
+def parse_birads(value: Any) -> int | None:
+    """BI-RADS category 0-6 from an EMBED letter, a number or a "BI-RADS n" string (VinDr).
+
+    Subcategories 4A/4B/4C count as 4. EMBED's "X" (no assessment) and missing values give None.
+
+    >>> [parse_birads(v) for v in ("N", "K", 4, 3.0, "5", "BI-RADS 4", "bi-rads category 0", "4B", "X", None)]
+    [1, 6, 4, 3, 5, 4, 0, 4, None, None]
+    """
+    if is_missing(value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"BI-RADS value {value!r} is a boolean, not a category.")
+    if isinstance(value, (int, np.integer, float, np.floating)):
+        category = _integral(value, "BI-RADS")
+    else:
+        text = " ".join(str(value).split()).upper()
+        if text == "X":
+            return None
+        if text in BIRADS_OF_LETTER:
+            return BIRADS_OF_LETTER[text]
+        match = re.fullmatch(r"(?:BI-?\s?RADS\s*(?:CATEGORY\s*)?)?(\d+(?:\.0+)?)\s*[ABC]?", text)
+        if match is None:
+            raise ValueError(
+                f"Unrecognised BI-RADS value {value!r}: expected 0-6, an EMBED `asses` letter "
+                f"({' '.join(BIRADS_OF_LETTER)}) or 'BI-RADS n'."
+            )
+        category = int(float(match.group(1)))
+    if not 0 <= category <= 6:
+        raise ValueError(f"BI-RADS value {value!r} is outside 0-6.")
+    return category
+
+
+def parse_density(value: Any) -> int | None:
+    """Breast density 1-4 (= A-D) or 5 (EMBED's male breast) from a number, a letter or "DENSITY C".
+
+    >>> [parse_density(v) for v in (1, "4", 3.0, "C", "DENSITY A", "density d", "BI-RADS B", 5, "  ", None)]
+    [1, 4, 3, 3, 1, 4, 2, 5, None, None]
+    """
+    if is_missing(value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Density value {value!r} is a boolean, not a density.")
+    if isinstance(value, (int, np.integer, float, np.floating)):
+        density = _integral(value, "Density")
+    else:
+        text = " ".join(str(value).split()).upper()
+        match = re.fullmatch(r"(?:(?:BREAST\s+)?DENSITY|BI-?\s?RADS|ACR)?\s*([A-D]|\d+(?:\.0+)?)", text)
+        if match is None:
+            raise ValueError(f"Unrecognised density value {value!r}: expected 1-4 (5 = male), A-D or 'DENSITY A'.")
+        code = match.group(1)
+        density = DENSITY_OF_LETTER[code] if code in DENSITY_OF_LETTER else int(float(code))
+    if not 1 <= density <= MALE_DENSITY:
+        raise ValueError(f"Density value {value!r} is outside 1-4 (5 = male).")
+    return density
+
+
+def parse_age(value: Any) -> int | None:
+    """Age in whole years from 61, 61.0, "61.0" or a DICOM age string such as "061Y" / "006M".
+
+    >>> [parse_age(v) for v in (61, 61.7, "61.0", "061Y", "018M", None, "nan")]
+    [61, 61, 61, 61, 1, None, None]
+    """
+    if is_missing(value):
+        return None
+    if isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        years = float(value)
+    else:
+        match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([YMWD]?)", str(value).strip().upper())
+        if match is None:
+            raise ValueError(f"Unrecognised age {value!r}: expected years (61, '61.0') or a DICOM age ('061Y').")
+        per_year = {"": 1, "Y": 1, "M": 12, "W": 52, "D": 365}[match.group(2)]
+        years = float(match.group(1)) / per_year
+    if not 0 <= years <= 150:
+        raise ValueError(f"Age {value!r} is outside 0-150 years.")
+    return int(years)
+
+
+def normalize_laterality(value: Any) -> str | None:
+    """"L", "R" or "B" from L/R/B, Left/Right/Both/Bilateral (any case); None when missing.
+
+    >>> [normalize_laterality(v) for v in ("L", "right", "Bilateral", None)]
+    ['L', 'R', 'B', None]
+    """
+    text = clean_text(value)
+    if text is None:
+        return None
+    code = _LATERALITY_SPELLINGS.get(text.upper())
+    if code is None:
+        raise ValueError(f"Unrecognised laterality {value!r}: expected L, R or B (or Left / Right / Both).")
+    return code
+
+
+def parse_view(value: Any, *, strict: bool = True) -> tuple[str | None, str | None]:
+    """(laterality, view position) from a view text such as "CC", "L-CC", "LCC", "R MLO" or "MLO_R".
+
+    A text that is a view position by itself wins over a laterality reading ("LM" is latero-medial,
+    "RL" is rolled lateral). With `strict=False` an unfamiliar view is returned as it was written
+    instead of raising (and no laterality is read from it).
+
+    >>> [parse_view(v) for v in ("CC", "L-CC", "LCC", "R MLO", "MLO_R", "LM", "left craniocaudal")]
+    [(None, 'CC'), ('L', 'CC'), ('L', 'CC'), ('R', 'MLO'), ('R', 'MLO'), (None, 'LM'), ('L', 'CC')]
+    """
+    text = clean_text(value)
+    if text is None:
+        return None, None
+    words = [word for word in re.split(r"[\s_\-/.,]+", text.upper()) if word]
+    laterality = None
+    rest = []
+    for word in words:
+        if word in ("L", "R", "LEFT", "RIGHT"):
+            laterality = word[0]
+        else:
+            rest.append(word)
+    code = "".join(rest)
+    code = _VIEW_SYNONYMS.get(code, code)
+    if code in VIEW_POSITIONS:
+        return laterality, code
+    if laterality is None and len(code) > 2:
+        head, tail = code[0], code[1:]
+        if head in "LR" and _VIEW_SYNONYMS.get(tail, tail) in VIEW_POSITIONS:
+            return head, _VIEW_SYNONYMS.get(tail, tail)
+        head, tail = code[:-1], code[-1]
+        if tail in "LR" and _VIEW_SYNONYMS.get(head, head) in VIEW_POSITIONS:
+            return tail, _VIEW_SYNONYMS.get(head, head)
+    if strict:
+        raise ValueError(
+            f"Unknown view {value!r}: expected one of {', '.join(VIEW_POSITIONS)}, optionally with a laterality "
+            f"such as 'L-CC', 'LCC' or 'R MLO'."
+        )
+    return None, text  # an unfamiliar view says nothing reliable about the side
+
+
+def normalize_view(value: Any, *, strict: bool = True) -> str | None:
+    """The view position alone: `normalize_view("L-CC") == "CC"`. See `parse_view`."""
+    return parse_view(value, strict=strict)[1]
+
+
+def reason_from_text(text: Any) -> str | None:
+    """"screening" if the text contains "screen", "diagnostic" if it contains "diag" (any case), else None.
+
+    >>> reason_from_text("MG Screening Bilateral"), reason_from_text("MG Diag Left"), reason_from_text("US Breast")
+    ('screening', 'diagnostic', None)
+    """
+    text = clean_text(text)
+    if text is None:
+        return None
+    lowered = text.lower()
+    if "screen" in lowered:
+        return "screening"
+    if "diag" in lowered:
+        return "diagnostic"
+    return None
+
+
+def normalize_ethnicity(value: Any) -> str | None:
+    """EMBED's two ethnicity values, whatever the spelling; other text is kept; unknown -> None.
+
+    >>> [normalize_ethnicity(v) for v in ("Hispanic or Latino", "Not Hispanic or Latino", "non-hispanic", None)]
+    ['Hispanic or Latino', 'Non-Hispanic or Latino', 'Non-Hispanic or Latino', None]
+    """
+    text = clean_text(value)
+    if text is None:
+        return None
+    lowered = text.lower()
+    if "hispanic" in lowered or "latino" in lowered:
+        negated = re.search(r"\b(non|not)\b", lowered) is not None
+        return "Non-Hispanic or Latino" if negated else "Hispanic or Latino"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# The fields of one report
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ReportFields:
+    """What one image's report says, in canonical form (DESIGN.md "Reports"). All fields are optional.
+
+    Values are normalised on construction, so raw table values are fine: ages like "61.0", NaN,
+    empty strings, BI-RADS letters or "BI-RADS 4", densities "C" / "DENSITY C", views "L-CC". A
+    missing `reason` is derived from the procedure text; a view written with its side ("L-CC")
+    fills a missing `laterality`. The mass / calcification fields hold words (legend already applied).
+
+    >>> fields = ReportFields(procedure="MG Diagnostic Left", age=61.0, birads="S", density="DENSITY B", view="RMLO")
+    >>> fields.reason, fields.age, fields.birads, fields.density, fields.laterality, fields.view
+    ('diagnostic', 61, 4, 2, 'R', 'MLO')
+    """
+
+    procedure: str | None = None
+    reason: str | None = None
+    race: str | None = None
+    ethnicity: str | None = None
+    age: int | None = None
+    image_type: str | None = None
+    laterality: str | None = None
+    view: str | None = None
+    density: int | None = None
+    birads: int | None = None
+    mass_shape: str | None = None
+    mass_density: str | None = None
+    calc_find: str | None = None
+    calc_distribution: str | None = None
+
+    def __post_init__(self):
+        self.procedure = clean_text(self.procedure)
+        self.reason = reason_from_text(self.reason) or reason_from_text(self.procedure)
+        self.race = clean_text(self.race)
+        self.ethnicity = normalize_ethnicity(self.ethnicity)
+        self.age = parse_age(self.age)
+        self.image_type = clean_text(self.image_type)
+        self.laterality = normalize_laterality(self.laterality)
+        view_laterality, self.view = parse_view(self.view, strict=False)
+        if self.laterality is None:
+            self.laterality = view_laterality
+        self.density = parse_density(self.density)
+        self.birads = parse_birads(self.birads)
+        for name in ("mass_shape", "mass_density", "calc_find", "calc_distribution"):
+            setattr(self, name, clean_text(getattr(self, name)))
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any], mapping: Mapping[str, Any] | None = None,
+                     legend: Mapping[str, Mapping[str, str]] | None = None) -> "ReportFields":
+        """Fields from one table row, reading the columns `mapping` names (default `EMBED_COLUMNS`).
+
+        `mapping` maps a field name to a column, a tuple of columns (the first one with a value in
+        the row is used) or None. Ready-made mappings: `EMBED_COLUMNS`,
+        `DATASET_COLUMNS` (this package's converted datasets), `RSNA_COLUMNS`, `VINDR_COLUMNS`.
+        `legend` ({column: {code: meaning}}, see `load_embed_legend`) turns the mass and
+        calcification codes into words; a code missing from the legend is dropped with a warning.
+        Without a legend those values are used as they are.
+
+        >>> row = {"age": 58.0, "laterality": "R", "view": "MLO", "density": "B", "BIRADS": 0.0, "cancer": 0}
+        >>> fields = ReportFields.from_mapping(row, RSNA_COLUMNS)
+        >>> fields.age, fields.laterality, fields.view, fields.density, fields.birads, fields.procedure
+        (58, 'R', 'MLO', 2, 0, None)
+        """
+        mapping = EMBED_COLUMNS if mapping is None else mapping
+        unknown = set(mapping) - set(FIELD_NAMES)
+        if unknown:
+            raise ValueError(f"mapping has keys {sorted(unknown)} that are not ReportFields fields {FIELD_NAMES}.")
+        values: dict[str, Any] = {}
+        found_any = False
+        for name, columns in mapping.items():
+            for column in _as_columns(columns):
+                if column not in row:
+                    continue
+                found_any = True
+                if not is_missing(row[column]):
+                    values[name] = _lookup(row[column], column, legend) if name in LEGEND_FIELDS else row[column]
+                    break
+        if not found_any:
+            wanted = sorted({column for columns in mapping.values() for column in _as_columns(columns)})
+            raise ValueError(
+                f"The row has none of the columns {wanted}; its columns are {sorted(map(str, row))}. Pass the "
+                f"mapping for this source (EMBED_COLUMNS, DATASET_COLUMNS, RSNA_COLUMNS, VINDR_COLUMNS or your own)."
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_embed(cls, row: Mapping[str, Any],
+                   legend: Mapping[str, Mapping[str, str]] | None = None) -> "ReportFields":
+        """Fields from a joined EMBED row (metadata columns + the chosen clinical row's columns).
+
+        >>> legend = {"massshape": {"O": "Oval"}, "massdens": {"=": "Isodense"}}
+        >>> row = {"StudyDescription": "MG Screen Bilat", "ImageLateralityFinal": "L", "ViewPosition": "CC",
+        ...        "FinalImageType": "2D", "tissueden": 2.0, "asses": "B", "massshape": "O", "massdens": "="}
+        >>> fields = ReportFields.from_embed(row, legend)
+        >>> fields.reason, fields.birads, fields.mass_shape, fields.mass_density
+        ('screening', 2, 'Oval', 'Isodense')
+        """
+        return cls.from_mapping(row, EMBED_COLUMNS, legend)
+
+
+FIELD_NAMES = tuple(field.name for field in dataclasses.fields(ReportFields))
+LEGEND_FIELDS = ("mass_shape", "mass_density", "calc_find", "calc_distribution")
+
+# Field -> column(s) of each source. A tuple is tried in order (see `ReportFields.from_mapping`).
+EMBED_COLUMNS = {
+    "procedure": ("StudyDescription", "desc"),
+    "race": "RACE_DESC",
+    "ethnicity": "ETHNIC_GROUP_DESC",
+    "age": "age_at_study",
+    "image_type": "FinalImageType",
+    "laterality": ("ImageLateralityFinal", "side"),
+    "view": "ViewPosition",
+    "density": "tissueden",
+    "birads": "asses",
+    "mass_shape": "massshape",
+    "mass_density": "massdens",
+    "calc_find": "calcfind",
+    "calc_distribution": "calcdistri",
+}
+# The converted datasets (DESIGN.md schema): `report_birads` / `report_density` are what the report
+# says (e.g. a male breast's density 5), `birads` / `density` the evaluation labels.
+DATASET_COLUMNS = {
+    **{name: name for name in FIELD_NAMES},
+    "birads": ("report_birads", "birads"),
+    "density": ("report_density", "density"),
+}
+RSNA_COLUMNS = {"age": "age", "laterality": "laterality", "view": "view", "density": "density", "birads": "BIRADS"}
+VINDR_COLUMNS = {"laterality": "laterality", "view": "view_position", "density": "breast_density",
+                 "birads": "breast_birads"}
+
+_warned_codes: set[tuple[str, str]] = set()
+
+
+def _as_columns(columns) -> tuple[str, ...]:
+    if columns is None:
+        return ()
+    return (columns,) if isinstance(columns, str) else tuple(columns)
+
+
+def _lookup(value: Any, column: str, legend: Mapping[str, Mapping[str, str]] | None) -> str | None:
+    code = clean_text(value)
+    if code is None or legend is None:
+        return code
+    meanings = legend.get(column)
+    if meanings is None:
+        return code
+    meaning = meanings.get(code)
+    if meaning is None and (column, code) not in _warned_codes:
+        _warned_codes.add((column, code))
+        warnings.warn(f"Code {code!r} of column {column!r} is not in the legend; the report leaves it out.",
+                      stacklevel=3)
+    return clean_text(meaning)
+
+
+def load_embed_legend(csv_path: str | Path) -> dict[str, dict[str, str]]:
+    """Read EMBED's `AWS_Open_Data_Clinical_Legend.csv` into {header: {code: meaning}}.
+
+    Only the columns `Header in export`, `Code` and `Meaning` are used; whitespace around every
+    value is stripped (the real file pads some meanings).
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"EMBED legend {path} not found; it is tables/AWS_Open_Data_Clinical_Legend.csv "
+                                f"of the EMBED release.")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        needed = ("Header in export", "Code", "Meaning")
+        missing = [column for column in needed if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} lacks the column(s) {missing}; its columns are {reader.fieldnames}.")
+        legend: dict[str, dict[str, str]] = {}
+        for line in reader:
+            header, code, meaning = (" ".join((line[c] or "").split()) for c in needed)
+            if header and code:
+                legend.setdefault(header, {})[code] = meaning
+    return legend
+
+
+# ---------------------------------------------------------------------------------------------
+# Which clinical row describes an image
+# ---------------------------------------------------------------------------------------------
+
+
+def select_clinical_row(rows, laterality: str | None, *, side_column: str = "side", birads_column: str = "asses"):
+    """The clinical row of an exam that describes an image of breast `laterality` (METHOD.md 3).
+
+    Candidates: the rows whose side is the image's; else the rows with side B, or with no side
+    (DATASETS.md: an empty side applies to the whole exam); else all rows. Among the candidates:
+    if all BI-RADS are <= 2 and one is 0, the first BI-RADS 0 row; otherwise the first row with the
+    highest BI-RADS. Rows without a BI-RADS only win when no candidate has one.
+
+    `rows` is a sequence of mappings or a pandas DataFrame (then a row Series is returned); None
+    for no rows.
+
+    >>> rows = [{"side": "L", "asses": "B"}, {"side": "L", "asses": "A"}, {"side": "R", "asses": "S"}]
+    >>> select_clinical_row(rows, "L")["asses"], select_clinical_row(rows, "R")["asses"]
+    ('A', 'S')
+    """
+    records = [rows.iloc[i] for i in range(len(rows))] if hasattr(rows, "iloc") else list(rows)
+    if not records:
+        return None
+    image_side = normalize_laterality(laterality)
+    sides = [normalize_laterality(record.get(side_column)) or "B" for record in records]
+    candidates = [i for i, side in enumerate(sides) if image_side is not None and side == image_side]
+    if not candidates:
+        candidates = [i for i, side in enumerate(sides) if side == "B"]
+    if not candidates:
+        candidates = list(range(len(records)))
+    graded = [(i, parse_birads(records[i].get(birads_column))) for i in candidates]
+    graded = [(i, birads) for i, birads in graded if birads is not None]
+    if not graded:
+        return records[candidates[0]]
+    categories = [birads for _, birads in graded]
+    if max(categories) <= 2 and 0 in categories:
+        return records[graded[categories.index(0)][0]]
+    return records[graded[categories.index(max(categories))][0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sentences
+# ---------------------------------------------------------------------------------------------
+
+
+def _word(value: Any) -> str:
+    return UNKNOWN if value is None else str(value)
+
+
+def metadata_sentences(fields: ReportFields) -> list[str]:
+    """Sections 1-4 (procedure, reason, patient info, image info), with "unknown" for missing values."""
+    side = LATERALITY_WORDS.get(fields.laterality, UNKNOWN) if fields.laterality else UNKNOWN
+    race, ethnicity, age = _word(fields.race), _word(fields.ethnicity), _word(fields.age)
+    return [
+        f"Procedure reported: {_word(fields.procedure)}.",
+        f"Reason for procedure: {_word(fields.reason)}.",
+        f"Patient info: This patient is {race}, {ethnicity}, and {age} years old.",
+        f"Image info: This is a {_word(fields.image_type)} full-field digital mammogram of the {side} breast "
+        f"with {_word(fields.view)} view.",
+    ]
+
+
+def density_sentences(density: int) -> list[str]:
+    """Section 5 for density 1-5.
+
+    >>> density_sentences(4)
+    ['Breast composition: The breast is extremely dense.', 'This may lower the sensitivity of mammography.']
+    """
+    density = parse_density(density)
+    if density is None:
+        raise ValueError("density_sentences needs a density (1-4, 5 = male).")
+    sentences = [f"Breast composition: The breast is {DENSITY_DESCRIPTIONS[density]}."]
+    if density in DENSE_DENSITIES:
+        sentences.append(DENSE_BREAST_SENTENCE)
+    return sentences
+
+
+def findings_sentences(birads: int, *, mass_shape: str | None = None, mass_density: str | None = None,
+                       calc_find: str | None = None, calc_distribution: str | None = None) -> list[str]:
+    """Section 6: the BI-RADS finding phrase, then the mass and calcification sentences when coded.
+
+    >>> findings_sentences(2, calc_find="Punctate", calc_distribution="Grouped")
+    ['Findings: The mammogram shows that a benign finding is present.', 'A Grouped Punctate calcification is present.']
+    """
+    sentences = [f"Findings: The mammogram shows that {BIRADS_FINDING_PHRASES[birads]}."]
+    if mass_shape and mass_density:
+        sentences.append(f"The mass is {mass_shape} and {mass_density}.")
+    if calc_find and calc_distribution:
+        sentences.append(f"A {calc_distribution} {calc_find} calcification is present.")
+    return sentences
+
+
+def impression_sentences(birads: int) -> list[str]:
+    """Sections 7 and 8.
+
+    >>> for sentence in impression_sentences(0):
+    ...     print(sentence)
+    Impressions: BI-RADS Category 0: additional imaging required.
+    Overall Assessment: Additional imaging is recommended.
+    """
+    return [
+        f"Impressions: BI-RADS Category {birads}: {BIRADS_DESCRIPTIONS[birads]}.",
+        f"Overall Assessment: {BIRADS_ASSESSMENTS[birads]}.",
+    ]
+
+
+def _uniforms(generator, count: int) -> list[float]:
+    """`count` uniform draws in [0, 1) from numpy / random / torch generators or an int seed."""
+    if generator is None:
+        generator = np.random.default_rng()
+    if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+        generator = np.random.default_rng(int(generator))
+    if isinstance(generator, np.random.Generator):
+        return generator.random(count).tolist()
+    if isinstance(generator, np.random.RandomState):
+        return generator.random_sample(count).tolist()
+    if isinstance(generator, random.Random):
+        return [generator.random() for _ in range(count)]
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is not None and isinstance(generator, torch.Generator):
+        return torch.rand(count, generator=generator, dtype=torch.float64).tolist()
+    raise TypeError(
+        f"generator must be a numpy Generator, random.Random, torch.Generator or an int seed, "
+        f"got {type(generator).__name__}."
+    )
+
+
+def mask_metadata(fields: ReportFields, mask_prob: float = PAPER_MASK_PROB, generator=None) -> ReportFields:
+    """A copy of `fields` where each of the six `MASKABLE_FIELDS` is independently set to None
+    ("unknown" in the report) with probability `mask_prob`. Six draws are taken every call, in
+    `MASKABLE_FIELDS` order, whatever the values, so a seeded generator gives the same masks.
+
+    >>> masked = mask_metadata(ReportFields(age=61, view="CC", birads=1), 1.0, generator=0)
+    >>> masked.age, masked.view, masked.birads
+    (None, None, 1)
+    """
+    if not 0.0 <= float(mask_prob) <= 1.0:
+        raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}.")
+    draws = _uniforms(generator, len(MASKABLE_FIELDS))
+    hidden = {name: None for name, draw in zip(MASKABLE_FIELDS, draws) if draw < mask_prob}
+    return dataclasses.replace(fields, **hidden)
+
+
+def build_report(fields: ReportFields, *, mask_prob: float = 0.0, generator=None) -> list[str]:
+    """The report's sentences, in section order (see the module docstring).
+
+    Args:
+        fields: the image's `ReportFields`.
+        mask_prob: metadata masking probability (training: `PAPER_MASK_PROB` = 0.8; evaluation: 0).
+        generator: the randomness of the masking: a numpy Generator, `random.Random`,
+            `torch.Generator` or an int seed; None draws fresh entropy. Unused when `mask_prob` is 0.
+    """
+    if not isinstance(fields, ReportFields):
+        raise TypeError(
+            f"build_report takes ReportFields, got {type(fields).__name__}; build them with "
+            f"ReportFields.from_embed(row, legend) or ReportFields.from_mapping(row, mapping)."
+        )
+    if mask_prob:
+        fields = mask_metadata(fields, mask_prob, generator)
+    sentences = metadata_sentences(fields)
+    if fields.density is not None:
+        sentences += density_sentences(fields.density)
+    if fields.birads is not None:
+        sentences += findings_sentences(fields.birads, mass_shape=fields.mass_shape, mass_density=fields.mass_density,
+                                        calc_find=fields.calc_find, calc_distribution=fields.calc_distribution)
+        sentences += impression_sentences(fields.birads)
+    return sentences
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot prompts (METHOD.md section 7)
+# ---------------------------------------------------------------------------------------------
+
+ZERO_SHOT_TASKS = ("birads", "density", "cancer")
+CLASS_NAMES = {
+    "birads": [f"BI-RADS {category}" for category in range(7)],
+    "density": [LETTER_OF_DENSITY[density] for density in range(1, 5)],
+    "cancer": ["negative", "positive"],
+}
+# The reference's token budgets (bos and eos included): 144 like the reports, 72 for the RSNA prompts.
+# The reference cut longer prompts silently; here they raise. The RSNA positive prompt is long (about
+# 75-90 tokens with GPT-2-style BPEs), so it may need 144 too, and with the metadata prefix it always does.
+ZERO_SHOT_MAX_LENGTH = {"birads": 144, "density": 144, "cancer": 72}
+
+# The RSNA cancer prompts of the reference: (finding, BI-RADS code, BI-RADS description) per class.
+RSNA_CANCER_PROMPTS = (
+    ("Cancer negative: overall healthy or just benign finding", "N or B", "Negative or Benign"),
+    ("Cancer positive: screening image with known biopsy-proven malignancy or suspicious abnormality found", "A",
+     "Additional imaging required with biopsy-proven malignancy or suspicious abnormality found"),
+)
+
+
+def _class_sentences(task: str) -> list[list[str]]:
+    if task == "birads":
+        return [findings_sentences(category) + impression_sentences(category) for category in range(7)]
+    if task == "density":
+        return [density_sentences(density) for density in range(1, 5)]
+    if task == "cancer":
+        return [
+            [f"Findings: The mammogram shows that {finding}.", f"Impressions: BI-RADS Category {code}: {description}.",
+             f"Overall Assessment: {description}."]
+            for finding, code, description in RSNA_CANCER_PROMPTS
+        ]
+    raise ValueError(f"Unknown zero-shot task {task!r}; expected one of {ZERO_SHOT_TASKS}.")
+
+
+def _prefix(fields: ReportFields | None) -> list[str]:
+    if fields is None:
+        return []
+    if not isinstance(fields, ReportFields):
+        raise TypeError(f"fields must be ReportFields or None, got {type(fields).__name__}.")
+    return metadata_sentences(fields)
+
+
+def zero_shot_prompts(task: str, fields: ReportFields | None = None) -> list[list[str]]:
+    """One prompt per class (a list of sentences), in class order (`CLASS_NAMES[task]`).
+
+    - "birads" (7 classes, BI-RADS 0-6): the findings, impressions and assessment sentences.
+    - "density" (4 classes, A-D): the breast-composition sentence(s).
+    - "cancer" (2 classes, RSNA): the reference's cancer-negative / cancer-positive prompts.
+
+    With `fields`, every prompt starts with the image's own UNMASKED metadata sections (procedure,
+    reason, patient info, image info): the paper's protocol.
+
+    >>> [len(prompt) for prompt in zero_shot_prompts("density")]
+    [1, 1, 2, 2]
+    >>> for sentence in zero_shot_prompts("cancer")[0]:
+    ...     print(sentence)
+    Findings: The mammogram shows that Cancer negative: overall healthy or just benign finding.
+    Impressions: BI-RADS Category N or B: Negative or Benign.
+    Overall Assessment: Negative or Benign.
+    """
+    prefix = _prefix(fields)
+    return [prefix + sentences for sentences in _class_sentences(task)]
+
+
+def _variant_sentences(task: str) -> list[list[list[str]]]:
+    # Alternative phrasings are parts of the class text the model saw in training.
+    base = _class_sentences(task)
+    if task == "density":
+        return [[sentences[:1] for sentences in base]]
+    return [
+        [sentences[1:] for sentences in base],  # impressions + assessment
+        [sentences[:2] for sentences in base],  # findings + impressions
+        [sentences[1:2] for sentences in base],  # impressions alone
+    ]
+
+
+def zero_shot_prompt_variants(task: str, fields: ReportFields | None = None, count: int = 1) -> list[list[list[str]]]:
+    """`count` alternative prompt sets for prompt ensembling, each like `zero_shot_prompts(task, fields)`.
+
+    The alternatives are subsets of the class sentences (e.g. impressions + assessment only), so they
+    stay in the training distribution; the standard prompts are NOT included. BI-RADS and cancer
+    have 3 alternatives, density 1.
+
+    >>> zero_shot_prompt_variants("birads", count=1)[0][4]
+    ['Impressions: BI-RADS Category 4: suspicious abnormality.', 'Overall Assessment: Suspicious abnormality.']
+    """
+    variants = _variant_sentences(task)
+    if not 0 <= count <= len(variants):
+        raise ValueError(f"The {task} task has {len(variants)} prompt variant(s); got count={count}.")
+    prefix = _prefix(fields)
+    return [[prefix + sentences for sentences in variant] for variant in variants[:count]]
+
+
+__all__ = [
+    "BIRADS_ASSESSMENTS", "BIRADS_DESCRIPTIONS", "BIRADS_FINDING_PHRASES", "BIRADS_OF_LETTER", "CLASS_NAMES",
+    "DATASET_COLUMNS", "DENSE_BREAST_SENTENCE", "DENSITY_DESCRIPTIONS", "DENSITY_OF_LETTER", "EMBED_COLUMNS",
+    "FIELD_NAMES", "LATERALITY_WORDS", "LETTER_OF_BIRADS", "LETTER_OF_DENSITY", "MALE_DENSITY", "MASKABLE_FIELDS",
+    "PAPER_MASK_PROB", "REASONS", "RSNA_CANCER_PROMPTS", "RSNA_COLUMNS", "ReportFields", "UNKNOWN", "VIEW_POSITIONS",
+    "VINDR_COLUMNS", "ZERO_SHOT_MAX_LENGTH", "ZERO_SHOT_TASKS", "build_report", "clean_text", "density_sentences",
+    "findings_sentences", "impression_sentences", "is_missing", "load_embed_legend", "mask_metadata",
+    "metadata_sentences", "normalize_ethnicity", "normalize_laterality", "normalize_view", "parse_age",
+    "parse_birads", "parse_density", "parse_view", "reason_from_text", "select_clinical_row",
+    "zero_shot_prompt_variants", "zero_shot_prompts",
+]
