@@ -48,11 +48,19 @@ logger = logging.getLogger("pretrain")
 # The embedded default: what `python examples/pretrain.py` runs (tuned to finish in minutes on 2 CPU cores).
 DEMO_ARGUMENTS = [
     "--preset", "tiny", "--output_dir", "outputs/pretrain-demo", "--image_size", "112",
-    "--synthetic_exams", "120", "--num_train_epochs", "12", "--per_device_train_batch_size", "32",
-    "--learning_rate", "1e-3", "--weight_decay", "0.05", "--warmup_steps", "10",
-    "--lr_scheduler_type", "cosine", "--late_loss_step", "40", "--logging_steps", "10",
+    "--synthetic_exams", "120", "--num_train_epochs", "40", "--per_device_train_batch_size", "32",
+    "--learning_rate", "2e-3", "--weight_decay", "0.05", "--warmup_steps", "20",
+    "--lr_scheduler_type", "cosine", "--late_loss_step", "100", "--augmentation", "mild", "--logging_steps", "50",
     "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "1", "--seed", "42",
 ]
+
+# Augmentation strengths. The paper's (crops down to 10% of the image, brightness/contrast jitter 0.8)
+# suits 40k steps on real data; on a minutes-long run it hides the density signal, so the demo uses "mild".
+AUGMENTATIONS = {
+    "paper": None,
+    "mild": {"crop_scale": [0.7, 1.0], "color_jitter": [0.1, 0.1, 0.0, 0.0], "color_jitter_p": 0.5,
+             "grayscale_p": 0.0, "blur_p": 0.2},
+}
 
 PAPER_TRAINING = dict(  # METHOD.md section 6
     learning_rate=4e-5, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.999, warmup_steps=4000, max_steps=40_000,
@@ -89,6 +97,7 @@ class DataArguments:
     multiview_policy: str = field(default="same_exam", metadata={"help": "same_exam | ipsilateral | contralateral"})
     multiview_probability: float = 0.5
     mask_prob: float = 0.8
+    augmentation: str = field(default="paper", metadata={"help": "paper | mild | none (training augmentation strength)."})
     max_length: int = 144
     eval_tasks: str = field(default="density,birads", metadata={"help": "Zero-shot tasks run on the test split at the end."})
 
@@ -150,7 +159,7 @@ def print_table(results: dict[str, dict]) -> None:
     print("\nzero-shot on the held-out test split")
     print(f"{'task':10s} {'images':>7s} {'bACC':>7s} {'AUC':>7s} {'chance':>7s}")
     for task, metrics in results.items():
-        chance = 1.0 / metrics["num_classes"]
+        chance = 1.0 / len(metrics["class_counts"])
         print(f"{task:10s} {metrics['num_images']:7d} {metrics['balanced_accuracy']:7.3f} "
               f"{metrics.get('auc', float('nan')):7.3f} {chance:7.3f}")
 
@@ -185,12 +194,17 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = build_tokenizer(model_args, train_split, training_args.output_dir)
     overrides = build_config_overrides(model_args)
     model = build_model(model_args, tokenizer, image_size, overrides)
+    if data_args.augmentation not in (*AUGMENTATIONS, "none"):
+        raise ValueError(f"--augmentation must be one of {[*AUGMENTATIONS, 'none']}, got {data_args.augmentation!r}.")
     processor = MamaProcessor(
-        image_processor=MamaImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tokenizer,
+        image_processor=MamaImageProcessor(size={"height": image_size, "width": image_size},
+                                           augmentation=AUGMENTATIONS.get(data_args.augmentation)),
+        tokenizer=tokenizer,
     )
     train_dataset = MultiViewDataset(
         train_split, processor.image_processor, policy=data_args.multiview_policy,
         probability=data_args.multiview_probability, mask_prob=data_args.mask_prob, seed=training_args.seed,
+        augment=data_args.augmentation != "none",
     )
     trainer = MamaTrainer(
         model=model, args=training_args, train_dataset=train_dataset,

@@ -2,7 +2,8 @@
 
 Importing the package registers MaMA with the Auto classes (`AutoConfig`, `AutoModel`,
 `AutoModelForZeroShotImageClassification`, `AutoModelForImageClassification`, `AutoImageProcessor`,
-`AutoProcessor`). Training, data and evaluation names load on first use.
+`AutoProcessor`) and the `"mammography-zero-shot"` pipeline. Training, data and evaluation names load
+on first use.
 """
 
 import importlib
@@ -13,11 +14,14 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForZeroShotImageClassification,
+    AutoProcessor,
 )
 
 from .configuration_mama import MamaConfig
 from .image_processing_mama import MamaImageProcessor
 from .modeling_mama import MamaForImageClassification, MamaModel, MamaOutput, MamaPreTrainedModel
+from .pipelines import MammographyZeroShotPipeline
+from .processing_mama import MamaProcessor
 
 __version__ = "0.1.0"
 
@@ -25,7 +29,10 @@ AutoConfig.register("mama", MamaConfig, exist_ok=True)
 AutoModel.register(MamaConfig, MamaModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(MamaConfig, MamaModel, exist_ok=True)
 AutoModelForImageClassification.register(MamaConfig, MamaForImageClassification, exist_ok=True)
-AutoImageProcessor.register(MamaConfig, slow_image_processor_class=MamaImageProcessor, exist_ok=True)
+AutoImageProcessor.register(
+    MamaConfig, image_processor_classes={"torchvision": MamaImageProcessor, "pil": MamaImageProcessor}, exist_ok=True
+)
+AutoProcessor.register(MamaConfig, MamaProcessor, exist_ok=True)
 
 _LAZY = {
     "MamaTrainer": "trainer_mama",
@@ -49,5 +56,7 @@ __all__ = [
     "MamaModel",
     "MamaOutput",
     "MamaPreTrainedModel",
+    "MamaProcessor",
+    "MammographyZeroShotPipeline",
     *_LAZY,
 ]

@@ -397,7 +397,7 @@ class MamaModel(MamaPreTrainedModel):
                 non-zero weight). Terms needing a second view are skipped without `extra_pixel_values`.
             output_local_embeds: also return patch / sentence embeddings when the local term did not run.
         """
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
         logit_scale, local_scale = self.clamped_scales()
         want = {term: bool(return_loss) and config.is_loss_active(term, step)
@@ -529,7 +529,7 @@ class MamaForImageClassification(MamaPreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
                 return_dict: bool | None = None, **kwargs: Any) -> ImageClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         pooled, _ = self.encode_image_tokens(pixel_values)
         logits = self.classifier(pooled)
         loss = F.cross_entropy(logits, labels) if labels is not None else None

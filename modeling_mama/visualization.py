@@ -180,3 +180,57 @@ def plot_roc(scores: Any, labels: Any, class_names: Sequence[str], path: str | o
         f"one-vs-rest ROC, macro AUC {np.mean(aucs):.3f}" if aucs else "one-vs-rest ROC")
     axes.set_title(title or default_title)
     return save_figure(figure, path)
+
+
+# ----------------------------------------------------------------------------------------- heat maps
+def patch_sentence_similarity(model, pixel_values, input_ids, attention_mask=None, sentence_positions=None,
+                              sentence_mask=None):
+    """What SLA aligned: cosine similarity of every patch with every real sentence of one report.
+
+    Takes one image (`pixel_values` [1, 3, H, W]) and one tokenised report; returns a numpy array
+    [S, H / patch, W / patch] (one map per real sentence), computed with the model's local heads.
+    """
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        patches, _ = model.get_patch_embeddings(pixel_values)
+        sentences, mask = model.get_sentence_embeddings(input_ids, attention_mask, sentence_positions, sentence_mask)
+    patch_size = model.config.vision_config.patch_size
+    rows, columns = pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size
+    similarity = torch.einsum("pd,sd->sp", patches[0], sentences[0][mask[0]])
+    return similarity.reshape(-1, rows, columns).cpu().numpy()
+
+
+def upsample_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear upsampling of a patch-grid map to image size."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.as_tensor(values, dtype=torch.float32)[None, None]
+    return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def plot_heat_map(image: Any, similarity: Any, path: str | os.PathLike, title: str | None = None,
+                  alpha: float = 0.45) -> Path:
+    """Overlay a patch-grid similarity map (upsampled) on a grayscale mammogram and save it as PNG.
+
+    `image` is a 2-D array (any range; shown min-max scaled) or a [3, H, W] / [H, W, 3] array.
+    """
+    image = _to_numpy(image).astype(np.float32)
+    if image.ndim == 3:
+        image = image.mean(axis=0) if image.shape[0] in (1, 3) else image.mean(axis=-1)
+    similarity = _to_numpy(similarity).astype(np.float32)
+    if similarity.ndim != 2:
+        raise ValueError(f"similarity must be a 2-D patch grid, got shape {similarity.shape}.")
+    heat = upsample_map(similarity, *image.shape)
+    figure = new_figure(5, 5 * image.shape[0] / max(image.shape[1], 1) + 0.4)
+    axes = figure.add_subplot()
+    span = float(image.max() - image.min()) or 1.0
+    axes.imshow((image - image.min()) / span, cmap="gray", vmin=0, vmax=1)
+    overlay = axes.imshow(heat, cmap="jet", alpha=alpha)
+    figure.colorbar(overlay, ax=axes, fraction=0.046, pad=0.02, label="patch-sentence cosine similarity")
+    axes.set_axis_off()
+    if title:
+        axes.set_title(title, fontsize=8, wrap=True)
+    return save_figure(figure, path)

@@ -4,7 +4,7 @@ For each test image and each class, the prompt is the image's own unmasked metad
 (procedure, reason, patient info, image info) followed by the class's sentences; the class score is
 `s * image_embed . prompt_embed` and the prediction its argmax. With `use_metadata=False` every image
 shares one class-only prompt per class. Several phrasings per class (prompt ensembling, an extension)
-are averaged in embedding space.
+are averaged in embedding space (`prompt_variants`, 0 in the paper protocol).
 
 >>> from modeling_mama.zero_shot import TASK_LABEL_COLUMNS, label_to_class
 >>> TASK_LABEL_COLUMNS["density"], label_to_class("density", 3), label_to_class("birads", 0)
@@ -57,11 +57,12 @@ def encode_prompts(model, tokenizer, prompts: Sequence[Sequence[str]], *, max_le
 
 @torch.no_grad()
 def zero_shot_logits(model, processor, dataset, task: str, *, use_metadata: bool = True,
-                     prompt_variants: int = 1, batch_size: int = 32, max_length: int = 144,
+                     prompt_variants: int = 0, batch_size: int = 32, max_length: int = 144,
                      progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Class logits [N, C] for the rows of `dataset` that have a label for `task`.
 
     Returns (logits, class labels, row indices used). `dataset` is a converted split (DESIGN.md schema).
+    `prompt_variants` extra phrasings per class (prompt ensembling, beyond the paper) are averaged in.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -86,27 +87,33 @@ def zero_shot_logits(model, processor, dataset, task: str, *, use_metadata: bool
         if shared is not None:
             class_embeds = shared.unsqueeze(0).expand(len(batch_rows), -1, -1)
         else:
-            class_embeds = torch.stack([
-                _class_embeddings(model, processor.tokenizer, task, report_fields_from_row(row),
-                                  prompt_variants, max_length)
-                for row in batch_rows
-            ])
+            class_embeds = _class_embeddings(model, processor.tokenizer, task,
+                                             [report_fields_from_row(row) for row in batch_rows],
+                                             prompt_variants, max_length)
         all_logits.append((scale * torch.einsum("nd,ncd->nc", image_embeds, class_embeds)).cpu())
     logits = torch.cat(all_logits).numpy() if all_logits else np.zeros((0, 0), dtype=np.float32)
     return logits, np.asarray([labels[i] for i in rows]), rows
 
 
 def _class_embeddings(model, tokenizer, task: str, fields, prompt_variants: int, max_length: int) -> torch.Tensor:
-    """[C, D] normalised class embeddings, averaged over `prompt_variants` phrasings."""
-    prompts = zero_shot_prompts(task, fields)
-    embeds = encode_prompts(model, tokenizer, prompts, max_length=max_length)
-    if prompt_variants > 1:
+    """Normalised class embeddings, averaged over `prompt_variants` extra phrasings.
+
+    `fields` is None (class-only prompts: returns [C, D]) or a list of N images' ReportFields (each
+    image's metadata prefixes its prompts: returns [N, C, D]); all prompts are encoded in one pass.
+    """
+    per_image = fields if isinstance(fields, list) else [fields]
+    phrasings = [[zero_shot_prompts(task, image_fields) for image_fields in per_image]]
+    if prompt_variants > 0:
         from .reports import zero_shot_prompt_variants
 
-        variants = zero_shot_prompt_variants(task, fields, prompt_variants)
-        stacked = [encode_prompts(model, tokenizer, variant, max_length=max_length) for variant in variants]
-        embeds = F.normalize(torch.stack([embeds, *stacked]).mean(dim=0), dim=-1)
-    return embeds
+        variants = [zero_shot_prompt_variants(task, image_fields, prompt_variants) for image_fields in per_image]
+        phrasings += [[image_variants[k] for image_variants in variants] for k in range(prompt_variants)]
+    num_classes = len(phrasings[0][0])
+    flat = [prompt for phrasing in phrasings for image_prompts in phrasing for prompt in image_prompts]
+    embeds = encode_prompts(model, tokenizer, flat, max_length=max_length)
+    embeds = embeds.reshape(len(phrasings), len(per_image), num_classes, -1)
+    embeds = F.normalize(embeds.mean(dim=0), dim=-1)
+    return embeds if isinstance(fields, list) else embeds[0]
 
 
 def evaluate_zero_shot(model, processor, dataset, task: str, **kwargs) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Shared test fixtures: everything offline, tiny and generated."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -78,3 +79,48 @@ def report_tokenizer():
     for task in ("birads", "density", "cancer"):
         sentences += [s for prompt in zero_shot_prompts(task) for s in prompt]
     return train_report_tokenizer(sentences, vocab_size=1000)
+
+
+# ------------------------------------------------------------------- synthetic EMBED + pre-trained model
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def load_example(name: str):
+    """Import examples/<name>.py as a module (the examples are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def synthetic_embed_dataset(tmp_path_factory):
+    """A converted synthetic EMBED look-alike (40 exams, 2D images stored at 128 px)."""
+    from modeling_mama.converters.embed import convert_embed
+    from modeling_mama.synthetic import generate_embed
+
+    root = tmp_path_factory.mktemp("synthetic-embed")
+    generate_embed(root / "raw", num_exams=40, image_size=(160, 128), seed=0, progress=False)
+    convert_embed(root / "raw", root / "converted", image_size=128, seed=0, progress=False)
+    return root / "converted"
+
+
+PRETRAIN_TEST_ARGUMENTS = [
+    "--preset", "tiny", "--image_size", "56", "--hidden_size", "32", "--num_train_epochs", "30",
+    "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--weight_decay", "0.05", "--warmup_steps", "5",
+    "--lr_scheduler_type", "cosine", "--late_loss_step", "40", "--augmentation", "mild", "--logging_steps", "20",
+    "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0",
+    "--disable_tqdm", "true", "--eval_tasks", "density",
+]
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny_mama(synthetic_embed_dataset, tmp_path_factory):
+    """A tiny MaMA folder (model, processor, card, results.json) pre-trained by examples/pretrain.py."""
+    out = tmp_path_factory.mktemp("pretrained-mama")
+    load_example("pretrain").main(["--dataset", str(synthetic_embed_dataset), "--output_dir", str(out),
+                                   *PRETRAIN_TEST_ARGUMENTS])
+    return out

@@ -1,0 +1,174 @@
+"""A zero-shot pipeline for mammograms: DICOM files, arrays or whole exams in, per-class scores out.
+
+transformers' stock `pipeline("zero-shot-image-classification")` works with a saved MaMA model, but it
+loads images as 8-bit RGB and does not understand DICOM or exams. This pipeline (registered as
+`"mammography-zero-shot"` when `modeling_mama` is imported) takes:
+
+- one image: a DICOM path, a `pydicom.Dataset`, an image file path, a numpy array or a PIL image; or a
+  dict `{"image": ..., "fields": {...}, "laterality": "L", "view": "CC"}`;
+- one exam: `{"views": [image or dict, ...], "fields": {...}}` (fields shared by every view).
+
+For each image it builds the paper's prompts (METHOD.md section 7): the image's own metadata sections
+(from `fields`, or from the DICOM tags: laterality and view) followed by each class's sentences, and
+scores `s * image . prompt`; scores are one softmax over the classes. For an exam it also returns
+breast-level scores (the mean of that breast's view probabilities) and an exam-level score (the mean
+of all views' probabilities); `aggregate="max"` instead takes the most suspicious view (binary tasks).
+
+>>> from transformers import pipeline
+>>> classifier = pipeline("mammography-zero-shot", model="path/to/mama")     # doctest: +SKIP
+>>> classifier("exam/1-1.dcm", task="density")                            # doctest: +SKIP
+[{'label': 'C', 'score': 0.61}, {'label': 'B', 'score': 0.22}, ...]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydicom.dataset import Dataset
+from transformers import AutoModelForZeroShotImageClassification, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .dicom import DicomImage, read_dicom
+from .image_processing_mama import _is_image_file
+from .metrics import aggregate_scores
+from .reports import CLASS_NAMES, DATASET_COLUMNS, ZERO_SHOT_TASKS, ReportFields, zero_shot_prompts
+from .tokenization import batch_tokenize_reports
+
+TASK_NAME = "mammography-zero-shot"
+
+
+def _fields(value: Any) -> ReportFields:
+    if value is None:
+        return ReportFields()
+    if isinstance(value, ReportFields):
+        return value
+    if isinstance(value, Mapping):
+        return ReportFields.from_mapping(value, DATASET_COLUMNS) if value else ReportFields()
+    raise TypeError(f"fields must be a ReportFields or a mapping of report fields, got {type(value).__name__}.")
+
+
+def _view(item: Any, shared: ReportFields) -> tuple[Any, ReportFields]:
+    """One view: (image source for the image processor, its report fields)."""
+    fields = shared
+    if isinstance(item, Mapping):
+        if "image" not in item:
+            raise ValueError(f"A view given as a dict needs an 'image' key; got keys {sorted(item)}.")
+        own = _fields(item.get("fields"))
+        overrides = {key: item[key] for key in ("laterality", "view") if item.get(key) is not None}
+        fields = ReportFields(**{**_merged(shared, own), **overrides})
+        item = item["image"]
+    if isinstance(item, Dataset) or (isinstance(item, str) and not _is_image_file(item)):
+        item = read_dicom(item)
+    if isinstance(item, DicomImage):
+        from_tags = {"laterality": item.laterality, "view": item.view_position}
+        fields = ReportFields(**{**{k: v for k, v in from_tags.items() if v}, **_merged(fields)})
+    return item, fields
+
+
+def _merged(*layers: ReportFields) -> dict[str, Any]:
+    """Non-missing values of several ReportFields, later layers winning."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({key: value for key, value in vars(layer).items() if value is not None})
+    return merged
+
+
+class MammographyZeroShotPipeline(Pipeline):
+    """Zero-shot BI-RADS / density / cancer scores for mammograms and exams; see the module docstring.
+
+    Call arguments: `task` ("birads", "density" or "cancer"), `fields` (report fields shared by every
+    view), `use_metadata` (paper: True), `aggregate` ("mean" or "max"), `max_length` (default 144).
+    """
+
+    _load_processor = False
+    _load_image_processor = True
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def _sanitize_parameters(self, task=None, fields=None, use_metadata=None, aggregate=None, max_length=None,
+                             **kwargs):
+        preprocess: dict[str, Any] = {}
+        if task is not None:
+            if task not in ZERO_SHOT_TASKS:
+                raise ValueError(f"task must be one of {ZERO_SHOT_TASKS}, got {task!r}.")
+            preprocess["task"] = task
+        if fields is not None:
+            preprocess["fields"] = fields
+        if use_metadata is not None:
+            preprocess["use_metadata"] = use_metadata
+        if max_length is not None:
+            preprocess["max_length"] = max_length
+        postprocess = {"aggregate": aggregate} if aggregate is not None else {}
+        return preprocess, {}, postprocess
+
+    def preprocess(self, inputs, task: str = "density", fields=None, use_metadata: bool = True,
+                   max_length: int = 144):
+        shared = _fields(fields)
+        is_exam = isinstance(inputs, Mapping) and "views" in inputs
+        if is_exam:
+            shared = ReportFields(**_merged(shared, _fields(inputs.get("fields"))))
+            items = list(inputs["views"])
+            if not items:
+                raise ValueError("An exam needs at least one view in 'views'.")
+        else:
+            items = [inputs]
+        views = [_view(item, shared) for item in items]
+        pixel_values = self.image_processor.preprocess(
+            [source for source, _ in views], laterality=[view_fields.laterality for _, view_fields in views],
+            return_tensors="pt",
+        )["pixel_values"]
+        prompts = [prompt for _, view_fields in views
+                   for prompt in zero_shot_prompts(task, view_fields if use_metadata else None)]
+        text = batch_tokenize_reports(prompts, self.tokenizer, max_length=max_length)
+        return {
+            "pixel_values": pixel_values, "input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
+            "task": task, "is_exam": is_exam,
+            "lateralities": [view_fields.laterality or "?" for _, view_fields in views],
+            "view_names": [view_fields.view for _, view_fields in views],
+        }
+
+    def _forward(self, model_inputs):
+        model = self.model
+        pixel_values = model_inputs["pixel_values"].to(self.device, dtype=next(model.parameters()).dtype)
+        image_embeds = F.normalize(model.get_image_features(pixel_values), dim=-1)
+        text_embeds = F.normalize(model.get_text_features(model_inputs["input_ids"].to(self.device),
+                                                          model_inputs["attention_mask"].to(self.device)), dim=-1)
+        num_views = image_embeds.shape[0]
+        text_embeds = text_embeds.reshape(num_views, -1, text_embeds.shape[-1])
+        scale = model.clamped_scales()[0].exp()
+        logits = scale * torch.einsum("vd,vcd->vc", image_embeds, text_embeds)
+        return {**{key: value for key, value in model_inputs.items() if key not in ("pixel_values", "input_ids",
+                                                                                   "attention_mask")},
+                "logits": logits}
+
+    def postprocess(self, model_outputs, aggregate: str = "mean"):
+        names = CLASS_NAMES[model_outputs["task"]]
+        probabilities = model_outputs["logits"].float().softmax(dim=-1).cpu().numpy()
+        per_image = [_ranked(names, row) for row in probabilities]
+        if not model_outputs["is_exam"]:
+            return per_image[0]
+        breast_ids, breast_scores = aggregate_scores(probabilities, model_outputs["lateralities"], how=aggregate)
+        _, exam_scores = aggregate_scores(probabilities, ["exam"] * len(probabilities), how=aggregate)
+        return {
+            "images": [{"laterality": side, "view": view, "scores": scores} for side, view, scores in
+                       zip(model_outputs["lateralities"], model_outputs["view_names"], per_image)],
+            "breasts": {str(breast): _ranked(names, row) for breast, row in zip(breast_ids, breast_scores)},
+            "exam": _ranked(names, exam_scores[0]),
+        }
+
+
+def _ranked(names, scores: np.ndarray) -> list[dict[str, Any]]:
+    return sorted(({"label": name, "score": float(score)} for name, score in zip(names, scores)),
+                  key=lambda entry: -entry["score"])
+
+
+PIPELINE_REGISTRY.register_pipeline(
+    TASK_NAME, pipeline_class=MammographyZeroShotPipeline, pt_model=AutoModelForZeroShotImageClassification,
+    type="multimodal",
+)
+
+__all__ = ["MammographyZeroShotPipeline", "TASK_NAME"]
