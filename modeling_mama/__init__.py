@@ -33,6 +33,12 @@ AutoImageProcessor.register(
     MamaConfig, image_processor_classes={"torchvision": MamaImageProcessor, "pil": MamaImageProcessor}, exist_ok=True
 )
 AutoProcessor.register(MamaConfig, MamaProcessor, exist_ok=True)
+# Saved folders carry this code (auto_map), so they load with trust_remote_code=True where the
+# package is not installed.
+MamaConfig.register_for_auto_class()
+MamaModel.register_for_auto_class("AutoModel")
+MamaImageProcessor.register_for_auto_class("AutoImageProcessor")
+MamaProcessor.register_for_auto_class("AutoProcessor")
 
 _LAZY = {
     "MamaTrainer": "trainer_mama",

@@ -161,7 +161,19 @@ class MamaPreTrainedModel(PreTrainedModel):
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the rendered model card as README.md."""
+        """`PreTrainedModel.save_pretrained`, plus the rendered model card as README.md.
+
+        When the classes are registered for auto classes (importing `modeling_mama` does it), the
+        folder also carries the code, and `auto_map` names every Auto class that can load it.
+        """
+        if getattr(type(self), "_auto_class", None) is not None:
+            # transformers records one Auto class per model class; add the others.
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": "modeling_mama.MamaModel",
+                "AutoModelForZeroShotImageClassification": "modeling_mama.MamaModel",
+                "AutoModelForImageClassification": "modeling_mama.MamaForImageClassification",
+            }
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_model_card(save_directory, self.config)

@@ -74,3 +74,80 @@ def test_save_pretrained_writes_card_with_results(tmp_path):
     assert "| birads | zero-shot | balanced_accuracy | 0.300 |" in card.text
     assert "trained only on synthetic images" in card.text
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+REMOTE_SCRIPT = r'''
+import json, sys
+class HidePackage:
+    """modeling_mama is not installed, as far as this process can tell."""
+    def find_spec(self, name, path=None, target=None):
+        if name == "modeling_mama" or name.startswith("modeling_mama."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, HidePackage())
+try:
+    import modeling_mama  # noqa: F401
+    raise SystemExit("modeling_mama should be hidden")
+except ModuleNotFoundError:
+    pass
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, pipeline
+folder = sys.argv[1]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+image = Image.fromarray(np.load(sys.argv[2]))
+text = processor(text=[["Breast composition: The breast is extremely dense."],
+                        ["Breast composition: The breast is almost entirely fat."]])
+pixels = processor(images=image)["pixel_values"]
+with torch.no_grad():
+    logits = model(pixel_values=pixels, input_ids=text["input_ids"], attention_mask=text["attention_mask"]).logits_per_image
+zero_shot = AutoModelForZeroShotImageClassification.from_pretrained(folder, trust_remote_code=True)
+classifier = pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
+out = classifier(image.convert("RGB"), candidate_labels=["fat", "dense"])
+print(json.dumps({"model_class": type(model).__module__, "zero_shot_class": type(zero_shot).__name__,
+                  "logits": logits.tolist(), "pipeline": out}))
+'''
+
+
+def test_saved_folder_loads_without_the_package(pretrained_tiny_mama, tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from modeling_mama import MamaProcessor
+    from transformers import pipeline
+
+    config = json.loads((pretrained_tiny_mama / "config.json").read_text())
+    assert {"AutoConfig", "AutoModel", "AutoModelForZeroShotImageClassification"} <= set(config["auto_map"])
+    for name in ("modeling_mama.py", "configuration_mama.py", "losses.py", "processing_mama.py",
+                 "image_processing_mama.py", "dicom.py", "reports.py", "tokenization.py"):
+        assert (pretrained_tiny_mama / name).exists(), name
+    pixels = (np.random.default_rng(0).random((120, 96)) * 60000).astype(np.uint16)
+    np.save(tmp_path / "image.npy", pixels)
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    environment = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, str(script), str(pretrained_tiny_mama), str(tmp_path / "image.npy")],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environment)
+    assert result.returncode == 0, result.stderr[-4000:]
+    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    assert remote["model_class"].startswith("transformers_modules.")
+    assert remote["zero_shot_class"] == "MamaModel"
+    # The same numbers as with the package installed.
+    model = MamaModel.from_pretrained(pretrained_tiny_mama).eval()
+    processor = MamaProcessor.from_pretrained(pretrained_tiny_mama)
+    image = Image.fromarray(pixels)
+    text = processor(text=[["Breast composition: The breast is extremely dense."],
+                            ["Breast composition: The breast is almost entirely fat."]])
+    pixels_in = processor(images=image)["pixel_values"]
+    with torch.no_grad():
+        logits = model(pixel_values=pixels_in, input_ids=text["input_ids"],
+                       attention_mask=text["attention_mask"]).logits_per_image
+    np.testing.assert_allclose(remote["logits"], logits.numpy(), rtol=1e-5, atol=1e-5)
+    local = pipeline("zero-shot-image-classification", model=str(pretrained_tiny_mama))(
+        image.convert("RGB"), candidate_labels=["fat", "dense"])
+    assert [e["label"] for e in remote["pipeline"]] == [e["label"] for e in local]
+    np.testing.assert_allclose([e["score"] for e in remote["pipeline"]], [e["score"] for e in local], atol=1e-5)
