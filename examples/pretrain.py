@@ -38,6 +38,7 @@ from modeling_mama import (
     MamaTrainingArguments,
     MultiViewDataset,
 )
+from modeling_mama.hub import write_model_card
 from modeling_mama.multiview import report_fields_from_row
 from modeling_mama.reports import build_report
 from modeling_mama.tokenization import add_special_tokens, train_report_tokenizer
@@ -222,8 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
                 zero_shot[task] = evaluate_zero_shot(model, processor, test_split, task)
         results["zero_shot"] = zero_shot
         results["wall_time_seconds"] = round(time.time() - started, 1)
-        with open(Path(training_args.output_dir) / "results.json", "w") as handle:
-            json.dump(results, handle, indent=2, default=float)
+        output_dir = Path(training_args.output_dir)
+        temporary = output_dir / ".results.json.tmp"
+        temporary.write_text(json.dumps(results, indent=2, default=float))
+        temporary.replace(output_dir / "results.json")
+        # The card written by save_model predates the results: render it again with them.
+        write_model_card(output_dir, model.config, training_args=training_args.to_dict(), results=results)
         print_table(zero_shot)
         print(f"\nsaved to {training_args.output_dir} in {results['wall_time_seconds']} s")
     return results
