@@ -46,6 +46,7 @@ from .image_processing_mama import MamaImageProcessor
 from .metrics import classification_metrics, softmax_scores
 from .modeling_mama import MamaForImageClassification
 from .multiview import image_array
+from .trainer_mama import ConvertedCheckpointsTrainer
 from .visualization import plot_confusion_matrix, plot_roc
 from .zero_shot import label_to_class
 
@@ -172,7 +173,7 @@ class BalancedSampler(WeightedRandomSampler):
         return super().__iter__()
 
 
-class BalancedTrainer(Trainer):
+class BalancedTrainer(ConvertedCheckpointsTrainer):
     """A `Trainer` whose training batches are class-balanced (`BalancedSampler` with
     `class_balanced_weights`); everything else is the standard `Trainer`.
 

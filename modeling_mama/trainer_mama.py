@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import get_parameter_names
 
 from .tokenization import batch_tokenize_reports
@@ -74,7 +74,33 @@ class _EpochCallback(TrainerCallback):
         self.dataset.set_epoch(math.floor(state.epoch or 0))
 
 
-class MamaTrainer(Trainer):
+class ConvertedCheckpointsTrainer(Trainer):
+    """A `Trainer` that reloads its own checkpoints through `from_pretrained`.
+
+    transformers 5.23's Trainer restores checkpoints (resume, `load_best_model_at_end`) with a raw
+    `load_state_dict(strict=False)`, but `save_pretrained` writes some towers (DINOv2) under their
+    legacy key names: the image tower's attention weights silently keep their current values (only
+    a warning is logged). Loading through `from_pretrained` applies the key conversions; the copy is
+    strict, so any other mismatch fails loudly.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        has_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, name))
+                          for name in ("model.safetensors", "model.safetensors.index.json"))
+        if self.is_fsdp_enabled or not has_weights or not isinstance(target, PreTrainedModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        reloaded = type(target).from_pretrained(resume_from_checkpoint, config=target.config)
+        target.load_state_dict(reloaded.state_dict(), strict=True)
+
+    def _load_best_model(self) -> None:
+        checkpoint = self.state.best_model_checkpoint
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or checkpoint is None:
+            return super()._load_best_model()
+        self._load_from_checkpoint(checkpoint)
+
+
+class MamaTrainer(ConvertedCheckpointsTrainer):
     """A `Trainer` for `MamaModel` pre-training; see the module docstring."""
 
     def __init__(self, *args, **kwargs):
@@ -90,19 +116,6 @@ class MamaTrainer(Trainer):
             self.add_callback(_EpochCallback(self.train_dataset))
         self._log_sums: dict[str, torch.Tensor] = {}
         self._log_count = 0
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        # transformers 5.23's Trainer loads checkpoint files with a raw `load_state_dict(strict=False)`, but
-        # `save_pretrained` writes some towers (DINOv2) under their legacy key names: the image tower's
-        # attention weights would silently stay as they are. Load through `from_pretrained`, which applies
-        # the key conversions, and copy strictly.
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        has_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, name))
-                          for name in ("model.safetensors", "model.safetensors.index.json"))
-        if self.is_fsdp_enabled or not has_weights or not hasattr(target, "config"):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        reloaded = type(target).from_pretrained(resume_from_checkpoint, config=target.config)
-        target.load_state_dict(reloaded.state_dict(), strict=True)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         if getattr(self.args, "decay_all_parameters", False):
@@ -142,4 +155,4 @@ class MamaTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-__all__ = ["MamaDataCollator", "MamaTrainer", "MamaTrainingArguments", "retrieval_accuracy"]
+__all__ = ["ConvertedCheckpointsTrainer", "MamaDataCollator", "MamaTrainer", "MamaTrainingArguments", "retrieval_accuracy"]

@@ -171,3 +171,36 @@ def test_two_process_ddp_run(tmp_path):
     # CLIP alone for 2 steps, then all terms: compare like with like.
     clip = [entry["loss_clip"] for entry in histories[0]["log_history"] if "loss_clip" in entry]
     assert sum(clip[-3:]) < sum(clip[:3])
+
+
+def test_checkpoints_reload_through_key_conversions(tmp_path):
+    """The stock 5.23 Trainer restores DINOv2 checkpoints with stale attention weights; ours does not."""
+    from transformers import Trainer, TrainingArguments
+
+    from modeling_mama import MamaForImageClassification
+    from modeling_mama.finetuning import BalancedTrainer
+    from modeling_mama.trainer_mama import ConvertedCheckpointsTrainer
+
+    assert issubclass(BalancedTrainer, ConvertedCheckpointsTrainer) and issubclass(MamaTrainer, ConvertedCheckpointsTrainer)
+    saved = MamaForImageClassification(MamaConfig.tiny(num_labels=3))
+    saved.save_pretrained(tmp_path / "checkpoint")
+    expected = {key: value.clone() for key, value in saved.state_dict().items()}
+    name = "vision_model.encoder.layer.0.attention.q_proj.weight"
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+
+    def fresh():
+        torch.manual_seed(1)
+        return MamaForImageClassification(MamaConfig.tiny(num_labels=3))
+
+    stock = Trainer(model=fresh(), args=args)
+    stock._load_from_checkpoint(str(tmp_path / "checkpoint"))
+    assert not torch.equal(stock.model.state_dict()[name], expected[name])  # the upstream bug this works around
+
+    ours = ConvertedCheckpointsTrainer(model=fresh(), args=args)
+    ours._load_from_checkpoint(str(tmp_path / "checkpoint"))
+    for key, value in expected.items():
+        assert torch.equal(ours.model.state_dict()[key], value), key
+    best = ConvertedCheckpointsTrainer(model=fresh(), args=args)
+    best.state.best_model_checkpoint = str(tmp_path / "checkpoint")
+    best._load_best_model()
+    assert torch.equal(best.model.state_dict()[name], expected[name])
