@@ -117,7 +117,7 @@ def synthetic_dataset(data_args: DataArguments, seed: int) -> Path:
     return converted
 
 
-def build_tokenizer(model_args: ModelArguments, train_split, output_dir: str):
+def build_tokenizer(model_args: ModelArguments, train_split):
     if model_args.tokenizer_name or model_args.preset == "paper":
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.text_backbone)
         add_special_tokens(tokenizer)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("dataset %s: %s", dataset_path, {name: len(split) for name, split in splits.items()})
 
     image_size = model_args.image_size or (518 if model_args.preset == "paper" else 112)
-    tokenizer = build_tokenizer(model_args, train_split, training_args.output_dir)
+    tokenizer = build_tokenizer(model_args, train_split)
     overrides = build_config_overrides(model_args)
     model = build_model(model_args, tokenizer, image_size, overrides)
     if data_args.augmentation not in (*AUGMENTATIONS, "none"):

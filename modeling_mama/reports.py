@@ -51,7 +51,7 @@ import dataclasses
 import random
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
