@@ -21,6 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import get_parameter_names
 
+from .hub import check_release_allowed
 from .tokenization import batch_tokenize_reports
 
 NO_DECAY_NAME_PARTS = ("bias", "layernorm", "layer_norm", "rmsnorm", "logit_scale", "local_scale")
@@ -36,6 +37,9 @@ class MamaTrainingArguments(TrainingArguments):
     """
 
     decay_all_parameters: bool = field(default=False, metadata={"help": "Weight decay on scales/norms/biases too (paper)."})
+    acknowledge_data_license: bool = field(
+        default=False, metadata={"help": "You hold written permission to release weights trained on EMBED."},
+    )
 
 
 @dataclass
@@ -104,10 +108,15 @@ class MamaTrainer(ConvertedCheckpointsTrainer):
     """A `Trainer` for `MamaModel` pre-training; see the module docstring."""
 
     def __init__(self, *args, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         if training_args is not None:
             # Items are the collator's input (two views + report sentences), not forward() kwargs.
             training_args.remove_unused_columns = False
+            if training_args.push_to_hub:
+                # Before super().__init__, which already creates the Hub repository.
+                check_release_allowed(getattr(getattr(model, "config", None), "training_datasets", None),
+                                      getattr(training_args, "acknowledge_data_license", False))
         super().__init__(*args, **kwargs)
         if self.args.ddp_find_unused_parameters is None:
             # Late-starting terms leave their heads unused for a while (see module docstring).
@@ -116,6 +125,13 @@ class MamaTrainer(ConvertedCheckpointsTrainer):
             self.add_callback(_EpochCallback(self.train_dataset))
         self._log_sums: dict[str, torch.Tensor] = {}
         self._log_count = 0
+
+    def push_to_hub(self, *args, **kwargs):
+        # The Trainer uploads through its own path, not the model's push_to_hub: guard it too.
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        check_release_allowed(getattr(config, "training_datasets", None),
+                              getattr(self.args, "acknowledge_data_license", False))
+        return super().push_to_hub(*args, **kwargs)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         if getattr(self.args, "decay_all_parameters", False):

@@ -151,3 +151,25 @@ def test_saved_folder_loads_without_the_package(pretrained_tiny_mama, tmp_path):
         image.convert("RGB"), candidate_labels=["fat", "dense"])
     assert [e["label"] for e in remote["pipeline"]] == [e["label"] for e in local]
     np.testing.assert_allclose([e["score"] for e in remote["pipeline"]], [e["score"] for e in local], atol=1e-5)
+
+
+def test_trainer_push_paths_are_guarded(tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    from modeling_mama import MamaTrainer, MamaTrainingArguments
+    from modeling_mama.hub import DatasetLicenseError
+
+    model = MamaModel(MamaConfig.tiny(vocab_size=64, training_datasets=["EMBED"]))
+    uploads = []
+    monkeypatch.setattr(Trainer, "push_to_hub", lambda self, *a, **k: uploads.append("push"))
+    with pytest.raises(DatasetLicenseError):
+        MamaTrainer(model=model, args=MamaTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                                            push_to_hub=True, hub_model_id="me/x"))
+    trainer = MamaTrainer(model=model, args=MamaTrainingArguments(output_dir=str(tmp_path), use_cpu=True,
+                                                                  report_to="none"))
+    with pytest.raises(DatasetLicenseError):
+        trainer.push_to_hub()
+    assert uploads == []
+    trainer.args.acknowledge_data_license = True
+    trainer.push_to_hub()
+    assert uploads == ["push"]
