@@ -1,0 +1,67 @@
+"""Heat maps of the patch-sentence similarity SLA learned, and examples/explain.py."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import load_example
+from modeling_mama import MamaModel, MamaProcessor
+from modeling_mama.visualization import patch_sentence_similarity, plot_heat_map, upsample_map
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_similarity_is_the_local_heads_cosine(pretrained_tiny_mama):
+    model = MamaModel.from_pretrained(pretrained_tiny_mama).eval()
+    processor = MamaProcessor.from_pretrained(pretrained_tiny_mama)
+    pixel_values = torch.randn(1, 3, 56, 56)
+    # Two reports so the batch pads: the one-sentence report gets a padded sentence slot.
+    text = processor(text=[["Breast composition: The breast is extremely dense."],
+                           ["Procedure reported: MG Screening.", "Overall Assessment: Negative."]])
+    one = {key: value[:1] for key, value in text.items()}
+    similarity = patch_sentence_similarity(model, pixel_values, one["input_ids"], one["attention_mask"],
+                                           one["sentence_positions"], one["sentence_mask"])
+    assert one["sentence_mask"].shape[1] == 2 and similarity.shape == (1, 4, 4)  # real sentences only, 56/14
+    with torch.no_grad():
+        patches, _ = model.get_patch_embeddings(pixel_values)
+        sentences, mask = model.get_sentence_embeddings(one["input_ids"], one["attention_mask"],
+                                                        one["sentence_positions"], one["sentence_mask"])
+    expected = (patches[0] @ sentences[0, 0]).reshape(4, 4).numpy()
+    np.testing.assert_allclose(similarity[0], expected, rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(similarity) <= 1 + 1e-5)
+
+
+def test_upsample_map():
+    assert upsample_map(np.full((4, 4), 0.3), 56, 40).shape == (56, 40)
+    np.testing.assert_allclose(upsample_map(np.full((4, 4), 0.3), 56, 40), 0.3, rtol=1e-6)
+    ramp = upsample_map(np.array([[0.0, 1.0]]), 1, 8)[0]
+    assert np.all(np.diff(ramp) >= 0) and ramp[0] < 0.2 and ramp[-1] > 0.8
+
+
+def test_plot_heat_map_writes_png_atomically(tmp_path):
+    image = np.random.default_rng(0).random((60, 48))
+    path = plot_heat_map(image, np.random.default_rng(1).random((4, 3)), tmp_path / "map.png", title="a sentence")
+    data = path.read_bytes()
+    assert data[:8] == PNG and len(data) > 5000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.png"]
+    with pytest.raises(ValueError, match="2-D patch grid"):
+        plot_heat_map(image, np.zeros(5), tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_explain_script(pretrained_tiny_mama, synthetic_embed_dataset, tmp_path):
+    dicom = sorted((synthetic_embed_dataset.parent / "raw").glob("cohort_*/*/*/*.dcm"))[0]
+    explain = load_example("explain")
+    summary = explain.main(["--model", str(pretrained_tiny_mama), "--image", str(dicom), "--output_dir",
+                            str(tmp_path / "fields"), "--fields", json.dumps({"density": 4, "birads": 1})])
+    sentences = [entry["sentence"] for entry in summary["sentences"]]
+    assert "Breast composition: The breast is extremely dense." in sentences
+    for entry in summary["sentences"]:
+        assert (tmp_path / "fields" / entry["file"]).read_bytes()[:8] == PNG
+        assert -1 <= entry["mean_similarity"] <= entry["max_similarity"] <= 1
+    assert json.loads((tmp_path / "fields" / "summary.json").read_text()) == summary
+    plain = explain.main(["--model", str(pretrained_tiny_mama), "--image", str(dicom), "--output_dir",
+                          str(tmp_path / "text"), "--report", "Findings: A mass is present. Overall Assessment: Benign."])
+    assert [entry["file"] for entry in plain["sentences"]] == ["sentence_00.png", "sentence_01.png"]
