@@ -45,7 +45,6 @@ from .configuration_mama import MamaConfig
 from .image_processing_mama import MamaImageProcessor
 from .metrics import classification_metrics, softmax_scores
 from .modeling_mama import MamaForImageClassification
-from .multiview import image_array
 from .trainer_mama import ConvertedCheckpointsTrainer
 from .visualization import plot_confusion_matrix, plot_roc
 from .zero_shot import label_to_class
@@ -151,7 +150,7 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         image = self.images[int(self.rows[item])]["image"]
         pixel_values = self.image_processor.preprocess(
-            image_array(image), augment=self.augment, return_tensors="pt")["pixel_values"][0]
+            image, augment=self.augment, return_tensors="pt")["pixel_values"][0]
         return {"pixel_values": pixel_values, "labels": torch.tensor(int(self.labels[item]))}
 
 

@@ -84,16 +84,6 @@ def report_fields_from_row(row: dict[str, Any]):
     return ReportFields.from_mapping(row, DATASET_COLUMNS)
 
 
-def image_array(image) -> np.ndarray:
-    """A stored image (PIL, 8- or 16-bit) as float32 in [0, 1]."""
-    array = np.asarray(image)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype.kind in "iu":
-        return array.astype(np.float32) / 65535.0
-    return array.astype(np.float32)
-
-
 class MultiViewDataset(torch.utils.data.Dataset):
     """Training items from a converted dataset: image, second view, masked report (METHOD.md 3-5).
 
@@ -127,7 +117,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
 
     def _pixels(self, row: dict[str, Any], seed: int) -> torch.Tensor:
         processed = self.image_processor.preprocess(
-            image_array(row["image"]), augment=self.augment, seed=seed, return_tensors="pt",
+            row["image"], augment=self.augment, seed=seed, return_tensors="pt",
         )
         return processed["pixel_values"][0]
 
@@ -149,4 +139,4 @@ class MultiViewDataset(torch.utils.data.Dataset):
         }
 
 
-__all__ = ["POLICIES", "ExamIndex", "MultiViewDataset", "image_array", "report_fields_from_row", "sample_extra_view"]
+__all__ = ["POLICIES", "ExamIndex", "MultiViewDataset", "report_fields_from_row", "sample_extra_view"]

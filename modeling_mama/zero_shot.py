@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .multiview import image_array, report_fields_from_row
+from .multiview import report_fields_from_row
 from .reports import zero_shot_prompts
 from .tokenization import batch_tokenize_reports
 
@@ -81,7 +81,7 @@ def zero_shot_logits(model, processor, dataset, task: str, *, use_metadata: bool
     for start in tqdm(range(0, len(rows), batch_size), desc=f"zero-shot {task}", disable=not progress):
         batch_rows = [dataset[i] for i in rows[start:start + batch_size]]
         pixel_values = processor.image_processor.preprocess(
-            [image_array(row["image"]) for row in batch_rows], return_tensors="pt"
+            [row["image"] for row in batch_rows], return_tensors="pt"
         )["pixel_values"].to(device)
         image_embeds = F.normalize(model.get_image_features(pixel_values), dim=-1)
         if shared is not None:

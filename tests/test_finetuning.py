@@ -27,7 +27,6 @@ from modeling_mama.finetuning import (
     stratified_fraction,
 )
 from modeling_mama.metrics import classification_metrics
-from modeling_mama.multiview import image_array
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_SIZE = 56
@@ -175,7 +174,7 @@ def test_classification_dataset_items(tiny_dataset):
     assert dataset.labels.tolist() == [split["density"][row] - 1 for row in expected_rows]
     item = dataset[2]
     assert item["labels"].item() == split["density"][expected_rows[2]] - 1
-    reference = processor.preprocess(image_array(split[expected_rows[2]]["image"]))["pixel_values"][0]
+    reference = processor.preprocess(split[expected_rows[2]]["image"])["pixel_values"][0]
     assert torch.equal(item["pixel_values"], reference)
 
     augmented = ClassificationDataset(split, processor, "density", augment=True)[2]["pixel_values"]

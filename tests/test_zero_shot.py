@@ -55,13 +55,13 @@ def test_paper_protocol_matches_manual_computation(pretrained_tiny_mama, synthet
     logits, labels, rows = zero_shot_logits(model, processor, split, "density", progress=False, batch_size=4)
     assert logits.shape == (len(rows), 4)
     # Row by row: this image's own metadata + each class's sentences, s * image . prompt.
-    from modeling_mama.multiview import image_array, report_fields_from_row
+    from modeling_mama.multiview import report_fields_from_row
 
     row = split[rows[2]]
     prompts = zero_shot_prompts("density", report_fields_from_row(row))
     assert prompts[0][0].startswith("Procedure reported:") and "Breast composition" in prompts[0][-1]
     text = processor(text=prompts)
-    pixels = processor.image_processor.preprocess(image_array(row["image"]))["pixel_values"]
+    pixels = processor.image_processor.preprocess(row["image"])["pixel_values"]
     with torch.no_grad():
         expected = model(pixel_values=pixels, input_ids=text["input_ids"],
                          attention_mask=text["attention_mask"]).logits_per_image[0]
