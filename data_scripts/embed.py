@@ -3,10 +3,10 @@
     python data_scripts/embed.py --root <dataset folder> --out <folder> [--dicom-root DIR]
         [--workers N] [--image-size 1024] [--limit N] [--seed 0]
 
-See `modeling_mama.converters.embed` for what is read, the labels, the splits and the failures file.
+See `modeling_mama.data.converters.embed` for what is read, the labels, the splits and the failures file.
 """
 
-from modeling_mama.converters.embed import main
+from modeling_mama.data.converters.embed import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -39,10 +39,10 @@ from modeling_mama import (
     MultiViewDataset,
 )
 from modeling_mama.hub import write_model_card
-from modeling_mama.multiview import report_fields_from_row
+from modeling_mama.training.multiview import report_fields_from_row
 from modeling_mama.reports import build_report
 from modeling_mama.tokenization import add_special_tokens, train_report_tokenizer
-from modeling_mama.zero_shot import evaluate_zero_shot
+from modeling_mama.training.zero_shot import evaluate_zero_shot
 
 logger = logging.getLogger("pretrain")
 
@@ -105,8 +105,8 @@ class DataArguments:
 
 def synthetic_dataset(data_args: DataArguments, seed: int) -> Path:
     """Generate and convert the synthetic EMBED look-alike once; later runs reuse it."""
-    from modeling_mama.converters.embed import convert_embed
-    from modeling_mama.synthetic import generate_embed
+    from modeling_mama.data.converters.embed import convert_embed
+    from modeling_mama.data.synthetic import generate_embed
 
     name = f"synthetic-embed-{data_args.synthetic_exams}-seed{seed}"
     raw = Path(data_args.cache_dir) / name

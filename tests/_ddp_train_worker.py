@@ -17,7 +17,7 @@ def main(out_dir: str) -> None:
 
     from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaTrainer
     from modeling_mama import MamaTrainingArguments, MultiViewDataset
-    from modeling_mama.multiview import report_fields_from_row
+    from modeling_mama.training.multiview import report_fields_from_row
     from modeling_mama.reports import build_report
     from modeling_mama.tokenization import train_report_tokenizer
 

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from modeling_mama import synthetic
-from modeling_mama.synthetic import (
+from modeling_mama.data import synthetic
+from modeling_mama.data.synthetic import (
     DicomEncoding,
     Lesion,
     generate_embed,

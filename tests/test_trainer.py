@@ -13,7 +13,7 @@ import torch
 
 from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaTrainer
 from modeling_mama import MamaTrainingArguments, MultiViewDataset
-from modeling_mama.trainer_mama import retrieval_accuracy
+from modeling_mama.training.trainer import retrieval_accuracy
 
 IMAGE = 56
 
@@ -178,8 +178,8 @@ def test_checkpoints_reload_through_key_conversions(tmp_path):
     from transformers import Trainer, TrainingArguments
 
     from modeling_mama import MamaForImageClassification
-    from modeling_mama.finetuning import BalancedTrainer
-    from modeling_mama.trainer_mama import ConvertedCheckpointsTrainer
+    from modeling_mama.training.finetuning import BalancedTrainer
+    from modeling_mama.training.trainer import ConvertedCheckpointsTrainer
 
     assert issubclass(BalancedTrainer, ConvertedCheckpointsTrainer) and issubclass(MamaTrainer, ConvertedCheckpointsTrainer)
     saved = MamaForImageClassification(MamaConfig.tiny(num_labels=3))

@@ -378,7 +378,7 @@ def to_uint16(pixels: np.ndarray) -> np.ndarray:
 def preprocess_image(source, *, laterality: str | None, image_size: int) -> tuple[np.ndarray, str | None]:
     """A mammogram file -> (uint16 [H, W] chest wall left, breast-cropped, long side <= image_size,
     the laterality used: the table's, else the file's tags or pixel mass)."""
-    from ..image_processing_mama import crop_to_breast, load_mammogram, orient_breast
+    from ...image_processing_mama import crop_to_breast, load_mammogram, orient_breast
 
     pixels, file_laterality = load_mammogram(source)
     laterality = laterality or file_laterality

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..reports import RSNA_COLUMNS, ReportFields
+from ...reports import RSNA_COLUMNS, ReportFields
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,

@@ -1,6 +1,5 @@
 """Pre-training MaMA with the transformers `Trainer` (METHOD.md sections 2 and 6).
 
-- `MamaDataCollator` stacks the two views and tokenises the reports (one separator per sentence).
 - `MamaTrainer.compute_loss` passes the optimizer step to the model, which switches the late terms
   on at their configured steps. Nothing is frozen or unfrozen mid-run (the reference's approach broke
   DDP gradient sync and resume): before its start step a term is simply not computed, so its heads get
@@ -21,8 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import get_parameter_names
 
-from .hub import check_release_allowed
-from .tokenization import batch_tokenize_reports
+from ..hub import check_release_allowed
 
 NO_DECAY_NAME_PARTS = ("bias", "layernorm", "layer_norm", "rmsnorm", "logit_scale", "local_scale")
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -40,23 +38,6 @@ class MamaTrainingArguments(TrainingArguments):
     acknowledge_data_license: bool = field(
         default=False, metadata={"help": "You hold written permission to release weights trained on EMBED."},
     )
-
-
-@dataclass
-class MamaDataCollator:
-    """Batches `MultiViewDataset` items: pixel tensors stacked, reports tokenised and padded."""
-
-    tokenizer: Any
-    max_length: int = 144
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {"pixel_values": torch.stack([item["pixel_values"] for item in items])}
-        if all("extra_pixel_values" in item for item in items):
-            batch["extra_pixel_values"] = torch.stack([item["extra_pixel_values"] for item in items])
-        text = batch_tokenize_reports([item["report"] for item in items], self.tokenizer, max_length=self.max_length)
-        for key in ("input_ids", "attention_mask", "sentence_positions", "sentence_mask"):
-            batch[key] = text[key]
-        return batch
 
 
 def retrieval_accuracy(logits_per_image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,4 +152,4 @@ class MamaTrainer(ConvertedCheckpointsTrainer):
         super().log(logs, *args, **kwargs)
 
 
-__all__ = ["ConvertedCheckpointsTrainer", "MamaDataCollator", "MamaTrainer", "MamaTrainingArguments", "retrieval_accuracy"]
+__all__ = ["ConvertedCheckpointsTrainer", "MamaTrainer", "MamaTrainingArguments", "retrieval_accuracy"]

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..reports import VINDR_COLUMNS, ReportFields, parse_birads, parse_density
+from ...reports import VINDR_COLUMNS, ReportFields, parse_birads, parse_density
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,

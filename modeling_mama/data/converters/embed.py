@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..reports import ReportFields, load_embed_legend, parse_birads, parse_density, select_clinical_row
+from ...reports import ReportFields, load_embed_legend, parse_birads, parse_density, select_clinical_row
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
