@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from transformers.models.auto.modeling_auto import (
 )
 from transformers.utils import ModelOutput
 
-from .configuration_mama import MamaConfig
+from .configuration_mama import LOSS_TERMS, MamaConfig
 from .hub import check_release_allowed, write_model_card
 from .losses import contrastive_loss, local_alignment_loss, nt_xent_loss
 
@@ -390,7 +391,8 @@ class MamaModel(MamaPreTrainedModel):
         sentence_positions: torch.LongTensor | None = None,
         sentence_mask: torch.BoolTensor | None = None,
         return_loss: bool | None = None,
-        step: int | None = None,
+        loss_terms: Collection[str] | None = None,
+        gather_with_grad: bool = False,
         output_local_embeds: bool = False,
         return_dict: bool | None = None,
         **kwargs: Any,
@@ -405,15 +407,23 @@ class MamaModel(MamaPreTrainedModel):
             sentence_positions, sentence_mask: index of each sentence's separator token `[B, S]`, and
                 which sentences are real; derived from `config.sentence_separator_token_id` if absent.
             return_loss: compute the MaMA loss.
-            step: the optimizer step, which switches the late terms on (`None`: every term with a
-                non-zero weight). Terms needing a second view are skipped without `extra_pixel_values`.
+            loss_terms: which terms to compute (names from `LOSS_TERMS`); `None` means every term with a
+                non-zero weight. The trainer passes the terms its schedule has switched on
+                (`training.schedule.LossSchedule`); terms with weight 0 never run. Terms needing a second
+                view are skipped without `extra_pixel_values`.
+            gather_with_grad: compute CLIP and SLA over the batch of every process (off in the paper).
+                NT-Xent always takes its negatives from every process (METHOD.md section 2).
             output_local_embeds: also return patch / sentence embeddings when the local term did not run.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
         logit_scale, local_scale = self.clamped_scales()
-        want = {term: bool(return_loss) and config.is_loss_active(term, step)
-                for term in ("clip", "multiview", "symmetric_clip", "local")}
+        requested = config.weighted_loss_terms() if loss_terms is None else tuple(loss_terms)
+        unknown = set(requested) - set(LOSS_TERMS)
+        if unknown:
+            raise ValueError(f"Unknown loss term(s) {sorted(unknown)}; expected some of {LOSS_TERMS}.")
+        want = {term: bool(return_loss) and term in requested and config.loss_weight(term) != 0.0
+                for term in LOSS_TERMS}
         has_extra = extra_pixel_values is not None
         need_extra = has_extra and (want["multiview"] or want["symmetric_clip"])
 
@@ -439,17 +449,16 @@ class MamaModel(MamaPreTrainedModel):
             if text_embeds is None:
                 raise ValueError("return_loss=True needs `input_ids` (the reports) as well as `pixel_values`.")
             if want["clip"]:
-                terms["clip"] = contrastive_loss(image_embeds, text_embeds, logit_scale,
-                                                 gather=config.gather_with_grad)
+                terms["clip"] = contrastive_loss(image_embeds, text_embeds, logit_scale, gather=gather_with_grad)
             if need_extra:
                 extra_pooled = pooled_all[batch:]
                 if want["multiview"]:
                     terms["multiview"] = nt_xent_loss(self.multiview_head(extra_pooled), self.multiview_head(pooled),
-                                                      temperature=float(config.nt_xent_temperature))
+                                                      temperature=float(config.nt_xent_temperature), gather=True)
                 if want["symmetric_clip"]:
                     extra_embeds = F.normalize(self.visual_projection(extra_pooled), dim=-1)
                     terms["symmetric_clip"] = contrastive_loss(extra_embeds, text_embeds, logit_scale,
-                                                               gather=config.gather_with_grad)
+                                                               gather=gather_with_grad)
 
         if want["local"] or output_local_embeds:
             if input_ids is None:
@@ -462,7 +471,7 @@ class MamaModel(MamaPreTrainedModel):
             if want["local"]:
                 terms["local"] = local_alignment_loss(
                     patch_embeds, sentence_embeds, sentence_mask, local_scale,
-                    symmetric=config.local_loss_symmetric, patch_mask=patch_mask, gather=config.gather_with_grad,
+                    symmetric=config.local_loss_symmetric, patch_mask=patch_mask, gather=gather_with_grad,
                 )
 
         loss = None
