@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -266,32 +266,43 @@ class MamaModel(MamaPreTrainedModel):
 
     def encode_image_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the image tower: (pooled feature [B, C], patch tokens after the final norm [B, P, C])."""
+        pooled, outputs = self._run_vision_tower(pixel_values)
+        return pooled, outputs.last_hidden_state[:, self._num_prefix_tokens:]
+
+    def _run_vision_tower(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, Any]:
+        """The tower's output object and the pooled feature `config.image_pooling` asks for."""
         final_norm = _final_norm(self.vision_model)
         captured: list[torch.Tensor] = []
         handle = None
         if final_norm is not None and self.config.image_pooling == "mean_pre_norm":
             handle = final_norm.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
         try:
-            outputs = self.vision_model(pixel_values=pixel_values)
+            outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
         finally:
             if handle is not None:
                 handle.remove()
         tokens = outputs.last_hidden_state
-        patches = tokens[:, self._num_prefix_tokens:]
         if self.config.image_pooling == "mean_pre_norm":
             pooled = (captured[-1] if captured else tokens).mean(dim=1)
         elif self.config.image_pooling == "cls":
             pooled = tokens[:, 0]
         else:
-            pooled = patches.mean(dim=1)
-        return pooled, patches
+            pooled = tokens[:, self._num_prefix_tokens:].mean(dim=1)
+        return pooled, outputs
 
     def encode_text_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the text tower: (pooled feature [B, C], hidden states [B, L, C])."""
+        pooled, outputs = self._run_text_tower(input_ids, attention_mask)
+        return pooled, outputs.last_hidden_state
+
+    def _run_text_tower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                        **kwargs) -> tuple[torch.Tensor, Any]:
+        """The tower's output object and the pooled feature `config.text_pooling` asks for."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        hidden = outputs.last_hidden_state
         if self.config.text_pooling == "mean":
             pooled = hidden.mean(dim=1)
         elif self.config.text_pooling == "last":
@@ -300,17 +311,29 @@ class MamaModel(MamaPreTrainedModel):
         else:
             weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        return pooled, hidden
+        return pooled, outputs
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected (not normalised) global image features [B, projection_dim]."""
-        pooled, _ = self.encode_image_tokens(pixel_values)
-        return self.visual_projection(pooled)
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """The image tower's output, with `pooler_output` holding the projected (not normalised) global
+        image features [B, projection_dim], as `CLIPModel.get_image_features` returns them.
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Projected (not normalised) global text features [B, projection_dim]."""
-        pooled, _ = self.encode_text_tokens(input_ids, attention_mask)
-        return self.text_projection(pooled)
+        Keyword arguments (`output_hidden_states`, `output_attentions`) go to the image tower.
+        """
+        pooled, outputs = self._run_vision_tower(pixel_values, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state, pooler_output=self.visual_projection(pooled),
+            hidden_states=getattr(outputs, "hidden_states", None), attentions=getattr(outputs, "attentions", None),
+        )
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          **kwargs) -> BaseModelOutputWithPooling:
+        """The text tower's output, with `pooler_output` holding the projected (not normalised) global
+        text features [B, projection_dim]. Keyword arguments go to the text tower."""
+        pooled, outputs = self._run_text_tower(input_ids, attention_mask, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state, pooler_output=self.text_projection(pooled),
+            hidden_states=getattr(outputs, "hidden_states", None), attentions=getattr(outputs, "attentions", None),
+        )
 
     # ------------------------------------------------------------------------------------------ local
     def _patch_tokens_for_sla(self, patches: torch.Tensor, tile_pixel_values: torch.Tensor | None,
@@ -543,6 +566,7 @@ class MamaForImageClassification(MamaPreTrainedModel):
         self.post_init()
 
     encode_image_tokens = MamaModel.encode_image_tokens
+    _run_vision_tower = MamaModel._run_vision_tower
 
     def freeze_image_tower(self) -> None:
         """Linear probing: only the classifier trains."""

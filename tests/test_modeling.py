@@ -108,7 +108,7 @@ def test_forward_shapes_and_logits():
     torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(4))
     expected = model.logit_scale.exp() * out.image_embeds @ out.text_embeds.t()
     torch.testing.assert_close(out.logits_per_image, expected)
-    features = model.get_image_features(inputs["pixel_values"])
+    features = model.get_image_features(inputs["pixel_values"]).pooler_output
     torch.testing.assert_close(F.normalize(features, dim=-1), out.image_embeds)
 
 
@@ -127,10 +127,10 @@ def test_text_pooling_masked_mean_ignores_padding():
     model = tiny_model().eval()
     ids = torch.tensor([[1, 5, 6, SEP, 2]])
     padded = torch.tensor([[1, 5, 6, SEP, 2, 0, 0, 0]])
-    a = model.get_text_features(ids, torch.ones_like(ids))
-    b = model.get_text_features(padded, (padded != 0).long() | (torch.arange(8) < 5).long())
+    a = model.get_text_features(ids, torch.ones_like(ids)).pooler_output
+    b = model.get_text_features(padded, (padded != 0).long() | (torch.arange(8) < 5).long()).pooler_output
     mask = (torch.arange(8) < 5).long()[None]
-    b = model.get_text_features(padded, mask)
+    b = model.get_text_features(padded, mask).pooler_output
     torch.testing.assert_close(a, b)
 
 
