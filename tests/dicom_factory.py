@@ -1,9 +1,11 @@
-"""Small synthetic mammography DICOM files, written with pydicom, in every transfer syntax the public
-datasets use. A test helper other tests can import (`from dicom_factory import write_mammogram`).
+"""Small synthetic mammography DICOM files in every transfer syntax the public datasets use. A test
+helper other tests can import (`from dicom_factory import write_mammogram`).
 
 `breast_pixels` draws a breast-like image (tissue against the chest wall, noisy background, a bright
 marker in the opposite corner); `mammogram_dataset` wraps pixels in an MG "For Presentation"
-dataset; `encode` re-encodes a dataset in another transfer syntax; `write_mammogram` does all three.
+dataset with the package's own writer (`modeling_mama.data.synthetic.dicom_writer.image_dataset`, the
+one the look-alike generators use); `encode` re-encodes a dataset in the transfer syntaxes only
+tests need (JPEG-LS, JPEG lossless, deflated, ...); `write_mammogram` does all three.
 
 Encoders: RLE (pydicom, native), JPEG 2000 lossless / lossy (pylibjpeg-openjpeg), JPEG-LS lossless /
 near-lossless (pyjpegls), JPEG lossless process 14 and SV1 (imagecodecs, libjpeg-turbo), deflated
@@ -18,7 +20,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     JPEG2000,
@@ -30,11 +32,11 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
     UID,
-    generate_uid,
 )
+
+from modeling_mama.data.synthetic.dicom_writer import image_dataset
 
 DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -129,13 +131,13 @@ def mammogram_dataset(
     sop_instance_uid: str | None = None,
     seed: int = 0,
 ) -> Dataset:
-    """An uncompressed (explicit VR little endian) MG dataset.
+    """An uncompressed (explicit VR little endian) MG dataset, written by the package's
+    `modeling_mama.data.synthetic.dicom_writer.image_dataset`.
 
     `pixels` are what a reader should see after calibration, high = dense (default: `breast_pixels`
-    of the given laterality). For MONOCHROME1 the stored values are inverted (modality value
-    K - v, K = slope * (2**bits_stored - 1) + 2 * intercept) and the VOI mirrored (window centres
-    K - c, plus 1 for LINEAR; the VOI LUT reversed), so a correct reader calibrates the MONOCHROME1
-    and MONOCHROME2 versions of the same pixels to the same image.
+    of the given laterality). For MONOCHROME1 the stored values are inverted and the VOI mirrored
+    (see `image_dataset`), so a correct reader calibrates the MONOCHROME1 and MONOCHROME2 versions
+    of the same pixels to the same image. A `modality` other than MG is written as Secondary Capture.
 
     `window` is one (centre, width) pair or a list of them; `voi_lut` is (first mapped value, bits,
     table); `laterality` is written to each tag in `laterality_tags` ("ImageLaterality",
@@ -143,68 +145,20 @@ def mammogram_dataset(
     """
     if pixels is None:
         pixels = breast_pixels(laterality=laterality or "L", bits_stored=bits_stored, seed=seed)
-    top = 2**bits_stored - 1
-    slope, intercept = rescale if rescale is not None else (1.0, 0.0)
     windows = [window] if isinstance(window, tuple) else list(window or [])
-    stored = np.asarray(pixels, dtype=np.uint16)
-    if photometric == "MONOCHROME1":
-        mirror = slope * top + 2 * intercept
-        stored = (top - stored.astype(np.int64)).astype(np.uint16)
-        shift = 1 if (voi_function or "LINEAR") == "LINEAR" else 0
-        windows = [(mirror - center + shift, width) for center, width in windows]
-        if voi_lut is not None:
-            first, lut_bits, table = voi_lut
-            table = np.asarray(table)
-            voi_lut = (int(mirror) - (first + len(table) - 1), lut_bits, (2**lut_bits - 1) - table[::-1])
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    sop_class = DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION if modality == "MG" else SECONDARY_CAPTURE
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid or generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study_instance_uid or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = patient_id
-    ds.Modality = modality
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    if manufacturer:
-        ds.Manufacturer = manufacturer
-    for tag in laterality_tags:
-        if laterality:
-            setattr(ds, tag, laterality)
-    if view_position:
-        ds.ViewPosition = view_position
-    if pixel_spacing:
-        ds.PixelSpacing = list(pixel_spacing)
-    if imager_pixel_spacing:
-        ds.ImagerPixelSpacing = list(imager_pixel_spacing)
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    if rescale is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if windows:
-        ds.WindowCenter = [float(center) for center, _ in windows] if len(windows) > 1 else float(windows[0][0])
-        ds.WindowWidth = [float(width) for _, width in windows] if len(windows) > 1 else float(windows[0][1])
-    if voi_function:
-        ds.VOILUTFunction = voi_function
-    if voi_lut is not None:
-        first, lut_bits, table = voi_lut
-        item = Dataset()
-        item.LUTDescriptor = [len(table), first, lut_bits]
-        item.LUTData = [int(v) for v in table]
-        ds.VOILUTSequence = [item]
-    ds.PixelData = stored.tobytes()
-    return ds
+    tags = {
+        "SOPInstanceUID": sop_instance_uid, "StudyInstanceUID": study_instance_uid, "PatientID": patient_id,
+        "Modality": modality, "PresentationIntentType": "FOR PRESENTATION", "Manufacturer": manufacturer,
+        "ViewPosition": view_position, "PixelSpacing": list(pixel_spacing) if pixel_spacing else None,
+        "ImagerPixelSpacing": list(imager_pixel_spacing) if imager_pixel_spacing else None,
+        "PresentationLUTShape": "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY",
+        **{tag: laterality for tag in laterality_tags},
+    }
+    return image_dataset(
+        np.asarray(pixels), bits_stored=bits_stored, photometric=photometric, rescale=rescale, windows=windows,
+        voi_function=voi_function, voi_lut=voi_lut,
+        sop_class=DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION if modality == "MG" else SECONDARY_CAPTURE, tags=tags,
+    )
 
 
 def encode(ds: Dataset, name: str) -> Dataset:

@@ -1,12 +1,21 @@
-"""Synthetic mammograms as real DICOM files: MG "For Presentation" datasets with the encodings
-real files use (MONOCHROME1, 12-16 stored bits, rescale, LINEAR / SIGMOID windows, JPEG 2000 and RLE)."""
+"""Synthetic mammograms as real DICOM files: the one DICOM writer of the package and of its tests.
+
+`image_dataset` writes any single-frame grayscale image the way real files store it: MG "For
+Presentation" or Secondary Capture (scanned film), MONOCHROME1 or MONOCHROME2, 8-16 stored bits
+(8 or 16 allocated), rescale slope / intercept, one or several windows with LINEAR / LINEAR_EXACT /
+SIGMOID functions, a VOI LUT Sequence, explicit little endian, RLE lossless or JPEG 2000 lossless
+pixel data, and any other tag added, overridden or left out (`tags={"ViewPosition": None}`).
+`mammogram_dataset` is the generators' mammogram on top of it: a window chosen on the breast, the
+laterality in the tag an `DicomEncoding` names, the view and the PatientOrientation a unit writes.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,11 +29,129 @@ from pydicom.uid import (
 )
 
 from .rendering import _view_is_mlo_like
-from .tables import MG_FOR_PRESENTATION
+from .tables import MG_FOR_PRESENTATION, SECONDARY_CAPTURE
+
+WRITTEN_SYNTAXES = (ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless)
 
 # ----------------------------------------------------------------------------------------------
 # DICOM files
 # ----------------------------------------------------------------------------------------------
+
+
+def _decimal_string(value: float) -> str:
+    """A DS value (at most 16 characters) that keeps four decimals of `value`."""
+    text = f"{value:.4f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def image_dataset(
+    pixels: np.ndarray,
+    *,
+    bits_stored: int = 12,
+    photometric: str = "MONOCHROME2",
+    rescale: tuple[float, float] | None = None,
+    windows: Sequence[tuple[float, float]] = (),
+    voi_function: str | None = None,
+    voi_lut: tuple[int, int, np.ndarray] | None = None,
+    sop_class: str = MG_FOR_PRESENTATION,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    tags: Mapping[str, object] | None = None,
+) -> Dataset:
+    """A single-frame grayscale dataset whose calibrated picture is `pixels`.
+
+    `pixels` are MONOCHROME2 stored values (dense = bright, below 2**bits_stored). `windows` are
+    (centre, width) pairs and `voi_lut` is (first mapped value, bits, table), both for that
+    MONOCHROME2 picture after the modality LUT (`rescale` = (slope, intercept)). A MONOCHROME1 file
+    stores `2**bits_stored - 1 - value` and mirrors the VOI to match (modality value K - x with
+    K = slope * (2**bits_stored - 1) + 2 * intercept: window centres K - c, plus 1 for LINEAR, and
+    the VOI LUT reversed), so a correct reader calibrates both files to the same image.
+
+    8 stored bits or fewer are allocated 8 bits, more 16. `tags` adds or overrides DICOM keywords
+    (None leaves the keyword out); missing UIDs are generated. The VOI is written as given, invalid
+    values included (readers are tested on them). Raises ValueError for pixel values that do not
+    fit, a photometric interpretation other than MONOCHROME1 / 2 and transfer syntaxes not written here.
+
+    >>> ds = image_dataset(np.full((4, 3), 200, np.uint16), bits_stored=8, sop_class=SECONDARY_CAPTURE,
+    ...                    tags={"Modality": "MG", "PatientOrientation": "CC"})
+    >>> ds.BitsAllocated, ds.Modality, ds.PatientOrientation, "ViewPosition" in ds
+    (8, 'MG', 'CC', False)
+    """
+    if not 1 <= bits_stored <= 16:
+        raise ValueError(f"bits_stored={bits_stored} must be between 1 and 16")
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2:
+        raise ValueError(f"pixels must be a 2-D array, got shape {pixels.shape}")
+    top = 2**bits_stored - 1
+    if pixels.size and (int(pixels.max()) > top or int(pixels.min()) < 0):
+        raise ValueError(f"pixel values up to {int(pixels.max())} do not fit in {bits_stored} stored bits")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric={photometric!r} must be MONOCHROME1 or MONOCHROME2")
+    if transfer_syntax not in WRITTEN_SYNTAXES:
+        raise ValueError(
+            f"transfer syntax {transfer_syntax} is not written here: use "
+            f"{ExplicitVRLittleEndian} (uncompressed), {JPEG2000Lossless} or {RLELossless}"
+        )
+    allocated = 8 if bits_stored <= 8 else 16
+    dtype = np.uint8 if allocated == 8 else np.uint16
+    slope, intercept = rescale if rescale is not None else (1.0, 0.0)
+    windows = [(float(center), float(width)) for center, width in windows]
+    stored = pixels.astype(dtype)
+    if photometric == "MONOCHROME1":
+        mirror = slope * top + 2 * intercept
+        stored = (top - pixels.astype(np.int64)).astype(dtype)
+        shift = 1 if (voi_function or "LINEAR") == "LINEAR" else 0
+        windows = [(mirror - center + shift, width) for center, width in windows]
+        if voi_lut is not None:
+            first, lut_bits, table = voi_lut
+            table = np.asarray(table)
+            voi_lut = (int(mirror) - (first + len(table) - 1), lut_bits, (2**lut_bits - 1) - table[::-1])
+
+    tags = dict(tags or {})
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        setattr(ds, keyword, tags.pop(keyword, None) or generate_uid())
+    ds.Modality = "MG" if sop_class == MG_FOR_PRESENTATION else "OT"
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = allocated
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = _decimal_string(slope), _decimal_string(intercept)
+    if windows:
+        centres = [_decimal_string(center) for center, _ in windows]
+        widths = [_decimal_string(width) for _, width in windows]
+        ds.WindowCenter = centres if len(windows) > 1 else centres[0]
+        ds.WindowWidth = widths if len(windows) > 1 else widths[0]
+    if voi_function is not None:
+        ds.VOILUTFunction = voi_function
+    if voi_lut is not None:
+        first, lut_bits, table = voi_lut
+        item = Dataset()
+        item.LUTDescriptor = [len(table), int(first), int(lut_bits)]
+        item.LUTData = [int(value) for value in table]
+        ds.VOILUTSequence = [item]
+    for keyword, value in tags.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if transfer_syntax == ExplicitVRLittleEndian:
+        ds.PixelData = stored.astype("<u2" if allocated == 16 else np.uint8).tobytes()
+        ds["PixelData"].VR = "OW" if allocated == 16 else "OB"
+    else:
+        ds.compress(transfer_syntax, stored, generate_instance_uid=False)
+    return ds
 
 
 @dataclass(frozen=True)
@@ -81,7 +208,7 @@ def mammogram_dataset(
 
     `flipped` says whether the chest wall is on the right of the array (default: for right
     breasts); it sets PatientOrientation. `tags` adds or overrides DICOM keywords (PatientID,
-    StudyInstanceUID, SOPInstanceUID, ...); missing UIDs are generated.
+    StudyInstanceUID, SOPInstanceUID, ...; None leaves one out); missing UIDs are generated.
 
     >>> import numpy as np
     >>> ds = mammogram_dataset(np.full((32, 24), 900, np.uint16), laterality="L", view_position="CC")
@@ -93,74 +220,30 @@ def mammogram_dataset(
     maxval = 2**encoding.bits_stored - 1
     if pixels.ndim != 2:
         raise ValueError(f"pixels must be a 2-D array, got shape {pixels.shape}")
-    if int(pixels.max(initial=0)) > maxval:
-        raise ValueError(f"pixel values up to {int(pixels.max())} do not fit in {encoding.bits_stored} stored bits")
-    if encoding.photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(f"photometric={encoding.photometric!r} must be MONOCHROME1 or MONOCHROME2")
-    tags = dict(tags or {})
     if flipped is None:
         flipped = laterality == "R"
-
     centre, width = _voi_window(pixels, maxval)
-    stored = pixels.astype(np.uint16)
-    if encoding.photometric == "MONOCHROME1":
-        stored = (maxval - stored).astype(np.uint16)
-        centre = maxval - centre
     slope, intercept = encoding.rescale or (1.0, 0.0)
     centre, width = slope * centre + intercept, slope * width
-
-    ds = Dataset()
-    ds.SOPClassUID = MG_FOR_PRESENTATION
-    ds.SOPInstanceUID = tags.pop("SOPInstanceUID", None) or generate_uid()
-    ds.StudyInstanceUID = tags.pop("StudyInstanceUID", None) or generate_uid()
-    ds.SeriesInstanceUID = tags.pop("SeriesInstanceUID", None) or generate_uid()
-    ds.Modality = "MG"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageType = ["DERIVED", "PRIMARY"]
-    ds.BodyPartExamined = "BREAST"
-    ds.ViewPosition = view_position
+    windows = [(centre, width), (centre, 1.6 * width)] if encoding.second_window else [(centre, width)]
+    own_tags: dict[str, object] = {
+        "PresentationIntentType": "FOR PRESENTATION",
+        "ImageType": ["DERIVED", "PRIMARY"],
+        "BodyPartExamined": "BREAST",
+        "ViewPosition": view_position,
+        "PatientOrientation": _patient_orientation(laterality, view_position, flipped),
+    }
     if encoding.laterality_tag is not None:
-        setattr(ds, encoding.laterality_tag, laterality)
-    ds.PatientOrientation = _patient_orientation(laterality, view_position, flipped)
-    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = encoding.photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = encoding.bits_stored
-    ds.HighBit = encoding.bits_stored - 1
-    ds.PixelRepresentation = 0
+        own_tags[encoding.laterality_tag] = laterality
     if encoding.second_window:
-        ds.WindowCenter = [f"{centre:.2f}", f"{centre:.2f}"]
-        ds.WindowWidth = [f"{width:.2f}", f"{1.6 * width:.2f}"]
-        ds.WindowCenterWidthExplanation = ["NORMAL", "WIDE"]
-    else:
-        ds.WindowCenter = f"{centre:.2f}"
-        ds.WindowWidth = f"{width:.2f}"
-    if encoding.voi_lut_function is not None:
-        ds.VOILUTFunction = encoding.voi_lut_function
+        own_tags["WindowCenterWidthExplanation"] = ["NORMAL", "WIDE"]
     if encoding.rescale is not None:
-        ds.RescaleSlope = f"{slope:g}"
-        ds.RescaleIntercept = f"{intercept:g}"
-        ds.RescaleType = "US"
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MG_FOR_PRESENTATION
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    if encoding.transfer_syntax == ExplicitVRLittleEndian:
-        ds.PixelData = stored.astype("<u2").tobytes()
-        ds["PixelData"].VR = "OW"
-    elif encoding.transfer_syntax in (JPEG2000Lossless, RLELossless):
-        ds.compress(encoding.transfer_syntax, stored, generate_instance_uid=False)
-    else:
-        raise ValueError(
-            f"transfer syntax {encoding.transfer_syntax} is not written here: use "
-            f"{ExplicitVRLittleEndian} (uncompressed), {JPEG2000Lossless} or {RLELossless}"
-        )
-    return ds
+        own_tags["RescaleType"] = "US"
+    return image_dataset(
+        pixels, bits_stored=encoding.bits_stored, photometric=encoding.photometric, rescale=encoding.rescale,
+        windows=windows, voi_function=encoding.voi_lut_function, transfer_syntax=encoding.transfer_syntax,
+        tags={**own_tags, **dict(tags or {})},
+    )
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:

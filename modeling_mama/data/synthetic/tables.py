@@ -8,6 +8,8 @@ from __future__ import annotations
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 """SOP class "Digital Mammography X-Ray Image Storage - For Presentation"."""
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+"""SOP class "Secondary Capture Image Storage" (scanned film, e.g. CBIS-DDSM)."""
 
 DEFAULT_IMAGE_SIZE = (256, 208)
 FULL_IMAGE_SIZE = (3328, 2560)
