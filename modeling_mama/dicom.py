@@ -42,6 +42,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from .image_utils_mama import PREVIEW_SIDE, infer_laterality
+from .reports import VIEW_POSITIONS
 
 MAMMOGRAPHY_MODALITY = "MG"
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -75,6 +76,15 @@ _VIEW_CODE_MEANINGS = {
     "craniocaudalexaggeratedmedially": "XCCM",
     "caudocranialfrombelow": "FB",
 }
+# Where a view / laterality may be written, in the order they are trusted. Free text (descriptions,
+# protocol names, folder names) is read word by word (`view_from_text`, `laterality_from_text`).
+VIEW_TAGS = ("ViewPosition", "ViewCodeSequence", "PatientOrientation")
+LATERALITY_TAGS = ("ImageLaterality", "Laterality")
+TEXT_TAGS = ("SeriesDescription", "ProtocolName")
+# Views read from free text: the view positions that are not also common words or direction letters
+# ("AT", "CV", "TAN", "ISO" are words; "RL", "RM" start like a side).
+_TEXT_VIEWS = frozenset(VIEW_POSITIONS) - {"AT", "CV", "TAN", "ISO", "RL", "RM"}
+_PATIENT_DIRECTIONS = set("APRLHF")
 
 
 class DicomError(ValueError):
@@ -176,8 +186,11 @@ class DicomImage:
 
     `pixels` (float32 [H, W] in [0, 1], high = dense, original geometry) is computed on first use;
     `calibrate(stored_pixels[...])` calibrates only a part of the image. `laterality_source` says
-    where `laterality` came from: `"ImageLaterality"`, `"Laterality"` or `"pixels"` (the side of the
-    pixel mass, when both tags are missing or not L/R).
+    where `laterality` came from: `"ImageLaterality"`, `"Laterality"`, `"SeriesDescription"`,
+    `"ProtocolName"`, `"hint"` (the caller's `name_hint`, e.g. a folder name) or `"pixels"` (the side
+    of the pixel mass, when nothing else names a side). `view_source` says where `view_position`
+    came from: `"ViewPosition"`, `"ViewCodeSequence"`, `"PatientOrientation"`, `"SeriesDescription"`,
+    `"ProtocolName"` or `"hint"` (None when nothing names the view). See `header_view`.
     """
 
     stored_pixels: np.ndarray
@@ -195,6 +208,7 @@ class DicomImage:
     bits_stored: int
     transfer_syntax_uid: str | None
     path: str | None
+    view_source: str | None = None
 
     @cached_property
     def pixels(self) -> np.ndarray:
@@ -214,7 +228,8 @@ class DicomImage:
         return self.calibrate(self.stored_pixels[::stride, ::stride]), stride
 
 
-def read_dicom(source: str | os.PathLike | Dataset, *, refuse_non_mg: bool = False, voi_index: int = 0) -> DicomImage:
+def read_dicom(source: str | os.PathLike | Dataset, *, refuse_non_mg: bool = False, voi_index: int = 0,
+               name_hint: str | None = None) -> DicomImage:
     """Decode and calibrate a single-frame grayscale DICOM image.
 
     Args:
@@ -228,6 +243,9 @@ def read_dicom(source: str | os.PathLike | Dataset, *, refuse_non_mg: bool = Fal
             C.8.11.3.1.5, DX / MG images); the first is what viewers show on opening the image and
             what pydicom's `apply_voi_lut` uses, so it is the reproducible, conventional choice.
             A file with both a VOI LUT Sequence and windows gets the LUT, as in pydicom.
+        name_hint: how the dataset names the image outside the file (e.g. the folder name
+            "Calc-Test_P_00038_RIGHT_MLO"); read for the view and the laterality when the header
+            names neither (`header_view`, `header_laterality`), before the pixel mass.
 
     Raises:
         DicomError: not a DICOM file, no pixel data, multi-frame or colour data, a compressed
@@ -252,7 +270,7 @@ def read_dicom(source: str | os.PathLike | Dataset, *, refuse_non_mg: bool = Fal
         calibration=calibration,
         laterality=None,
         laterality_source=None,
-        view_position=_view_position(ds),
+        view_position=None,
         photometric_interpretation=str(ds.PhotometricInterpretation).strip(),
         manufacturer=_text(ds, "Manufacturer"),
         pixel_spacing=_pixel_spacing(ds),
@@ -264,7 +282,12 @@ def read_dicom(source: str | os.PathLike | Dataset, *, refuse_non_mg: bool = Fal
         transfer_syntax_uid=_transfer_syntax(ds),
         path=path,
     )
-    image.laterality, image.laterality_source = _laterality(ds, image)
+    image.view_position, image.view_source = header_view(ds, name_hint=name_hint)
+    image.laterality, image.laterality_source = header_laterality(ds, name_hint=name_hint)
+    if image.laterality is None:
+        preview, _ = image.preview()
+        image.laterality = infer_laterality(preview)
+        image.laterality_source = "pixels" if image.laterality else None
     return image
 
 
@@ -437,28 +460,121 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
+def view_from_text(text: str | None) -> str | None:
+    """The view position a free text names, word by word; None when it names none or several.
+
+    Words are split at anything but letters and digits; a view may be glued to its side ("LMLO",
+    "CCR") or spelled out ("medio-lateral oblique"). Only view codes that are not also common
+    words are read (not "AT", "CV", "TAN", "ISO", "RL", "RM").
+
+    >>> [view_from_text(t) for t in ("Calc-Test_P_00038_RIGHT_MLO", "L CC", "LMLO", "medio-lateral oblique",
+    ...                              "full mammogram images", "CC and MLO", None)]
+    ['MLO', 'CC', 'MLO', 'MLO', None, None, None]
+    """
+    views = {view for view, _ in _text_words(text) if view}
+    return views.pop() if len(views) == 1 else None
+
+
+def laterality_from_text(text: str | None) -> str | None:
+    """"L" / "R" from the words of a free text (L, R, LEFT, RIGHT, or a side glued to a view such as
+    "RCC"); None when it names no side or both.
+
+    >>> [laterality_from_text(t) for t in ("Mass-Training_P_00001_LEFT_CC", "R MLO", "LMLO", "LM", "L and R")]
+    ['L', 'R', 'L', None, None]
+    """
+    sides = {side for _, side in _text_words(text) if side}
+    return sides.pop() if len(sides) == 1 else None
+
+
+def _text_words(text: str | None) -> list[tuple[str | None, str | None]]:
+    """(view, side) read from each word of `text` (either may be None)."""
+    if not text:
+        return []
+    upper = str(text).upper()
+    found: list[tuple[str | None, str | None]] = []
+    letters = "".join(ch for ch in upper if ch.isalpha()).lower()
+    for meaning in sorted(_VIEW_CODE_MEANINGS, key=len, reverse=True):  # longest first: "...oblique" before "..."
+        if meaning in letters:
+            found.append((_VIEW_CODE_MEANINGS[meaning], None))
+            letters = letters.replace(meaning, " ")
+    for word in (word for word in "".join(ch if ch.isalnum() else " " for ch in upper).split()):
+        if word in ("L", "LEFT") or word in ("R", "RIGHT"):
+            found.append((None, word[0]))
+        elif word in _TEXT_VIEWS:
+            found.append((word, None))
+        elif len(word) >= 3 and word[0] in "LR" and word[1:] in _TEXT_VIEWS:
+            found.append((word[1:], word[0]))
+        elif len(word) >= 3 and word[-1] in "LR" and word[:-1] in _TEXT_VIEWS:
+            found.append((word[:-1], word[-1]))
+    return found
+
+
 def _view_position(ds: Dataset) -> str | None:
+    """The view position the header gives (`header_view` without its source)."""
+    return header_view(ds)[0]
+
+
+def header_view(ds: Dataset, *, name_hint: str | None = None) -> tuple[str | None, str | None]:
+    """(view position, where it came from) from what real files carry, most trusted first:
+
+    1. `ViewPosition` (as written, upper case);
+    2. `ViewCodeSequence` code meanings (DICOM CID 4014, e.g. "medio-lateral oblique");
+    3. a `PatientOrientation` value that is a view name rather than directions ("CC", "MLO": scanned
+       films such as CBIS-DDSM write the view there);
+    4. the words of `SeriesDescription`, then `ProtocolName` (`view_from_text`);
+    5. `name_hint`, the dataset's own naming of the image (e.g. its folder name), as "hint".
+
+    >>> ds = Dataset()
+    >>> ds.PatientOrientation = "MLO"
+    >>> header_view(ds), header_view(Dataset(), name_hint="Calc-Test_P_00038_RIGHT_CC")
+    (('MLO', 'PatientOrientation'), ('CC', 'hint'))
+    """
     view = _text(ds, "ViewPosition")
     if view:
-        return view.upper()
+        return view.upper(), "ViewPosition"
     for item in ds.get("ViewCodeSequence") or []:
         meaning = "".join(ch for ch in str(item.get("CodeMeaning", "")).lower() if ch.isalpha())
         if meaning in _VIEW_CODE_MEANINGS:
-            return _VIEW_CODE_MEANINGS[meaning]
-    return None
+            return _VIEW_CODE_MEANINGS[meaning], "ViewCodeSequence"
+    orientation = ds.get("PatientOrientation")
+    values = orientation if isinstance(orientation, (list, tuple, MultiValue)) else [orientation]
+    for value in values:
+        word = str(value or "").strip().upper()
+        if word in VIEW_POSITIONS and not set(word) <= _PATIENT_DIRECTIONS:
+            return word, "PatientOrientation"
+    for keyword in TEXT_TAGS:
+        view = view_from_text(_text(ds, keyword))
+        if view:
+            return view, keyword
+    view = view_from_text(name_hint)
+    return (view, "hint") if view else (None, None)
 
 
-def _laterality(ds: Dataset, image: DicomImage) -> tuple[str | None, str | None]:
-    for keyword in ("ImageLaterality", "Laterality"):
+def header_laterality(ds: Dataset, *, name_hint: str | None = None) -> tuple[str | None, str | None]:
+    """(laterality "L" / "R", where it came from) from the header, most trusted first:
+    `ImageLaterality`, `Laterality`, the words of `SeriesDescription` and `ProtocolName`
+    (`laterality_from_text`), then `name_hint` ("hint"). (None, None) when none names a side:
+    `read_dicom` then reads it from the pixel mass.
+
+    >>> ds = Dataset()
+    >>> ds.Laterality = "R"
+    >>> header_laterality(ds), header_laterality(Dataset(), name_hint="Mass-Training_P_00001_LEFT_CC")
+    (('R', 'Laterality'), ('L', 'hint'))
+    """
+    for keyword in LATERALITY_TAGS:
         value = (_text(ds, keyword) or "").upper()
         if value in ("L", "R"):
             return value, keyword
-    preview, _ = image.preview()
-    laterality = infer_laterality(preview)
-    return laterality, ("pixels" if laterality else None)
+    for keyword in TEXT_TAGS:
+        laterality = laterality_from_text(_text(ds, keyword))
+        if laterality:
+            return laterality, keyword
+    laterality = laterality_from_text(name_hint)
+    return (laterality, "hint") if laterality else (None, None)
 
 
 __all__ = [
-    "Calibration", "DECODER_PACKAGES", "DicomError", "DicomImage", "MAMMOGRAPHY_MODALITY",
-    "NotMammogramWarning", "read_dicom",
+    "Calibration", "DECODER_PACKAGES", "DicomError", "DicomImage", "LATERALITY_TAGS", "MAMMOGRAPHY_MODALITY",
+    "NotMammogramWarning", "TEXT_TAGS", "VIEW_TAGS", "header_laterality", "header_view", "laterality_from_text",
+    "read_dicom", "view_from_text",
 ]

@@ -108,8 +108,9 @@ def _as_source(image, laterality: str | None) -> _Source:
     if isinstance(image, (str, os.PathLike, Dataset)) and not _is_image_file(image):
         image = read_dicom(image)
     if isinstance(image, DicomImage):
-        tag = image.laterality if image.laterality_source in ("ImageLaterality", "Laterality") else None
-        return _Source(image.stored_pixels, image.calibrate, laterality or tag)
+        # What the file says (tags, descriptions, the name hint); the pixel mass is checked anyway.
+        named = image.laterality if image.laterality_source != "pixels" else None
+        return _Source(image.stored_pixels, image.calibrate, laterality or named)
     array = _to_gray_array(image)
     return _Source(array, _unit_scaler(array), laterality)
 

@@ -34,6 +34,19 @@ PREVIEW_SIDE = 512
 PIXEL_MASS_MARGIN = 0.1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
+# Frame bands of scanned films (`_frame_bands`): a band is at most this share of the image's height
+# or width, its lines are within BAND_TOLERANCE of one level for BAND_FILL of their pixels, and
+# that level is brighter than the 99th percentile (darker than the 1st) of the image's middle by
+# BAND_MARGIN. All in the [0, 1] intensities of the preview.
+BAND_MAX_FRACTION = 0.2
+BAND_TOLERANCE = 0.08
+BAND_FILL = 0.9
+BAND_MARGIN = 0.02
+# Thin foreground (noise, scratches, text strokes) counts for the breast only this many preview
+# pixels from a thick part of it (`_breast_mask`): enough to keep the ragged skin line and thin
+# necks of tissue of digital mammograms exactly as a plain largest-region crop does.
+JOIN_REACH = 8
+
 
 def to_unit_range(array) -> np.ndarray:
     """Intensities as float32 in [0, 1].
@@ -111,11 +124,12 @@ def orient_breast(pixels, laterality: str | None = None) -> np.ndarray:
 def breast_bbox(pixels) -> tuple[int, int, int, int]:
     """The breast's bounding box `(x0, y0, x1, y1)` (end-exclusive; crop with `pixels[y0:y1, x0:x1]`).
 
-    Otsu threshold on a preview (every k-th row and column, long side about 512 pixels), then the
-    bounding box of the largest 8-connected foreground region, so labels and markers away from the
-    breast are left out. The box reaches up to the neighbouring background samples, so it always
-    holds the breast (and is exact when the image is small enough to need no preview).
-    An image with no foreground gives the whole image.
+    On a preview (every k-th row and column, long side about 512 pixels): frame bands along the
+    border (the bright edge of a scanned film, the dark scanner bed) are set aside, Otsu's threshold
+    splits the rest, and the largest region left after cutting thin things (noise, scratches,
+    burned-in text) is the breast, so labels, markers and film edges are left out. The box reaches
+    up to the neighbouring background samples, so it always holds that region (and is exact when
+    the image is small enough to need no preview). An image with no foreground gives the whole image.
     """
     pixels = _to_gray_array(pixels)
     preview, rows, cols = _unit_preview(pixels)
@@ -170,15 +184,89 @@ def _unit_preview(pixels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _breast_mask(preview: np.ndarray) -> tuple[np.ndarray, float]:
-    """The largest 8-connected region of the Otsu foreground, and the threshold."""
-    threshold = otsu_threshold(preview)
-    foreground = preview >= threshold
-    labels, count = ndimage.label(foreground, structure=np.ones((3, 3), dtype=bool))
+    """The breast's region of a preview in [0, 1], and the threshold it was cut at.
+
+    1. Frame bands (`_frame_bands`: the bright unexposed edge of a scanned film, the dark scanner bed
+       beyond it) are left out of everything that follows.
+    2. Otsu's threshold over the remaining pixels gives the foreground.
+    3. An opening with a 3x3 square finds the thick parts of the foreground; thin things (scanner
+       noise, scratches, the strokes of small burned-in text) are kept only within `JOIN_REACH`
+       pixels of a thick part, so they still join thick parts (a narrow neck of tissue, the skin
+       line) but no longer bridge the breast to a label across the background.
+    4. The breast is the 8-connected region of what is kept that holds the largest thick part.
+    """
+    bands = _frame_bands(preview)
+    inside = preview[~bands] if bands.any() else preview
+    threshold = otsu_threshold(inside) if inside.size else otsu_threshold(preview)
+    foreground = (preview >= threshold) & ~bands
+    square = np.ones((3, 3), dtype=bool)
+    core = ndimage.binary_opening(foreground, structure=square)
+    if not core.any():
+        return _largest_region(foreground), threshold
+    # Within JOIN_REACH of a thick part: a (2 * JOIN_REACH + 1)-wide maximum filter is that many 3x3 dilations.
+    joinable = core | (foreground & ndimage.maximum_filter(core, size=2 * JOIN_REACH + 1))
+    regions, _ = ndimage.label(joinable, structure=square)
+    seed = _largest_region(core)  # 8-connected and inside `joinable`: one region holds all of it
+    return regions == regions[seed][0], threshold
+
+
+def _largest_region(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected region of a boolean mask (the mask itself when it has one or none)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     if count <= 1:
-        return foreground, threshold
+        return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(np.argmax(sizes)), threshold
+    return labels == int(np.argmax(sizes))
+
+
+def _frame_bands(preview: np.ndarray) -> np.ndarray:
+    """Pixels of the straight bands along the image border that a scanned film carries (True).
+
+    Per side, from the border inward: the lines whose pixels are, for `BAND_FILL` of them, within
+    `BAND_TOLERANCE` of the first line's median, when that median is brighter than nearly all of
+    the image's middle (the unexposed film edge) or darker than nearly all of it (the scanner bed
+    beyond the film). A run reaching `BAND_MAX_FRACTION` of the image is no frame (it is a breast
+    filling the image, or the background), so it is kept. Pixels of the same level connected to a
+    band (a ragged or slightly tilted inner edge) belong to it. Every side is looked at twice, the
+    second time without the pixels of the other sides' bands (a line along one side crosses the
+    bands of its two neighbours).
+    """
+    height, width = preview.shape
+    bands = np.zeros(preview.shape, dtype=bool)
+    limit_rows, limit_cols = int(BAND_MAX_FRACTION * height), int(BAND_MAX_FRACTION * width)
+    if min(limit_rows, limit_cols) < 2:
+        return bands
+    middle = preview[limit_rows:height - limit_rows, limit_cols:width - limit_cols]
+    low, high = np.percentile(middle if middle.size else preview, [1.0, 99.0])
+    for _ in range(2):
+        # Each side as a view whose first axis runs from that border inward (writes reach `bands`).
+        for lines, known in ((preview, bands), (preview[::-1], bands[::-1]),
+                             (preview.T, bands.T), (preview.T[::-1], bands.T[::-1])):
+            limit = limit_rows if lines.shape[0] == height else limit_cols
+            _mark_band(lines[:limit], known[:limit], low, high)
+    return bands
+
+
+def _mark_band(lines: np.ndarray, known: np.ndarray, low: float, high: float) -> None:
+    """Mark (in `known`) the band that starts at line 0 of `lines`, if there is one; see `_frame_bands`."""
+    values = np.where(known, np.nan, lines.astype(np.float32))
+    valid = ~known
+    if not valid[0].any():
+        return
+    level = float(np.median(values[0][valid[0]]))
+    if low - BAND_MARGIN <= level <= high + BAND_MARGIN:
+        return
+    close = np.abs(values - level) <= BAND_TOLERANCE
+    counts = valid.sum(axis=1)
+    fill = np.where(counts > 0, close.sum(axis=1) / np.maximum(counts, 1), 1.0)
+    run = int(np.argmin(fill >= BAND_FILL)) if not np.all(fill >= BAND_FILL) else len(fill)
+    if run == 0 or run == len(fill):
+        return
+    like = (values >= level - BAND_TOLERANCE) if level > high else (values <= level + BAND_TOLERANCE)
+    seed = np.zeros(like.shape, dtype=bool)
+    seed[:run] = True
+    known |= ndimage.binary_propagation(seed, mask=seed | (like & valid))
 
 
 def _box_from_mask(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> tuple[int, int, int, int]:

@@ -26,7 +26,14 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
 
-from modeling_mama.dicom import DECODER_PACKAGES, DicomError, NotMammogramWarning, read_dicom
+from modeling_mama.dicom import (
+    DECODER_PACKAGES,
+    DicomError,
+    NotMammogramWarning,
+    laterality_from_text,
+    read_dicom,
+    view_from_text,
+)
 
 
 def read_non_mg(path, **kwargs):
@@ -384,3 +391,57 @@ def test_dataset_without_a_file_is_named_by_its_uid():
     ds = mammogram_dataset(sop_instance_uid="1.2.826.0.1.99", window=(100, 50), voi_function="FANCY")
     with pytest.raises(DicomError, match=r"^<pydicom Dataset SOPInstanceUID=1.2.826.0.1.99>: VOILUTFunction"):
         read_dicom(ds)
+
+
+# ---------------------------------------------------------------------------------------------
+# View and laterality from what real files carry
+
+
+def untagged(**tags):
+    """An MG dataset with no ViewPosition and no laterality tag, plus `tags`."""
+    ds = mammogram_dataset(view_position=None, laterality_tags=())
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def sources(image):
+    return image.view_position, image.view_source, image.laterality, image.laterality_source
+
+
+def test_view_and_laterality_sources_in_order_of_trust():
+    assert sources(read_dicom(mammogram_dataset(laterality="R", view_position="MLO"))) == (
+        "MLO", "ViewPosition", "R", "ImageLaterality")
+    # A scanned film (CBIS-DDSM): the side in (0020,0060) Laterality, the view only in PatientOrientation.
+    film = untagged(PatientOrientation="CC", Laterality="L")
+    assert sources(read_dicom(film)) == ("CC", "PatientOrientation", "L", "Laterality")
+    # Directions in PatientOrientation are not a view; the series description then speaks.
+    described = untagged(PatientOrientation=["A", "R"], SeriesDescription="R MLO", ProtocolName="L CC")
+    assert sources(read_dicom(described)) == ("MLO", "SeriesDescription", "R", "SeriesDescription")
+    assert sources(read_dicom(untagged(ProtocolName="LCC Tomo-free"))) == ("CC", "ProtocolName", "L", "ProtocolName")
+    # Last the dataset's own naming (e.g. the case folder), then the pixel mass for the side.
+    hinted = read_dicom(untagged(SeriesDescription="full mammogram images"), name_hint="Calc-Test_P_00038_RIGHT_MLO")
+    assert sources(hinted) == ("MLO", "hint", "R", "hint")
+    nothing = read_dicom(untagged(SeriesDescription="CC and MLO", ProtocolName="L and R"))
+    assert sources(nothing) == (None, None, "L", "pixels")  # both texts are ambiguous: nothing read from them
+    # The tag wins over a hint that says otherwise.
+    tagged = read_dicom(mammogram_dataset(laterality="L", view_position="CC"), name_hint="P_1_RIGHT_MLO")
+    assert sources(tagged) == ("CC", "ViewPosition", "L", "ImageLaterality")
+
+
+@pytest.mark.parametrize("text, view, laterality", [
+    ("Mass-Training_P_00001_LEFT_CC", "CC", "L"),
+    ("Calc-Test_P_00038_RIGHT_MLO_1", "MLO", "R"),
+    ("L MLO", "MLO", "L"),
+    ("RCC", "CC", "R"),
+    ("XCCL", "XCCL", None),               # a view code, not "XCC" + left
+    ("LM", "LM", None),                   # latero-medial, not "left M"
+    ("left cranio-caudal", "CC", "L"),
+    ("medio-lateral oblique", "MLO", None),
+    ("full mammogram images", None, None),
+    ("ROI mask images", None, None),
+    ("view at 90 degrees", None, None),   # "AT" is a word here, not the axillary tail view
+    ("R CC, R MLO", None, "R"),           # two views: no view
+])
+def test_view_and_laterality_from_text(text, view, laterality):
+    assert (view_from_text(text), laterality_from_text(text)) == (view, laterality)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from dicom_factory import breast_pixels, mammogram_dataset, write_mammogram
 from PIL import Image
+from scipy import ndimage
 from torchvision.transforms import v2
 
 from modeling_mama.dicom import read_dicom
@@ -440,3 +441,88 @@ def test_mammogram_dataset_input_without_a_file():
     out = MamaImageProcessor(size=16)(ds)["pixel_values"]
     expected = MamaImageProcessor(size=16)(read_dicom(ds).pixels, laterality="L")["pixel_values"]
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scanned film (CBIS-DDSM-like): frame bands, burned-in labels, scratches
+
+
+def processed_breast_fraction(truth, crop_box, flipped, size=518):
+    """Share of the processed size x size view that is breast: the truth mask through the same
+    orientation, crop and (aspect-free) resize as the pixels."""
+    x0, y0, x1, y1 = (int(round(v)) for v in crop_box)
+    crop = torch.from_numpy(truth[y0:y1, x0:x1].astype(np.float32))
+    if flipped:
+        crop = crop.flip(-1)
+    view = F.interpolate(crop[None, None], size=(size, size), mode="nearest")[0, 0]
+    return float(view.mean())
+
+
+def test_film_scans_are_cropped_to_the_breast_without_bands_or_label(tmp_path):
+    from modeling_mama.data.synthetic.film import FilmLook, film_dataset, film_mammogram
+
+    looks = [
+        None,  # a random look: 1-3 bright edges, maybe a dark band, label, scratches
+        FilmLook(bright_bands={"left": 0.08, "top": 0.05, "bottom": 0.03}, label="LMLO", scratches=3),
+        FilmLook(bright_bands={"right": 0.06}, dark_band=("top", 0.03), label="RCC", scratches=2),
+        FilmLook(bright_bands={"top": 0.02, "right": 0.1}, label="LCC", scratches=1, dust=0.003),
+    ]
+    cases = [(looks[0], "R", "MLO", (320, 256)), (looks[1], "L", "MLO", (1100, 860)),
+             (looks[2], "R", "CC", (320, 256)), (looks[3], "L", "CC", (320, 256))]
+    processor = MamaImageProcessor(do_normalize=False)
+    fractions, plain, labels_beside = [], [], 0
+    for index, (look, laterality, view, (height, width)) in enumerate(cases):
+        film = film_mammogram(np.random.default_rng(index), height=height, width=width, laterality=laterality,
+                              view=view, density=2 + index % 3, look=look)
+        path = tmp_path / f"film{index}.dcm"
+        film_dataset(film, laterality=laterality, view=view).save_as(path, enforce_file_format=True)
+        image = read_dicom(path)
+        assert image.transfer_syntax_uid == "1.2.840.10008.1.2.5" and image.bits_stored == 16
+        assert (image.view_position, image.view_source) == (view, "PatientOrientation")
+        assert (image.laterality, image.laterality_source) == (laterality, "Laterality")
+        out = processor(path, return_geometry=True)
+        box, flipped = out["crop_boxes"][0].tolist(), bool(out["flipped"][0])
+        assert flipped == (laterality == "R")
+        fractions.append(processed_breast_fraction(film.breast, box, flipped))
+        x0, y0, x1, y1 = box
+        assert film.breast[int(y0):int(y1), int(x0):int(x1)].sum() >= 0.95 * film.breast.sum()  # the breast kept
+        lx0, ly0, lx1, ly1 = film.label_box
+        ys, xs = np.nonzero(film.breast)
+        if lx1 <= xs.min() or lx0 > xs.max() or ly1 <= ys.min() or ly0 > ys.max():  # beside the breast's box
+            labels_beside += 1
+            assert lx1 <= x0 or lx0 >= x1 or ly1 <= y0 or ly0 >= y1, f"label {film.label_box} inside crop {box}"
+        view_pixels = out["pixel_values"][0, 0]
+        assert view_pixels[:, :259].mean() > view_pixels[:, 259:].mean()  # chest wall on the left
+        # What a plain Otsu + largest-region crop (the digital recipe) keeps of the same film.
+        unit = to_unit_range(film.pixels)
+        foreground = unit >= otsu_threshold(unit)
+        labels, _ = ndimage.label(foreground, structure=np.ones((3, 3)))
+        largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+        ys, xs = np.nonzero(largest)
+        plain.append(film.breast[ys.min():ys.max() + 1, xs.min():xs.max() + 1].mean())
+    assert labels_beside >= 3  # an MLO breast may leave no corner of the film free
+    assert min(fractions) > 0.7, fractions   # a half ellipse fills pi / 4 of its box
+    assert max(plain) < 0.6, plain            # the film edges and labels the plain crop keeps
+
+
+def test_digital_crops_are_the_plain_otsu_largest_region_box():
+    """The film-proof crop gives digital mammograms exactly the box the plain recipe gives."""
+    from modeling_mama.data.synthetic import Lesion, render_mammogram
+
+    for seed in range(12):
+        height, width = [(96, 80), (256, 208), (700, 560)][seed % 3]
+        pixels = render_mammogram(np.random.default_rng(seed), height=height, width=width, laterality="LR"[seed % 2],
+                                  view=["CC", "MLO", "ML", "XCCL"][seed % 4], density=1 + seed % 4,
+                                  findings=[Lesion(kind="mass", size=0.05)] if seed % 3 == 0 else [], bits_stored=12)
+        stride = max(1, max(height, width) // 512)
+        preview = to_unit_range(pixels)[::stride, ::stride]
+        foreground = preview >= otsu_threshold(preview)
+        labels, _ = ndimage.label(foreground, structure=np.ones((3, 3)))
+        largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+        ys, xs = np.nonzero(largest)
+        x0, y0, x1, y1 = breast_bbox(pixels)
+        # The box reaches the neighbouring background samples of the preview's extreme rows / columns.
+        assert (x0 <= xs.min() * stride < x0 + stride) or xs.min() == 0
+        assert (y0 <= ys.min() * stride < y0 + stride) or ys.min() == 0
+        assert xs.max() * stride < x1 <= (xs.max() + 1) * stride or x1 == width
+        assert ys.max() * stride < y1 <= (ys.max() + 1) * stride or y1 == height
