@@ -115,10 +115,18 @@ def orient_breast(pixels, laterality: str | None = None) -> np.ndarray:
     ambiguous, and the (slightly) heavier half decides when there is no tag.
     """
     pixels = _to_gray_array(pixels)
+    return pixels[:, ::-1] if needs_flip(pixels, laterality) else pixels
+
+
+def needs_flip(pixels, laterality: str | None = None) -> bool:
+    """Whether `orient_breast(pixels, laterality)` flips the image left-right (see there).
+
+    >>> image = np.zeros((40, 30)); image[5:35, 20:] = 1.0      # chest wall on the right
+    >>> needs_flip(image), needs_flip(image[:, ::-1])
+    (True, False)
+    """
     preview, _, _ = _unit_preview(pixels)
-    if _needs_flip(preview, _breast_mask(preview)[0], laterality):
-        return pixels[:, ::-1]
-    return pixels
+    return _needs_flip(preview, _breast_mask(preview)[0], laterality)
 
 
 def breast_bbox(pixels) -> tuple[int, int, int, int]:
@@ -349,6 +357,7 @@ def _to_gray_array(image) -> np.ndarray:
 
 
 __all__ = [
-    "IMAGE_SUFFIXES", "PIXEL_MASS_MARGIN", "PREVIEW_SIDE", "breast_bbox", "crop_to_breast", "infer_laterality",
+    "BAND_FILL", "BAND_MARGIN", "BAND_MAX_FRACTION", "BAND_TOLERANCE", "IMAGE_SUFFIXES", "JOIN_REACH",
+    "PIXEL_MASS_MARGIN", "PREVIEW_SIDE", "breast_bbox", "crop_to_breast", "infer_laterality", "needs_flip",
     "orient_breast", "otsu_threshold", "to_unit_range",
 ]

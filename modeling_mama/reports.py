@@ -16,6 +16,7 @@ Sections, in order (a section may hold several sentences):
 6. ``Findings: The mammogram shows that {BI-RADS finding phrase}.`` (+ the mass and calcification sentences)
 7. ``Impressions: BI-RADS Category {n}: {description}.``
 8. ``Overall Assessment: {assessment}.``
+9. ``Pathology: The finding is {benign|malignant}.`` (datasets with a pathology: CBIS-DDSM, CMMD)
 
 Choices this module makes where the recipe is silent:
 
@@ -24,10 +25,15 @@ Choices this module makes where the recipe is silent:
   "Non-Hispanic" (METHOD.md **Fix**).
 - A missing density drops section 5; a missing BI-RADS drops sections 6-8 (there is nothing true
   to say, and the reference dropped such images altogether).
-- The report is per image and describes ONE clinical row (the one `select_clinical_row` picks),
-  so "Findings" has at most one mass sentence and one calcification sentence. As in the reference,
-  the mass sentence needs both shape and density, the calcification sentence both morphology and
-  distribution.
+- An EMBED report is per image and describes ONE clinical row (the one `select_clinical_row`
+  picks), so "Findings" has at most one mass sentence and one calcification sentence. Datasets that
+  list several abnormalities per image (CBIS-DDSM) put one value per abnormality in each finding
+  field, joined by `FINDING_SEPARATOR` ("Irregular; Oval"), and get one sentence per abnormality.
+  As in the reference, the mass sentence needs both shape and density (or, where a dataset
+  describes margins instead of density, shape and margin: "The mass is Irregular and Spiculated."),
+  the calcification sentence both morphology and distribution.
+- A dataset without BI-RADS but with findings (CMMD) keeps section 6, its phrase naming the
+  abnormalities ("Findings: The mammogram shows that a mass is present."); sections 7-8 need BI-RADS.
 
 >>> fields = ReportFields(procedure="MG Screening Bilateral", race="Asian", ethnicity=None, age="61.0",
 ...                       image_type="2D", laterality="L", view="L-CC", density="C", birads="N")
@@ -114,6 +120,11 @@ _VIEW_SYNONYMS = {
 }
 
 REASONS = ("screening", "diagnostic")
+PATHOLOGIES = ("benign", "malignant")
+
+# Several abnormalities of one image: each finding field holds one value per abnormality, in the same
+# order, joined by this; an empty value keeps its place ("Irregular; ").
+FINDING_SEPARATOR = "; "
 
 # The six fields metadata masking may hide (METHOD.md section 3); everything else is never masked.
 MASKABLE_FIELDS = ("age", "race", "ethnicity", "image_type", "laterality", "view")
@@ -337,6 +348,34 @@ def normalize_ethnicity(value: Any) -> str | None:
     return text
 
 
+def normalize_pathology(value: Any) -> str | None:
+    """"benign" / "malignant" from a pathology result (CBIS-DDSM's MALIGNANT, BENIGN,
+    BENIGN_WITHOUT_CALLBACK; CMMD's Benign / Malignant; any case); None when missing.
+
+    >>> [normalize_pathology(v) for v in ("MALIGNANT", "BENIGN_WITHOUT_CALLBACK", "Benign", None)]
+    ['malignant', 'benign', 'benign', None]
+    """
+    text = clean_text(value)
+    if text is None:
+        return None
+    lowered = text.lower()
+    for pathology in PATHOLOGIES:
+        if lowered == pathology or lowered.startswith(pathology + "_") or lowered.startswith(pathology + " "):
+            return pathology
+    raise ValueError(f"Unrecognised pathology {value!r}: expected benign or malignant.")
+
+
+def split_findings(value: str | None) -> list[str | None]:
+    """The per-abnormality values of a finding field (`FINDING_SEPARATOR`); [] when missing.
+
+    >>> split_findings("Irregular; ; Oval"), split_findings("Round"), split_findings(None)
+    (['Irregular', None, 'Oval'], ['Round'], [])
+    """
+    if value is None:
+        return []
+    return [part.strip() or None for part in str(value).split(FINDING_SEPARATOR.strip())]
+
+
 # ---------------------------------------------------------------------------------------------
 # The fields of one report
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +388,10 @@ class ReportFields:
     Values are normalised on construction, so raw table values are fine: ages like "61.0", NaN,
     empty strings, BI-RADS letters or "BI-RADS 4", densities "C" / "DENSITY C", views "L-CC". A
     missing `reason` is derived from the procedure text; a view written with its side ("L-CC")
-    fills a missing `laterality`. The mass / calcification fields hold words (legend already applied).
+    fills a missing `laterality`. The mass / calcification fields hold words (legend already applied),
+    one per abnormality joined by `FINDING_SEPARATOR` when there are several; `mass_margin` is used
+    where a dataset describes margins instead of density (CBIS-DDSM); `pathology` is "benign" or
+    "malignant".
 
     >>> fields = ReportFields(procedure="MG Diagnostic Left", age=61.0, birads="S", density="DENSITY B", view="RMLO")
     >>> fields.reason, fields.age, fields.birads, fields.density, fields.laterality, fields.view
@@ -370,6 +412,8 @@ class ReportFields:
     mass_density: str | None = None
     calc_find: str | None = None
     calc_distribution: str | None = None
+    mass_margin: str | None = None
+    pathology: str | None = None
 
     def __post_init__(self):
         self.procedure = clean_text(self.procedure)
@@ -384,8 +428,9 @@ class ReportFields:
             self.laterality = view_laterality
         self.density = parse_density(self.density)
         self.birads = parse_birads(self.birads)
-        for name in ("mass_shape", "mass_density", "calc_find", "calc_distribution"):
+        for name in ("mass_shape", "mass_density", "calc_find", "calc_distribution", "mass_margin"):
             setattr(self, name, clean_text(getattr(self, name)))
+        self.pathology = normalize_pathology(self.pathology)
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any], mapping: Mapping[str, Any] | None = None,
@@ -442,7 +487,7 @@ class ReportFields:
 
 
 FIELD_NAMES = tuple(field.name for field in dataclasses.fields(ReportFields))
-LEGEND_FIELDS = ("mass_shape", "mass_density", "calc_find", "calc_distribution")
+LEGEND_FIELDS = ("mass_shape", "mass_density", "calc_find", "calc_distribution", "mass_margin")
 
 # Field -> column(s) of each source. A tuple is tried in order (see `ReportFields.from_mapping`).
 EMBED_COLUMNS = {
@@ -596,19 +641,56 @@ def density_sentences(density: int) -> list[str]:
     return sentences
 
 
-def findings_sentences(birads: int, *, mass_shape: str | None = None, mass_density: str | None = None,
-                       calc_find: str | None = None, calc_distribution: str | None = None) -> list[str]:
-    """Section 6: the BI-RADS finding phrase, then the mass and calcification sentences when coded.
+def findings_sentences(birads: int | None, *, mass_shape: str | None = None, mass_density: str | None = None,
+                       calc_find: str | None = None, calc_distribution: str | None = None,
+                       mass_margin: str | None = None) -> list[str]:
+    """Section 6: the BI-RADS finding phrase, then one sentence per coded mass and calcification.
+
+    A field may hold several abnormalities (`FINDING_SEPARATOR`). A mass sentence needs the shape and
+    the density, or the shape and the margin when no density is given; a calcification sentence the
+    morphology and the distribution. Without BI-RADS (None) the phrase names the abnormalities.
 
     >>> findings_sentences(2, calc_find="Punctate", calc_distribution="Grouped")
     ['Findings: The mammogram shows that a benign finding is present.', 'A Grouped Punctate calcification is present.']
+    >>> findings_sentences(4, mass_shape="Irregular; Oval", mass_margin="Spiculated; Circumscribed")[1:]
+    ['The mass is Irregular and Spiculated.', 'The mass is Oval and Circumscribed.']
+    >>> findings_sentences(None, mass_shape="Generic", calc_find="Generic")
+    ['Findings: The mammogram shows that a mass and a calcification are present.']
     """
-    sentences = [f"Findings: The mammogram shows that {BIRADS_FINDING_PHRASES[birads]}."]
-    if mass_shape and mass_density:
-        sentences.append(f"The mass is {mass_shape} and {mass_density}.")
-    if calc_find and calc_distribution:
-        sentences.append(f"A {calc_distribution} {calc_find} calcification is present.")
+    shapes, calcs = split_findings(mass_shape), split_findings(calc_find)
+    if birads is not None:
+        phrase = BIRADS_FINDING_PHRASES[birads]
+    else:
+        named = [f"a {kind}" if count == 1 else f"{count} {kind}s"
+                 for kind, count in (("mass", len(shapes)), ("calcification", len(calcs))) if count]
+        if not named:
+            raise ValueError("findings_sentences needs a BI-RADS category or a coded mass / calcification.")
+        phrase = f"{' and '.join(named)} {'is' if len(shapes) + len(calcs) == 1 else 'are'} present"
+    sentences = [f"Findings: The mammogram shows that {phrase}."]
+    densities, margins = split_findings(mass_density), split_findings(mass_margin)
+    for index, shape in enumerate(shapes):
+        second = _nth(densities, index) if densities else _nth(margins, index)
+        if shape and second:
+            sentences.append(f"The mass is {shape} and {second}.")
+    distributions = split_findings(calc_distribution)
+    for index, morphology in enumerate(calcs):
+        distribution = _nth(distributions, index)
+        if morphology and distribution:
+            sentences.append(f"A {distribution} {morphology} calcification is present.")
     return sentences
+
+
+def _nth(values: list, index: int):
+    return values[index] if index < len(values) else None
+
+
+def pathology_sentences(pathology: str) -> list[str]:
+    """Section 9, the pathology of the image's finding(s).
+
+    >>> pathology_sentences("MALIGNANT")
+    ['Pathology: The finding is malignant.']
+    """
+    return [f"Pathology: The finding is {normalize_pathology(pathology)}."]
 
 
 def impression_sentences(birads: int) -> list[str]:
@@ -684,10 +766,15 @@ def build_report(fields: ReportFields, *, mask_prob: float = 0.0, generator=None
     sentences = metadata_sentences(fields)
     if fields.density is not None:
         sentences += density_sentences(fields.density)
+    findings = {"mass_shape": fields.mass_shape, "mass_density": fields.mass_density, "mass_margin": fields.mass_margin,
+                "calc_find": fields.calc_find, "calc_distribution": fields.calc_distribution}
     if fields.birads is not None:
-        sentences += findings_sentences(fields.birads, mass_shape=fields.mass_shape, mass_density=fields.mass_density,
-                                        calc_find=fields.calc_find, calc_distribution=fields.calc_distribution)
+        sentences += findings_sentences(fields.birads, **findings)
         sentences += impression_sentences(fields.birads)
+    elif fields.mass_shape or fields.calc_find:
+        sentences += findings_sentences(None, **findings)
+    if fields.pathology is not None:
+        sentences += pathology_sentences(fields.pathology)
     return sentences
 
 
@@ -790,11 +877,12 @@ def zero_shot_prompt_variants(task: str, fields: ReportFields | None = None, cou
 __all__ = [
     "BIRADS_ASSESSMENTS", "BIRADS_DESCRIPTIONS", "BIRADS_FINDING_PHRASES", "BIRADS_OF_LETTER", "CLASS_NAMES",
     "DATASET_COLUMNS", "DENSE_BREAST_SENTENCE", "DENSITY_DESCRIPTIONS", "DENSITY_OF_LETTER", "EMBED_COLUMNS",
-    "FIELD_NAMES", "LATERALITY_WORDS", "LETTER_OF_BIRADS", "LETTER_OF_DENSITY", "MALE_DENSITY", "MASKABLE_FIELDS",
-    "PAPER_MASK_PROB", "REASONS", "RSNA_CANCER_PROMPTS", "RSNA_COLUMNS", "ReportFields", "UNKNOWN", "VIEW_POSITIONS",
+    "FIELD_NAMES", "FINDING_SEPARATOR", "LATERALITY_WORDS", "LETTER_OF_BIRADS", "LETTER_OF_DENSITY", "MALE_DENSITY", "MASKABLE_FIELDS",
+    "PAPER_MASK_PROB", "PATHOLOGIES", "REASONS", "RSNA_CANCER_PROMPTS", "RSNA_COLUMNS", "ReportFields", "UNKNOWN", "VIEW_POSITIONS",
     "VINDR_COLUMNS", "ZERO_SHOT_MAX_LENGTH", "ZERO_SHOT_TASKS", "build_report", "clean_text", "density_sentences",
     "findings_sentences", "impression_sentences", "is_missing", "load_embed_legend", "mask_metadata",
-    "metadata_sentences", "normalize_ethnicity", "normalize_laterality", "normalize_view", "parse_age",
+    "metadata_sentences", "normalize_ethnicity", "normalize_laterality", "normalize_pathology", "normalize_view",
+    "parse_age", "pathology_sentences", "split_findings",
     "parse_birads", "parse_density", "parse_view", "reason_from_text", "select_clinical_row",
     "zero_shot_prompt_variants", "zero_shot_prompts",
 ]

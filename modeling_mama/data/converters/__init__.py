@@ -5,6 +5,11 @@ Every converter is a `common.DatasetConverter` registered in `CONVERTERS` under 
 - `embed.EmbedConverter` / `convert_embed(root, out, ...)`: EMBED (pre-training; BI-RADS, density).
 - `rsna.RsnaConverter` / `convert_rsna(root, out, ...)`: RSNA Screening Mammography (cancer).
 - `vindr.VindrConverter` / `convert_vindr(root, out, ...)`: VinDr-Mammo (BI-RADS, density).
+- `cbis_ddsm.CbisDdsmConverter` / `convert_cbis_ddsm(root, out, ...)`: CBIS-DDSM (scanned film, CC BY 3.0;
+  BI-RADS, density, cancer, lesion boxes).
+- `cmmd.CmmdConverter` / `convert_cmmd(root, out, ...)`: CMMD (digital, CC BY 4.0; cancer).
+- `dicom_folder.DicomFolderConverter` / `convert_dicom_folder(root, out, ...)`: any folder of DICOM files,
+  with an optional labels table (a hospital's own export).
 - `common`: the contract (`DatasetConverter`), table reading, splits, the image cache and the atomic
   writer they share.
 
@@ -12,7 +17,7 @@ The command lines are `data_scripts/<name>.py`; DESIGN.md "Dataset schema" lists
 "Add a dataset" the files a new converter touches.
 """
 
-from . import embed, rsna, vindr  # noqa: F401  (registers the converters)
+from . import cbis_ddsm, cmmd, dicom_folder, embed, rsna, vindr  # noqa: F401  (registers the converters)
 from .common import CONVERTERS, DatasetConverter, register_converter
 
 __all__ = ["CONVERTERS", "DatasetConverter", "register_converter"]

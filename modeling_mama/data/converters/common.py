@@ -60,12 +60,14 @@ FAILURE_COLUMNS = ["image_id", "source_path", "reason", "table", "row_index"]
 # The output schema (DESIGN.md "Dataset schema"): identity, image, report fields, labels.
 REPORT_COLUMNS = [
     "procedure", "reason", "race", "ethnicity", "age", "image_type", "report_density", "report_birads",
-    "mass_shape", "mass_density", "calc_find", "calc_distribution",
+    "mass_shape", "mass_density", "calc_find", "calc_distribution", "mass_margin", "pathology",
 ]
 LABEL_COLUMNS = ["birads", "density", "cancer"]
 _INTEGER_COLUMNS = {"age", "report_density", "report_birads", "birads", "density", "cancer"}
+# Lesion boxes [x0, y0, x1, y1] in the stored image's pixels (after orientation, crop and resize); [] when unknown.
+BOX_COLUMN = "lesion_boxes"
 COLUMNS = ["patient_id", "exam_id", "image_id", "laterality", "view", "source_path", "image",
-           *REPORT_COLUMNS, *LABEL_COLUMNS]
+           *REPORT_COLUMNS, *LABEL_COLUMNS, BOX_COLUMN]
 
 CACHE_DIR = ".cache"
 PARTIAL_DIR = ".partial"
@@ -90,6 +92,7 @@ def features():
 
     types = {name: datasets.Value("int64" if name in _INTEGER_COLUMNS else "string") for name in COLUMNS}
     types["image"] = datasets.Image()
+    types[BOX_COLUMN] = datasets.List(datasets.List(datasets.Value("float32"), length=4))
     return datasets.Features(types)
 
 
@@ -260,6 +263,7 @@ def report_columns(fields) -> dict[str, Any]:
         "age": fields.age, "image_type": fields.image_type, "report_density": fields.density,
         "report_birads": fields.birads, "mass_shape": fields.mass_shape, "mass_density": fields.mass_density,
         "calc_find": fields.calc_find, "calc_distribution": fields.calc_distribution,
+        "mass_margin": fields.mass_margin, "pathology": fields.pathology,
     }
 
 
@@ -378,12 +382,73 @@ def to_uint16(pixels: np.ndarray) -> np.ndarray:
 def preprocess_image(source, *, laterality: str | None, image_size: int) -> tuple[np.ndarray, str | None]:
     """A mammogram file -> (uint16 [H, W] chest wall left, breast-cropped, long side <= image_size,
     the laterality used: the table's, else the file's tags or pixel mass)."""
-    from ...image_processing_mama import crop_to_breast, load_mammogram, orient_breast
+    pixels, laterality, _ = preprocess_image_geometry(source, laterality=laterality, image_size=image_size)
+    return pixels, laterality
+
+
+@dataclass(frozen=True)
+class StoredGeometry:
+    """How a stored image was made from its source image: `flipped` left-right (chest wall moved
+    left), cropped to `crop` (x0, y0, x1, y1 in the oriented source), resized to `stored_shape`
+    (height, width). `map_box` carries a box of the source image onto the stored one."""
+
+    source_shape: tuple[int, int]
+    flipped: bool
+    crop: tuple[int, int, int, int]
+    stored_shape: tuple[int, int]
+
+    def map_box(self, box) -> list[float] | None:
+        """A source box (x0, y0, x1, y1, end-exclusive pixel edges) in stored pixels, clipped to the
+        stored image (rounded to 0.01); None when it lies outside the crop.
+
+        >>> StoredGeometry((100, 80), True, (10, 20, 50, 100), (40, 20)).map_box((60, 30, 70, 50))
+        [0.0, 5.0, 5.0, 15.0]
+        """
+        x0, y0, x1, y1 = (float(value) for value in box)
+        if self.flipped:
+            x0, x1 = self.source_shape[1] - x1, self.source_shape[1] - x0
+        left, top, right, bottom = self.crop
+        scale_x = self.stored_shape[1] / (right - left)
+        scale_y = self.stored_shape[0] / (bottom - top)
+        x0, x1 = (min(max((x - left) * scale_x, 0.0), self.stored_shape[1]) for x in (x0, x1))
+        y0, y1 = (min(max((y - top) * scale_y, 0.0), self.stored_shape[0]) for y in (y0, y1))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return [round(value, 2) for value in (x0, y0, x1, y1)]
+
+
+def preprocess_image_geometry(source, *, laterality: str | None, image_size: int,
+                              ) -> tuple[np.ndarray, str | None, StoredGeometry]:
+    """`preprocess_image`, plus the `StoredGeometry` that maps source pixels onto the stored image."""
+    from ...image_processing_mama import load_mammogram
+    from ...image_utils_mama import breast_bbox, needs_flip
 
     pixels, file_laterality = load_mammogram(source)
     laterality = laterality or file_laterality
-    pixels = crop_to_breast(orient_breast(pixels, laterality))
-    return to_uint16(resize_long_side(np.asarray(pixels, dtype=np.float32), image_size)), laterality
+    flipped = needs_flip(pixels, laterality)
+    oriented = pixels[:, ::-1] if flipped else pixels
+    x0, y0, x1, y1 = breast_bbox(oriented)
+    stored = to_uint16(resize_long_side(np.asarray(oriented[y0:y1, x0:x1], dtype=np.float32), image_size))
+    return stored, laterality, StoredGeometry(tuple(pixels.shape), flipped, (x0, y0, x1, y1), tuple(stored.shape))
+
+
+def mask_box(path, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The box (x0, y0, x1, y1) of the nonzero pixels of a lesion mask file (DICOM or image) drawn
+    on an image of `shape`; None for an empty mask or one of another size (it cannot be placed)."""
+    from ...image_utils_mama import _is_image_file, _to_gray_array
+
+    if _is_image_file(path):
+        mask = _to_gray_array(path)
+    else:
+        import pydicom
+
+        mask = pydicom.dcmread(path).pixel_array
+    if mask.shape != tuple(shape):
+        return None
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def cache_name(image_id: str) -> str:
@@ -394,11 +459,15 @@ def cache_name(image_id: str) -> str:
     return f"{safe}-{hashlib.sha1(image_id.encode()).hexdigest()[:10]}.png"
 
 
-def write_png(path: Path, pixels: np.ndarray, *, laterality: str | None) -> None:
-    """A 16-bit grayscale PNG, written under a temporary name then renamed (all or nothing)."""
+def write_png(path: Path, pixels: np.ndarray, *, laterality: str | None,
+              lesion_boxes: Sequence[Sequence[float]] | None = None) -> None:
+    """A 16-bit grayscale PNG, written under a temporary name then renamed (all or nothing); the
+    laterality used and the lesion boxes (when the job had some) ride along as text chunks."""
     info = PngImagePlugin.PngInfo()
     if laterality:
         info.add_text("laterality", laterality)
+    if lesion_boxes is not None:
+        info.add_text(BOX_COLUMN, json.dumps([list(box) for box in lesion_boxes]))
     temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
     Image.fromarray(pixels).save(temporary, format="PNG", pnginfo=info)
     os.replace(temporary, path)
@@ -407,6 +476,13 @@ def write_png(path: Path, pixels: np.ndarray, *, laterality: str | None) -> None
 def read_cached_laterality(path: Path) -> str | None:
     with Image.open(path) as image:
         return image.text.get("laterality") or None
+
+
+def read_cached_boxes(path: Path) -> list[list[float]] | None:
+    """The lesion boxes stored with a cached PNG (None: it was written without any)."""
+    with Image.open(path) as image:
+        text = image.text.get(BOX_COLUMN)
+    return None if text is None else json.loads(text)
 
 
 @dataclass(frozen=True)
@@ -418,6 +494,13 @@ class ImageJob:
     laterality: str | None
     image_size: int
     cache_path: str
+    # Lesions to carry onto the stored image: boxes in source pixels, and mask files (`mask_box`).
+    source_boxes: tuple = ()
+    lesion_masks: tuple = ()
+
+    @property
+    def has_lesions(self) -> bool:
+        return bool(self.source_boxes or self.lesion_masks)
 
 
 @dataclass(frozen=True)
@@ -425,6 +508,7 @@ class ImageResult:
     image_id: str
     failure: str | None
     laterality: str | None
+    lesion_boxes: tuple | None = None  # stored-image boxes of a job with lesions
 
 
 def run_job(job: ImageJob) -> ImageResult:
@@ -432,12 +516,28 @@ def run_job(job: ImageJob) -> ImageResult:
     if not Path(job.source_path).is_file():
         return ImageResult(job.image_id, "file missing", None)
     try:
-        pixels, laterality = preprocess_image(job.source_path, laterality=job.laterality, image_size=job.image_size)
-        write_png(Path(job.cache_path), pixels, laterality=laterality)
+        pixels, laterality, geometry = preprocess_image_geometry(
+            job.source_path, laterality=job.laterality, image_size=job.image_size)
+        boxes = stored_boxes(job, geometry) if job.has_lesions else None
+        write_png(Path(job.cache_path), pixels, laterality=laterality, lesion_boxes=boxes)
     except Exception as error:  # one bad file must not stop a 480,000-image run
         message = str(error) or type(error).__name__
         return ImageResult(job.image_id, f"decode error: {message}", None)
-    return ImageResult(job.image_id, None, laterality)
+    return ImageResult(job.image_id, None, laterality, None if boxes is None else tuple(map(tuple, boxes)))
+
+
+def stored_boxes(job: ImageJob, geometry: StoredGeometry) -> list[list[float]]:
+    """The job's lesion boxes (given, and read from its mask files) in the stored image's pixels.
+    A mask that cannot be read or placed gives no box; the image itself is still converted."""
+    boxes = list(job.source_boxes)
+    for path in job.lesion_masks:
+        try:
+            box = mask_box(path, geometry.source_shape)
+        except Exception:  # a broken mask file loses its box, not the mammogram
+            box = None
+        if box is not None:
+            boxes.append(box)
+    return [mapped for mapped in (geometry.map_box(box) for box in boxes) if mapped is not None]
 
 
 def process_images(jobs: Sequence[ImageJob], *, workers: int = 1, progress: bool = True,
@@ -446,10 +546,13 @@ def process_images(jobs: Sequence[ImageJob], *, workers: int = 1, progress: bool
     results: dict[str, ImageResult] = {}
     todo = []
     for job in jobs:
-        if Path(job.cache_path).is_file():
+        cached = Path(job.cache_path)
+        boxes = read_cached_boxes(cached) if cached.is_file() and job.has_lesions else None
+        if cached.is_file() and not (job.has_lesions and boxes is None):
             # The laterality the image was oriented with is only needed when the table has none.
-            laterality = job.laterality or read_cached_laterality(Path(job.cache_path))
-            results[job.image_id] = ImageResult(job.image_id, None, laterality)
+            laterality = job.laterality or read_cached_laterality(cached)
+            results[job.image_id] = ImageResult(job.image_id, None, laterality,
+                                                None if boxes is None else tuple(map(tuple, boxes)))
         else:
             todo.append(job)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=description, unit="img", disable=not progress)
@@ -576,7 +679,10 @@ def write_dataset(
     Args:
         out: a folder returned by `prepare_output`.
         rows: planned output rows: the schema columns except `image`, plus `split`, `table` and
-            `row_index` (where the row came from, for the failures file).
+            `row_index` (where the row came from, for the failures file), and optionally the lesions
+            to carry onto the stored image: `source_boxes` ((x0, y0, x1, y1) in the source file's
+            pixels) and `lesion_masks` (mask files of the source's size); their stored-image boxes
+            become `lesion_boxes` (a row without lesions may set `lesion_boxes` itself; default []).
         failures: rows already refused from the tables (not 2D, duplicate row, ...).
         split_names: the splits to write, in order (an empty split is written empty).
         balanced: `(source split, label column, new split)`: add a class-balanced subset of the
@@ -589,7 +695,8 @@ def write_dataset(
 
     cache = out / CACHE_DIR
     jobs = [ImageJob(row["image_id"], row["source_path"], row.get("laterality"), image_size,
-                     str(cache / cache_name(row["image_id"]))) for row in rows]
+                     str(cache / cache_name(row["image_id"])), tuple(row.get("source_boxes") or ()),
+                     tuple(row.get("lesion_masks") or ())) for row in rows]
     results = process_images(jobs, workers=workers, progress=progress, description=description)
     failures = list(failures)
     by_split: dict[str, dict[str, list]] = {name: {column: [] for column in COLUMNS} for name in split_names}
@@ -604,6 +711,9 @@ def write_dataset(
                 columns["image"].append({"path": job.cache_path, "bytes": None})
             elif column == "laterality":
                 columns["laterality"].append(row.get("laterality") or result.laterality)
+            elif column == BOX_COLUMN:
+                boxes = result.lesion_boxes if result.lesion_boxes is not None else row.get(BOX_COLUMN)
+                columns[BOX_COLUMN].append([list(box) for box in boxes or []])
             else:
                 columns[column].append(row.get(column))
     if balanced is not None:

@@ -1,4 +1,4 @@
-"""Synthetic look-alikes of EMBED, RSNA and VinDr-Mammo, written as real DICOM files.
+"""Synthetic look-alikes of EMBED, RSNA, VinDr-Mammo, CBIS-DDSM and CMMD, written as real DICOM files.
 
 The real datasets need an access application, so converters, processors and training code are
 developed and tested on these look-alikes: the same folder shapes, the same table columns, real
@@ -31,15 +31,21 @@ Layouts (``<root>`` is the folder given to the generator):
   as on some real units, so orientation must be checked against the pixels.
 - VinDr: ``breast-level_annotations.csv``, ``finding_annotations.csv`` and
   ``images/<study_id>/<image_id>.dicom``; boxes are in stored-pixel coordinates.
+- CBIS-DDSM: the four case-description CSVs next to ``CBIS-DDSM/<case folder>/...`` as a TCIA download
+  names it, scanned-film pictures (``film``: film edges, burned-in labels, scratches), ROI masks and
+  crops, and the tables' quirks (see ``cbis_ddsm``).
+- CMMD: ``CMMD_clinicaldata_revision.xlsx`` (or its CSV export) next to
+  ``CMMD/<ID1>/<date>-NA-NA-<n>/1.000000-NA-<n>/1-k.dcm``, mostly 8-bit (see ``cmmd``).
 
 Everything is deterministic given the seed, whatever the number of worker processes: every image
 has its own seed derived from the dataset seed and its path. Files are written under a temporary
 name and renamed, so a killed run never leaves a half-written file, and running again into the
 same folder with the same settings only writes what is missing.
 
-Modules: `tables` (published column names and legends), `rendering` (pixels), `dicom_writer`
-(DICOM datasets), `files` (atomic files, worker jobs, seeds), and one module per look-alike
-(`embed`, `rsna`, `vindr`). The command line is `data_scripts/synthetic.py`.
+Modules: `tables` (published column names and legends), `rendering` (pixels), `film` (scanned-film
+pictures), `dicom_writer` (the DICOM writer, shared with the tests), `files` (atomic files, worker
+jobs, seeds), and one module per look-alike (`embed`, `rsna`, `vindr`, `cbis_ddsm`, `cmmd`). The
+command line is `data_scripts/synthetic.py`.
 
 >>> import numpy as np
 >>> pixels = render_mammogram(np.random.default_rng(0), height=64, width=52, laterality="L",
@@ -48,17 +54,23 @@ Modules: `tables` (published column names and legends), `rendering` (pixels), `d
 ((64, 52), dtype('uint16'))
 """
 
-from .dicom_writer import DicomEncoding, mammogram_dataset
+from .cbis_ddsm import generate_cbis_ddsm
+from .cmmd import generate_cmmd
+from .dicom_writer import DicomEncoding, image_dataset, mammogram_dataset
 from .embed import generate_embed
 from .files import parse_image_size
+from .film import FilmImage, FilmLook, film_dataset, film_mammogram
 from .rendering import Lesion, render_mammogram
 from .rsna import generate_rsna
-from .tables import DEFAULT_IMAGE_SIZE, FULL_IMAGE_SIZE, MG_FOR_PRESENTATION
+from .tables import DEFAULT_IMAGE_SIZE, FULL_IMAGE_SIZE, MG_FOR_PRESENTATION, SECONDARY_CAPTURE
 from .vindr import generate_vindr
 
-GENERATORS = {"embed": generate_embed, "rsna": generate_rsna, "vindr": generate_vindr}
+GENERATORS = {"embed": generate_embed, "rsna": generate_rsna, "vindr": generate_vindr,
+              "cbis_ddsm": generate_cbis_ddsm, "cmmd": generate_cmmd}
 
 __all__ = [
-    "DEFAULT_IMAGE_SIZE", "FULL_IMAGE_SIZE", "GENERATORS", "MG_FOR_PRESENTATION", "DicomEncoding", "Lesion",
-    "generate_embed", "generate_rsna", "generate_vindr", "mammogram_dataset", "parse_image_size", "render_mammogram",
+    "DEFAULT_IMAGE_SIZE", "FULL_IMAGE_SIZE", "GENERATORS", "MG_FOR_PRESENTATION", "SECONDARY_CAPTURE", "DicomEncoding",
+    "FilmImage", "FilmLook", "Lesion", "film_dataset", "film_mammogram", "generate_cbis_ddsm", "generate_cmmd",
+    "generate_embed", "generate_rsna", "generate_vindr", "image_dataset", "mammogram_dataset", "parse_image_size",
+    "render_mammogram",
 ]

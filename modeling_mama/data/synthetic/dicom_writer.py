@@ -216,7 +216,7 @@ def mammogram_dataset(
     ('MG', 'L', ['A', 'R'], 12)
     """
     if not 8 <= encoding.bits_stored <= 16:
-        raise ValueError(f"bits_stored={encoding.bits_stored} must be between 8 and 16 (16 bits are allocated)")
+        raise ValueError(f"bits_stored={encoding.bits_stored} must be between 8 and 16")
     maxval = 2**encoding.bits_stored - 1
     if pixels.ndim != 2:
         raise ValueError(f"pixels must be a 2-D array, got shape {pixels.shape}")

@@ -10,7 +10,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pydicom
@@ -75,18 +75,25 @@ def _write_image(job: _ImageJob) -> str:
 
 
 def _write_images(jobs: Sequence[_ImageJob], *, workers: int, progress: bool, description: str) -> None:
-    todo = [job for job in jobs if not Path(job.path).exists()]
+    _run_jobs(jobs, _write_image, done=lambda job: Path(job.path).exists(), workers=workers, progress=progress,
+              description=description)
+
+
+def _run_jobs(jobs: Sequence, write: Callable, *, done: Callable, workers: int, progress: bool,
+              description: str) -> None:
+    """`write(job)` for every job not `done` yet, in `workers` processes, with a progress bar."""
+    todo = [job for job in jobs if not done(job)]
     bar = tqdm(total=len(todo), desc=description, unit="img", disable=not progress)
     if workers <= 1 or len(todo) <= 1:
         for job in todo:
-            _write_image(job)
+            write(job)
             bar.update()
     else:
         # fork keeps the already-imported modules (the package import is slow); each job has
         # its own seed, so the output does not depend on which worker runs it.
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for _ in pool.map(_write_image, todo, chunksize=max(1, len(todo) // (8 * workers))):
+            for _ in pool.map(write, todo, chunksize=max(1, len(todo) // (8 * workers))):
                 bar.update()
     bar.close()
 

@@ -104,3 +104,35 @@ GLAND_CONTRAST = {1: 0.24, 2: 0.28, 3: 0.32, 4: 0.36, 5: 0.24}
 
 _CC_LIKE_VIEWS = {"CC", "XCCL", "XCCM", "FB", "CV"}
 _MLO_LIKE_VIEWS = {"MLO", "ML", "LM", "LMO", "AT", "SIO", "ISO"}
+
+# CBIS-DDSM: the four case-description tables (one row per abnormality). The mass tables spell the
+# density column `breast_density`, the calcification tables `breast density`.
+CBIS_TABLES = {
+    ("mass", "train"): "mass_case_description_train_set.csv",
+    ("mass", "test"): "mass_case_description_test_set.csv",
+    ("calc", "train"): "calc_case_description_train_set.csv",
+    ("calc", "test"): "calc_case_description_test_set.csv",
+}
+CBIS_MASS_COLUMNS = [
+    "patient_id", "breast_density", "left or right breast", "image view", "abnormality id", "abnormality type",
+    "mass shape", "mass margins", "assessment", "pathology", "subtlety", "image file path",
+    "cropped image file path", "ROI mask file path",
+]
+CBIS_CALC_COLUMNS = [
+    "patient_id", "breast density", "left or right breast", "image view", "abnormality id", "abnormality type",
+    "calc type", "calc distribution", "assessment", "pathology", "subtlety", "image file path",
+    "cropped image file path", "ROI mask file path",
+]
+CBIS_MASS_SHAPES = ["IRREGULAR", "OVAL", "ROUND", "LOBULATED", "ARCHITECTURAL_DISTORTION",
+                    "IRREGULAR-ARCHITECTURAL_DISTORTION", "FOCAL_ASYMMETRIC_DENSITY"]
+CBIS_MASS_MARGINS = ["SPICULATED", "ILL_DEFINED", "CIRCUMSCRIBED", "OBSCURED", "MICROLOBULATED",
+                     "ILL_DEFINED-SPICULATED"]
+CBIS_CALC_TYPES = ["PLEOMORPHIC", "AMORPHOUS", "PUNCTATE", "FINE_LINEAR_BRANCHING", "LUCENT_CENTER",
+                   "PLEOMORPHIC-FINE_LINEAR_BRANCHING", "ROUND_AND_REGULAR-LUCENT_CENTER"]
+CBIS_CALC_DISTRIBUTIONS = ["CLUSTERED", "SEGMENTAL", "LINEAR", "REGIONAL", "DIFFUSELY_DISTRIBUTED",
+                           "CLUSTERED-LINEAR"]
+
+# CMMD: the clinical sheet (one row per breast).
+CMMD_CLINICAL_FILE = "CMMD_clinicaldata_revision.xlsx"
+CMMD_CLINICAL_COLUMNS = ["ID1", "LeftRight", "Age", "number", "abnormality", "classification", "subtype"]
+CMMD_SUBTYPES = ["Luminal A", "Luminal B", "HER2-enriched", "triple negative"]
