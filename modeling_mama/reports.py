@@ -661,8 +661,9 @@ def findings_sentences(birads: int | None, *, mass_shape: str | None = None, mas
     if birads is not None:
         phrase = BIRADS_FINDING_PHRASES[birads]
     else:
-        named = [f"a {kind}" if count == 1 else f"{count} {kind}s"
-                 for kind, count in (("mass", len(shapes)), ("calcification", len(calcs))) if count]
+        named = [f"a {kind}" if count == 1 else f"{count} {plural}"
+                 for kind, plural, count in (("mass", "masses", len(shapes)), ("calcification", "calcifications",
+                                                                              len(calcs))) if count]
         if not named:
             raise ValueError("findings_sentences needs a BI-RADS category or a coded mass / calcification.")
         phrase = f"{' and '.join(named)} {'is' if len(shapes) + len(calcs) == 1 else 'are'} present"

@@ -632,3 +632,15 @@ def test_killed_run_resumes_to_an_identical_dataset(embed_root, embed_converted,
     assert len(calls) == total - cached  # cached images are not decoded again
     assert_same_dataset(resumed, reference)
     assert read_failures(out) == read_failures(reference_out)
+
+
+def test_every_converter_writes_the_shared_schema_with_lesion_boxes(tmp_path):
+    from modeling_mama.data.converters import CONVERTERS
+
+    assert {"embed", "rsna", "vindr", "cbis_ddsm", "cmmd", "dicom_folder"} <= set(CONVERTERS)
+    root = generate_vindr(tmp_path / "raw", num_studies=1, image_size=(48, 40), seed=0, progress=False)
+    dataset_dict = convert_vindr(root, tmp_path / "out", image_size=32, seed=0, progress=False)
+    for split in dataset_dict.values():
+        assert list(split.features) == common.COLUMNS
+        assert {"mass_margin", "pathology", "lesion_boxes"} <= set(split.features)
+        assert split["lesion_boxes"] == [[] for _ in range(len(split))]  # unknown: an empty list

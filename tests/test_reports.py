@@ -442,3 +442,39 @@ def test_zero_shot_prompt_variants():
     ]]
     with pytest.raises(ValueError, match=r"The density task has 1 prompt variant\(s\); got count=2"):
         zero_shot_prompt_variants("density", count=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several abnormalities, margins, findings without BI-RADS, pathology (CBIS-DDSM, CMMD)
+
+
+def test_one_findings_sentence_per_abnormality():
+    fields = ReportFields(birads=4, mass_shape="Irregular; Oval; Round", mass_margin="Spiculated; ; Circumscribed",
+                          calc_find="Pleomorphic", calc_distribution="Clustered", pathology="MALIGNANT")
+    assert build_report(fields)[4:] == [
+        "Findings: The mammogram shows that a suspicious abnormality is present.",
+        "The mass is Irregular and Spiculated.",
+        "The mass is Round and Circumscribed.",  # the second mass has no margin: no sentence
+        "A Clustered Pleomorphic calcification is present.",
+        "Impressions: BI-RADS Category 4: suspicious abnormality.",
+        "Overall Assessment: Suspicious abnormality.",
+        "Pathology: The finding is malignant.",
+    ]
+    # EMBED's mass sentence (shape and density) is unchanged, and density wins over margin.
+    assert build_report(ReportFields(birads=2, mass_shape="Oval", mass_density="Isodense", mass_margin="Obscured"))[5] == (
+        "The mass is Oval and Isodense.")
+
+
+def test_findings_without_birads_name_the_abnormalities():
+    assert build_report(ReportFields(mass_shape="Generic", pathology="Benign"))[4:] == [
+        "Findings: The mammogram shows that a mass is present.", "Pathology: The finding is benign."]
+    assert build_report(ReportFields(mass_shape="Generic; Generic", calc_find="Generic"))[4] == (
+        "Findings: The mammogram shows that 2 masses and a calcification are present.")
+    assert len(build_report(ReportFields(age=50))) == 4  # nothing found, nothing said
+
+
+def test_pathology_values():
+    assert [ReportFields(pathology=v).pathology for v in ("MALIGNANT", "BENIGN_WITHOUT_CALLBACK", "Benign", None)] == [
+        "malignant", "benign", "benign", None]
+    with pytest.raises(ValueError, match="Unrecognised pathology 'unclear'"):
+        ReportFields(pathology="unclear")

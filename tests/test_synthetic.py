@@ -501,3 +501,92 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "w"), "--image-size", "tiny"])
     assert "must look like" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- film
+
+
+def test_film_look_alike_truth():
+    from modeling_mama.data.synthetic.film import FilmLook, film_mammogram, text_bitmap
+
+    look = FilmLook(bright_bands={"left": 0.1, "top": 0.05}, dark_band=("bottom", 0.04), label="RCC", scratches=0,
+                    dust=0.0)
+    film = film_mammogram(np.random.default_rng(0), height=200, width=160, laterality="R", view="CC", density=2,
+                          look=look)
+    unit = film.pixels / 65535.0
+    assert film.bands == {"left": 16, "top": 10, "bottom": 8}
+    assert unit[50:150, :14].mean() > 0.85 and unit[:8, 40:120].mean() > 0.85   # bright film edges
+    assert unit[-6:, 40:120].mean() < 0.05                                       # the scanner bed beyond the film
+    x0, y0, x1, y1 = film.label_box
+    assert (y1 - y0, x1 - x0) == text_bitmap("RCC", (y1 - y0) // 7).shape
+    assert unit[y0:y1, x0:x1][text_bitmap("RCC", (y1 - y0) // 7)].min() > 0.85  # burned-in strokes
+    assert not film.breast[y0:y1, x0:x1].any()
+    # A right breast is hung with its chest wall on the right; the film background is not black.
+    assert film.breast[:, 80:].sum() > 2 * film.breast[:, :80].sum()
+    background = ~film.breast & (unit < 0.5)
+    assert 0.05 < np.median(unit[background][unit[background] > 0.02]) < 0.2
+    with pytest.raises(ValueError, match="no glyph for"):
+        text_bitmap("Q")
+
+
+# ---------------------------------------------------------------------------------------------- CBIS-DDSM
+
+
+CBIS_MASS = ("patient_id, breast_density, left or right breast, image view, abnormality id, abnormality type, "
+             "mass shape, mass margins, assessment, pathology, subtlety, image file path, cropped image file path, "
+             "ROI mask file path").split(", ")
+CBIS_CALC = [{"breast_density": "breast density", "mass shape": "calc type", "mass margins": "calc distribution"}.get(
+    column, column) for column in CBIS_MASS]
+
+
+def test_cbis_ddsm_look_alike(tmp_path):
+    from modeling_mama.data.synthetic import generate_cbis_ddsm
+
+    root = generate_cbis_ddsm(tmp_path / "cbis", num_patients=6, image_size=(128, 96), seed=1, progress=False)
+    tables = {name: pd.read_csv(root / f"{name}.csv", dtype=str, keep_default_na=False)
+              for name in ("mass_case_description_train_set", "mass_case_description_test_set",
+                           "calc_case_description_train_set", "calc_case_description_test_set")}
+    for name, table in tables.items():
+        assert list(table.columns) == (CBIS_MASS if name.startswith("mass") else CBIS_CALC)
+    everything = pd.concat(tables.values())
+    assert everything["ROI mask file path"].str.endswith("\n").all()  # the release's trailing newlines
+    assert everything["image file path"].str.match(r"(Mass|Calc)-(Training|Test)_P_\d{5}_(LEFT|RIGHT)_(CC|MLO)/"
+                                                   r"1\.3\.6\.1\.4\.1\.9590\.100\.1\.2\.\d+/[\d.]+/000000\.dcm").all()
+    assert (everything["abnormality id"].astype(int) > 1).any()  # several abnormalities on one image
+    case = r"(Mass|Calc)-(Training|Test)_P_\d{5}_(LEFT|RIGHT)_(CC|MLO)"
+    full = re.compile(rf"CBIS-DDSM/{case}/\d\d-\d\d-2016-DDSM-\d+/1\.000000-full mammogram images-\d+/1-1\.dcm")
+    roi = re.compile(rf"CBIS-DDSM/{case}_\d+/\d\d-\d\d-2016-DDSM-\d+/1\.000000-(ROI mask|cropped) images-\d+/1-[12]\.dcm")
+    files = [str(path.relative_to(root)) for path in root.rglob("*.dcm")]
+    assert files and all(full.fullmatch(path) or roi.fullmatch(path) for path in files)
+    for path in root.rglob("1-1.dcm"):
+        ds = pydicom.dcmread(path)
+        if "full mammogram" in str(path):
+            assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.Modality == "MG" and ds.BitsStored == 16
+            assert ds.Laterality in ("L", "R") and "ViewPosition" not in ds and "PixelSpacing" not in ds
+            assert ds.PatientID == path.relative_to(root).parts[1]
+            break
+    # Masks have the full image's size (0 / 255); crops are smaller.
+    masks = [pydicom.dcmread(p) for p in root.rglob("*.dcm") if pydicom.dcmread(p, stop_before_pixels=True)
+             .SeriesDescription == "ROI mask images"]
+    assert masks and all(mask.pixel_array.shape == (128, 96) and set(np.unique(mask.pixel_array)) == {0, 255}
+                         for mask in masks)
+
+
+def test_cmmd_look_alike(tmp_path):
+    from modeling_mama.data.synthetic import generate_cmmd
+
+    root = generate_cmmd(tmp_path / "cmmd", num_patients=6, image_size=(64, 52), seed=3, table_format="csv",
+                         progress=False)
+    sheet = pd.read_csv(root / "CMMD_clinicaldata_revision.csv", dtype=str, keep_default_na=False)
+    assert list(sheet.columns) == ["ID1", "LeftRight", "Age", "number", "abnormality", "classification", "subtype"]
+    assert set(sheet["classification"]) == {"Benign", "Malignant"}
+    assert (sheet.loc[sheet["ID1"].str.startswith("D2"), "subtype"] != "").all()
+    assert (sheet.loc[sheet["ID1"].str.startswith("D1"), "subtype"] == "").all()
+    files = sorted(root.rglob("*.dcm"))
+    layout = re.compile(r"CMMD/D[12]-\d{4}/\d\d-\d\d-\d{4}-NA-NA-\d+/1\.000000-NA-\d+/1-\d\.dcm")
+    assert all(layout.fullmatch(str(path.relative_to(root))) for path in files)
+    assert len(files) == 2 * len(sheet)
+    headers = [pydicom.dcmread(path) for path in files]
+    assert sum(ds.BitsAllocated == 8 for ds in headers) > len(headers) / 2  # mostly 8-bit
+    assert {("ViewPosition" in ds, "ViewCodeSequence" in ds) for ds in headers} == {(True, False), (False, True)}
+    assert all(ds.ImageLaterality in ("L", "R") and ds.PatientID == path.parts[-4] for ds, path in zip(headers, files))
