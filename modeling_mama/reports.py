@@ -360,7 +360,7 @@ def normalize_pathology(value: Any) -> str | None:
         return None
     lowered = text.lower()
     for pathology in PATHOLOGIES:
-        if lowered == pathology or lowered.startswith(pathology + "_") or lowered.startswith(pathology + " "):
+        if lowered == pathology or lowered.startswith((pathology + "_", pathology + " ")):
             return pathology
     raise ValueError(f"Unrecognised pathology {value!r}: expected benign or malignant.")
 
@@ -878,12 +878,12 @@ def zero_shot_prompt_variants(task: str, fields: ReportFields | None = None, cou
 __all__ = [
     "BIRADS_ASSESSMENTS", "BIRADS_DESCRIPTIONS", "BIRADS_FINDING_PHRASES", "BIRADS_OF_LETTER", "CLASS_NAMES",
     "DATASET_COLUMNS", "DENSE_BREAST_SENTENCE", "DENSITY_DESCRIPTIONS", "DENSITY_OF_LETTER", "EMBED_COLUMNS",
-    "FIELD_NAMES", "FINDING_SEPARATOR", "LATERALITY_WORDS", "LETTER_OF_BIRADS", "LETTER_OF_DENSITY", "MALE_DENSITY", "MASKABLE_FIELDS",
-    "PAPER_MASK_PROB", "PATHOLOGIES", "REASONS", "RSNA_CANCER_PROMPTS", "RSNA_COLUMNS", "ReportFields", "UNKNOWN", "VIEW_POSITIONS",
-    "VINDR_COLUMNS", "ZERO_SHOT_MAX_LENGTH", "ZERO_SHOT_TASKS", "build_report", "clean_text", "density_sentences",
-    "findings_sentences", "impression_sentences", "is_missing", "load_embed_legend", "mask_metadata",
-    "metadata_sentences", "normalize_ethnicity", "normalize_laterality", "normalize_pathology", "normalize_view",
-    "parse_age", "pathology_sentences", "split_findings",
-    "parse_birads", "parse_density", "parse_view", "reason_from_text", "select_clinical_row",
-    "zero_shot_prompt_variants", "zero_shot_prompts",
+    "FIELD_NAMES", "FINDING_SEPARATOR", "LATERALITY_WORDS", "LETTER_OF_BIRADS", "LETTER_OF_DENSITY", "MALE_DENSITY",
+    "MASKABLE_FIELDS", "PAPER_MASK_PROB", "PATHOLOGIES", "REASONS", "RSNA_CANCER_PROMPTS", "RSNA_COLUMNS",
+    "ReportFields", "UNKNOWN", "VIEW_POSITIONS", "VINDR_COLUMNS", "ZERO_SHOT_MAX_LENGTH", "ZERO_SHOT_TASKS",
+    "build_report", "clean_text", "density_sentences", "findings_sentences", "impression_sentences", "is_missing",
+    "load_embed_legend", "mask_metadata", "metadata_sentences", "normalize_ethnicity", "normalize_laterality",
+    "normalize_pathology", "normalize_view", "parse_age", "parse_birads", "parse_density", "parse_view",
+    "pathology_sentences", "reason_from_text", "select_clinical_row", "split_findings", "zero_shot_prompt_variants",
+    "zero_shot_prompts",
 ]

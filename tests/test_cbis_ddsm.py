@@ -9,7 +9,6 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-
 from scripts import load_script
 
 from modeling_mama.data.converters.cbis_ddsm import (
@@ -24,6 +23,11 @@ from modeling_mama.image_processing_mama import MamaImageProcessor
 from modeling_mama.reports import DATASET_COLUMNS, ReportFields, build_report
 
 IMAGE_SIZE = 96
+
+
+def read_failures(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def test_one_row_per_image_with_every_abnormality_merged(cbis_root, converted):
     rows = rows_by_image(dataset_dict)
     listed = table_rows(cbis_root)
     images = {f"{r['patient_id']}_{r['left or right breast']}_{r['image view']}" for r in listed}
-    failures = {row["image_id"] for row in csv.DictReader(open(converted[0] / "failures.csv"))}
+    failures = {row["image_id"] for row in read_failures(converted[0] / "failures.csv")}
     assert set(rows) | failures == images and not set(rows) & failures
 
     # Patient 1: two masses on each view -> one row, two mass sentences, BI-RADS = the highest assessment.
@@ -149,7 +153,7 @@ def test_lesion_boxes_follow_the_masks_through_orientation_crop_and_resize(cbis_
 
 def test_missing_full_image_goes_to_failures(converted):
     out, dataset_dict = converted
-    failures = list(csv.DictReader(open(out / "failures.csv")))
+    failures = read_failures(out / "failures.csv")
     assert len(failures) == 1
     assert failures[0]["reason"].startswith("file missing: no case folder ")
     assert failures[0]["table"].endswith("_set.csv") and failures[0]["row_index"] != ""

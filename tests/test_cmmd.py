@@ -7,13 +7,17 @@ import re
 import pandas as pd
 import pydicom
 import pytest
-
 from scripts import load_script
 
 from modeling_mama.data.converters.cmmd import convert_cmmd, plan_cmmd
 from modeling_mama.data.converters.common import ConverterError
 from modeling_mama.data.synthetic import generate_cmmd
 from modeling_mama.reports import DATASET_COLUMNS, ReportFields, build_report
+
+
+def read_failures(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,7 @@ def test_rows_join_the_clinical_sheet_by_patient_and_side(cmmd_root, tmp_path):
     dataset_dict = convert_cmmd(cmmd_root, tmp_path / "out", image_size=64, seed=0, progress=False)
     rows = [row for name in dataset_dict for row in dataset_dict[name].remove_columns("image")]
     files = sorted(cmmd_root.rglob("*.dcm"))
-    assert len(rows) == len(files) and not list(csv.DictReader(open(tmp_path / "out" / "failures.csv")))
+    assert len(rows) == len(files) and not read_failures(tmp_path / "out" / "failures.csv")
     clinical = {(r["ID1"], r["LeftRight"]): r for r in sheet.to_dict("records")}
     headers = {str(path): pydicom.dcmread(path, stop_before_pixels=True) for path in files}
     views = set()

@@ -6,14 +6,27 @@ import re
 import shutil
 
 import pytest
-from dicom_factory import breast_pixels, mammogram_dataset, write_dataset, write_mammogram
+from dicom_factory import (
+    breast_pixels,
+    mammogram_dataset,
+    write_dataset,
+    write_mammogram,
+)
 from pydicom.data import get_testdata_file
-
 from scripts import load_script
 
 from modeling_mama.data.converters.common import ConverterError
-from modeling_mama.data.converters.dicom_folder import convert_dicom_folder, plan_dicom_folder, scan_mammograms
+from modeling_mama.data.converters.dicom_folder import (
+    convert_dicom_folder,
+    plan_dicom_folder,
+    scan_mammograms,
+)
 from modeling_mama.reports import DATASET_COLUMNS, ReportFields, build_report
+
+
+def read_failures(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.fixture()
@@ -80,7 +93,7 @@ def test_conversion_with_a_labels_table(export, tmp_path):
     assert untagged["laterality"] == "R" and (untagged["birads"], untagged["cancer"]) == (1, 0)  # side from the pixels
     splits = {name: set(dataset_dict[name]["patient_id"]) for name in dataset_dict}
     assert sum(("A" in patients) for patients in splits.values()) == 1  # one patient, one split
-    failures = list(csv.DictReader(open(tmp_path / "out" / "failures.csv")))
+    failures = read_failures(tmp_path / "out" / "failures.csv")
     reasons = sorted(failure["reason"] for failure in failures)
     assert "listed in the labels table but not found among the scanned mammograms" in reasons
     assert len(failures) == 6  # ct, notes, tomo, raw, copy, and the unknown label row

@@ -413,3 +413,23 @@ def test_evaluate_module_offline_equals_classification_metrics():
     binary_labels = [0, 1] * 5
     assert same(metric.compute(predictions=binary, references=binary_labels, from_logits=False),
                 classification_metrics(binary, binary_labels, num_classes=2, from_logits=False))
+
+
+# ------------------------------------------------------------------------------------- pointing game
+
+
+def test_pointing_game():
+    from modeling_mama.training.metrics import pointing_game, pointing_game_accuracy
+
+    grid = np.zeros((37, 37))
+    grid[10, 20] = 2.0  # the maximum's cell centre in a 518 x 518 view: x = 20.5 * 14 = 287, y = 10.5 * 14 = 147
+    assert pointing_game(grid, [[280, 140, 300, 160]], image_size=(518, 518)) is True
+    assert pointing_game(grid, [[290, 140, 300, 160]], image_size=(518, 518)) is False
+    assert pointing_game(grid, [[290, 140, 300, 160]], image_size=(518, 518), tolerance=3.0) is True
+    assert pointing_game(grid, [[0, 0, 10, 10], [280, 140, 300, 160]], image_size=(518, 518)) is True  # any box
+    assert pointing_game(torch.tensor(grid), np.array([[20, 10, 21, 11]])) is True  # default: the grid's own pixels
+    assert pointing_game(grid, []) is None
+    with pytest.raises(ValueError, match="2-D heat map"):
+        pointing_game(np.zeros(5), [[0, 0, 1, 1]])
+    assert pointing_game_accuracy([True, None, False, False]) == pytest.approx(1 / 3)
+    assert np.isnan(pointing_game_accuracy([None]))

@@ -65,3 +65,49 @@ def test_explain_script(pretrained_tiny_mama, synthetic_embed_dataset, tmp_path)
     plain = explain.main(["--model", str(pretrained_tiny_mama), "--image", str(dicom), "--output_dir",
                           str(tmp_path / "text"), "--report", "Findings: A mass is present. Overall Assessment: Benign."])
     assert [entry["file"] for entry in plain["sentences"]] == ["sentence_00.png", "sentence_01.png"]
+
+
+def test_view_boxes_follow_the_processor_view():
+    """A bright square at a known box of a right breast lands inside the box mapped to the view."""
+    from modeling_mama.image_processing_mama import MamaImageProcessor
+
+    explain = load_example("explain")
+    image = np.zeros((200, 160), dtype=np.float32)
+    image[20:180, 60:] = 0.4  # a right breast: chest wall on the right
+    image[60:80, 100:124] = 1.0  # the lesion, box (100, 60, 124, 80)
+    out = MamaImageProcessor(size=64, do_normalize=False)(image, return_geometry=True)
+    assert bool(out["flipped"][0])
+    (x0, y0, x1, y1), = explain.view_boxes([[100, 60, 124, 80]], out["crop_boxes"][0].tolist(), True, 160, (64, 64))
+    view = out["pixel_values"][0, 0].numpy()
+    inside = view[int(np.ceil(y0)) + 1:int(y1) - 1, int(np.ceil(x0)) + 1:int(x1) - 1]
+    assert inside.size and inside.min() > 0.9
+    outside = view.copy()
+    outside[int(y0) - 1:int(np.ceil(y1)) + 1, int(x0) - 1:int(np.ceil(x1)) + 1] = 0
+    assert outside.max() < 0.5
+
+
+def test_explain_scores_heat_maps_against_lesion_boxes(pretrained_tiny_mama, tmp_path):
+    from modeling_mama.data.converters.cbis_ddsm import convert_cbis_ddsm
+    from modeling_mama.data.synthetic import generate_cbis_ddsm
+
+    root = generate_cbis_ddsm(tmp_path / "cbis", num_patients=2, image_size=(144, 112), seed=0, progress=False)
+    dataset_dict = convert_cbis_ddsm(root, tmp_path / "data", image_size=96, progress=False)
+    split = next(name for name in dataset_dict if len(dataset_dict[name]) and dataset_dict[name][0]["lesion_boxes"])
+    row = dataset_dict[split][0]
+    explain = load_example("explain")
+    summary = explain.main(["--model", str(pretrained_tiny_mama), "--dataset", str(tmp_path / "data"), "--split", split,
+                            "--row", "0", "--output_dir", str(tmp_path / "row")])
+    assert row["image_id"] in summary["image"] and len(summary["lesion_boxes"]) == len(row["lesion_boxes"])
+    assert any(entry["sentence"].startswith("The mass is") for entry in summary["sentences"])  # the row's own report
+    hits = [entry["pointing_hit"] for entry in summary["sentences"]]
+    assert all(isinstance(hit, bool) for hit in hits) and summary["pointing_game"] == pytest.approx(np.mean(hits))
+    # The same image and boxes given by hand (--image --boxes) are scored the same way.
+    png = tmp_path / "row.png"
+    row["image"].save(png)
+    by_hand = explain.main(["--model", str(pretrained_tiny_mama), "--image", str(png), "--boxes",
+                            json.dumps(row["lesion_boxes"]), "--fields", json.dumps({"birads": 4}), "--output_dir",
+                            str(tmp_path / "hand")])
+    np.testing.assert_allclose(by_hand["lesion_boxes"], summary["lesion_boxes"], atol=1e-4)
+    assert "pointing_hit" in by_hand["sentences"][0]
+    with pytest.raises(SystemExit):
+        explain.main(["--model", str(pretrained_tiny_mama), "--image", str(png), "--output_dir", str(tmp_path / "x")])

@@ -385,6 +385,52 @@ def breast_level(scores: Any, labels: Any, patient_ids: Any, lateralities: Any,
     return unique_ids, breast_scores, breast_labels
 
 
+# ------------------------------------------------------------------------------------- localisation
+def pointing_game(heat_map: Any, boxes: Any, *, image_size: tuple[int, int] | None = None,
+                  tolerance: float = 0.0) -> bool | None:
+    """The pointing game (Zhang et al., "Top-down neural attention by excitation backprop", 2016): a
+    hit when the heat map's maximum falls inside one of the lesion boxes.
+
+    Args:
+        heat_map: [h, w] scores over an image (e.g. a patch-sentence similarity grid); cell (i, j)
+            covers rows i * H / h .. (i + 1) * H / h and the matching columns of the image.
+        boxes: (x0, y0, x1, y1) boxes in the pixels of that image (end-exclusive edges).
+        image_size: (H, W) of the image the boxes are given in; default the heat map's own shape.
+        tolerance: pixels a box is widened by on every side (the original protocol uses 15 at 224 px).
+
+    Returns None when there is no box (nothing to point at), else whether the centre of the maximal
+    cell (the first in row-major order on a tie) lies in a widened box.
+
+    >>> grid = np.zeros((4, 4)); grid[1, 2] = 1.0                  # maximum in row 1, column 2
+    >>> pointing_game(grid, [[8, 4, 12, 8]], image_size=(16, 16)), pointing_game(grid, [[0, 0, 4, 4]], image_size=(16, 16))
+    (True, False)
+    >>> pointing_game(grid, []) is None
+    True
+    """
+    values = _to_numpy(heat_map).astype(np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"pointing_game takes a 2-D heat map, got shape {values.shape}.")
+    boxes = _to_numpy(boxes).astype(np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+    if len(boxes) == 0:
+        return None
+    height, width = image_size if image_size is not None else values.shape
+    row, column = np.unravel_index(int(np.argmax(values)), values.shape)
+    y, x = (row + 0.5) * height / values.shape[0], (column + 0.5) * width / values.shape[1]
+    x0, y0, x1, y1 = boxes.T
+    return bool(np.any((x0 - tolerance <= x) & (x <= x1 + tolerance) & (y0 - tolerance <= y) & (y <= y1 + tolerance)))
+
+
+def pointing_game_accuracy(hits: Sequence[bool | None]) -> float:
+    """The share of hits among the images that have a box (`pointing_game` gives None for the others);
+    nan when none has one.
+
+    >>> pointing_game_accuracy([True, False, None, True])
+    0.6666666666666666
+    """
+    scored = [hit for hit in hits if hit is not None]
+    return float(np.mean(scored)) if scored else float("nan")
+
+
 # ---------------------------------------------------------------------------------- evaluate module
 def load_metric(**kwargs):
     """The `evaluate` module shipped in this package (`metric/mama_metrics.py`), loaded by path.

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from sklearn import metrics as sk_metrics
 
 from .metrics import TARGET_SENSITIVITY, _as_labels, _to_numpy, specificity_at_sensitivity
@@ -212,10 +213,11 @@ def upsample_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def plot_heat_map(image: Any, similarity: Any, path: str | os.PathLike, title: str | None = None,
-                  alpha: float = 0.45) -> Path:
+                  alpha: float = 0.45, boxes: Any = ()) -> Path:
     """Overlay a patch-grid similarity map (upsampled) on a grayscale mammogram and save it as PNG.
 
-    `image` is a 2-D array (any range; shown min-max scaled) or a [3, H, W] / [H, W, 3] array.
+    `image` is a 2-D array (any range; shown min-max scaled) or a [3, H, W] / [H, W, 3] array;
+    `boxes` are lesion boxes (x0, y0, x1, y1) in its pixels, drawn as white outlines.
     """
     image = _to_numpy(image).astype(np.float32)
     if image.ndim == 3:
@@ -230,6 +232,8 @@ def plot_heat_map(image: Any, similarity: Any, path: str | os.PathLike, title: s
     axes.imshow((image - image.min()) / span, cmap="gray", vmin=0, vmax=1)
     overlay = axes.imshow(heat, cmap="jet", alpha=alpha)
     figure.colorbar(overlay, ax=axes, fraction=0.046, pad=0.02, label="patch-sentence cosine similarity")
+    for x0, y0, x1, y1 in boxes:
+        axes.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.2))
     axes.set_axis_off()
     if title:
         axes.set_title(title, fontsize=8, wrap=True)

@@ -39,7 +39,15 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from .dicom_writer import _atomic_write, _write_csv, image_dataset
-from .files import _choice, _Deck, _image_seed, _prepare_root, _remove_stale_partials, _run_jobs, parse_image_size
+from .files import (
+    _choice,
+    _Deck,
+    _image_seed,
+    _prepare_root,
+    _remove_stale_partials,
+    _run_jobs,
+    parse_image_size,
+)
 from .film import film_dataset, film_mammogram
 from .rendering import Lesion, _random_position
 from .tables import (
@@ -127,8 +135,7 @@ def _write_cbis_image(job: _CbisJob) -> None:
         if case.full_path:
             dataset = film_dataset(film, laterality=job.laterality, view=job.view if job.view_in_header else None,
                                    transfer_syntax=job.transfer_syntax, tags=tags)
-            _atomic_write(Path(case.full_path), lambda temporary: pydicom.dcmwrite(temporary, dataset,
-                                                                                   enforce_file_format=True))
+            _write_dicom(case.full_path, dataset)
         for lesion_index, abnormality_id, mask_path, crop_path in case.rois:
             # A finding drawn outside the picture (it never is with the default geometry) gets an empty mask.
             box = film.lesion_boxes[lesion_index] or (0, 0, 8, 8)
@@ -139,15 +146,17 @@ def _write_cbis_image(job: _CbisJob) -> None:
                     film.pixels.shape, np.uint8)
                 dataset = image_dataset(mask, bits_stored=8, sop_class=SECONDARY_CAPTURE,
                                         tags={**roi_tags, "SeriesDescription": "ROI mask images"})
-                _atomic_write(Path(mask_path), lambda temporary: pydicom.dcmwrite(temporary, dataset,
-                                                                                  enforce_file_format=True))
+                _write_dicom(mask_path, dataset)
             if crop_path:
-                x0, y0, x1, y1 = (int(round(value)) for value in box)
+                x0, y0, x1, y1 = (round(value) for value in box)
                 crop = film.pixels[max(0, y0 - 4):y1 + 4, max(0, x0 - 4):x1 + 4]
                 dataset = image_dataset(crop, bits_stored=16, sop_class=SECONDARY_CAPTURE,
                                         tags={**roi_tags, "SeriesDescription": "cropped images"})
-                _atomic_write(Path(crop_path), lambda temporary: pydicom.dcmwrite(temporary, dataset,
-                                                                                  enforce_file_format=True))
+                _write_dicom(crop_path, dataset)
+
+
+def _write_dicom(path: str, dataset) -> None:
+    _atomic_write(Path(path), lambda temporary: pydicom.dcmwrite(temporary, dataset, enforce_file_format=True))
 
 
 def _roi_mask(shape: tuple[int, int], box) -> np.ndarray:
@@ -312,14 +321,10 @@ def generate_cbis_ddsm(
                     transfer_syntax=syntax_deck.draw(), view_in_header=header_view_deck.draw()))
 
     # A partial download: the last listed case folders have no full image.
-    dropped = 0
-    for position in range(len(jobs) - 1, -1, -1):
-        if dropped >= drop_full_images:
-            break
+    for position in range(len(jobs) - 1, max(-1, len(jobs) - 1 - drop_full_images), -1):
         cases = list(jobs[position].cases)
         cases[-1] = dataclasses.replace(cases[-1], full_path=None)
         jobs[position] = dataclasses.replace(jobs[position], cases=tuple(cases))
-        dropped += 1
 
     _run_jobs(jobs, _write_cbis_image, done=lambda job: all(Path(path).exists() for path in job.outputs()),
               workers=workers, progress=progress, description="CBIS-DDSM images")

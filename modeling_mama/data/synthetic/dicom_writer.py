@@ -29,7 +29,7 @@ from pydicom.uid import (
 )
 
 from .rendering import _view_is_mlo_like
-from .tables import MG_FOR_PRESENTATION, SECONDARY_CAPTURE
+from .tables import MG_FOR_PRESENTATION, SECONDARY_CAPTURE  # noqa: F401  (the SOP classes written here)
 
 WRITTEN_SYNTAXES = (ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless)
 

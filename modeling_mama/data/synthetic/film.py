@@ -30,11 +30,10 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
-
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 
