@@ -193,3 +193,24 @@ def test_command_line(cbis_root, tmp_path, capsys):
         assert max(image.size) <= 64 and image.mode.startswith("I")
     assert load_script("data_scripts/cbis_ddsm.py").main(["--root", str(tmp_path / "nowhere"), "--out",
                                                           str(tmp_path / "x")]) == 2
+
+
+def test_the_tables_uid_layout_is_matched_by_case_folder_too(cbis_root, tmp_path):
+    """Files laid out as the tables' paths say (<case>/<StudyUID>/<SeriesUID>/000000.dcm) convert the same."""
+    copy = tmp_path / "uid-layout"
+    copy.mkdir()
+    for name in TABLES.values():
+        shutil.copy(cbis_root / name, copy / name)
+    for path in (cbis_root / "CBIS-DDSM").rglob("*.dcm"):
+        case = path.relative_to(cbis_root / "CBIS-DDSM").parts[0]
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        target = copy / case / header.StudyInstanceUID / header.SeriesInstanceUID / f"00000{path.stem[-1]}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    planned, refused = plan_cbis_ddsm(copy)
+    reference, reference_refused = plan_cbis_ddsm(cbis_root)
+    strip = ("source_path", "lesion_masks")
+    assert [{k: v for k, v in row.items() if k not in strip} for row in planned] == [
+        {k: v for k, v in row.items() if k not in strip} for row in reference]
+    assert [len(row["lesion_masks"]) for row in planned] == [len(row["lesion_masks"]) for row in reference]
+    assert len(refused) == len(reference_refused)
