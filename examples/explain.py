@@ -108,7 +108,8 @@ def main(argv=None) -> dict:
     boxes_in_view = view_boxes(boxes, image_inputs["crop_boxes"][0].tolist(), bool(image_inputs["flipped"][0]),
                                source_width, view.shape)
     pixel_values = processor.image_processor.preprocess(image, return_tensors="pt")["pixel_values"]
-    text = processor(text=[sentences])
+    # A report longer than the token budget keeps its first sentences (with a warning): one map per kept sentence.
+    text = processor(text=[sentences], truncation="warn")
     similarity = patch_sentence_similarity(model, pixel_values, text["input_ids"], text["attention_mask"],
                                            text["sentence_positions"], text["sentence_mask"])
     output_dir = Path(args.output_dir)

@@ -234,7 +234,8 @@ def _frame_bands(preview: np.ndarray) -> np.ndarray:
     Per side, from the border inward: the lines whose pixels are, for `BAND_FILL` of them, within
     `BAND_TOLERANCE` of the first line's median, when that median is brighter than nearly all of
     the image's middle (the unexposed film edge) or darker than nearly all of it (the scanner bed
-    beyond the film). A run reaching `BAND_MAX_FRACTION` of the image is no frame (it is a breast
+    beyond the film); "nearly all" is the 99th (1st) percentile of the middle once things at most
+    two pixels thin (scratches, text strokes, dust) are opened (closed) away. A run reaching `BAND_MAX_FRACTION` of the image is no frame (it is a breast
     filling the image, or the background), so it is kept. Pixels of the same level connected to a
     band (a ragged or slightly tilted inner edge) belong to it. Every side is looked at twice, the
     second time without the pixels of the other sides' bands (a line along one side crosses the
@@ -246,7 +247,11 @@ def _frame_bands(preview: np.ndarray) -> np.ndarray:
     if min(limit_rows, limit_cols) < 2:
         return bands
     middle = preview[limit_rows:height - limit_rows, limit_cols:width - limit_cols]
-    low, high = np.percentile(middle if middle.size else preview, [1.0, 99.0])
+    middle = middle if middle.size else preview
+    # Levels of the image's middle without its thin things: a scratch or a label's strokes are as
+    # bright as a film edge and, on a small image, more than 1% of the pixels.
+    low = np.percentile(ndimage.grey_closing(middle, size=(3, 3)), 1.0)
+    high = np.percentile(ndimage.grey_opening(middle, size=(3, 3)), 99.0)
     for _ in range(2):
         # Each side as a view whose first axis runs from that border inward (writes reach `bands`).
         for lines, known in ((preview, bands), (preview[::-1], bands[::-1]),

@@ -86,28 +86,58 @@ def test_view_boxes_follow_the_processor_view():
     assert outside.max() < 0.5
 
 
-def test_explain_scores_heat_maps_against_lesion_boxes(pretrained_tiny_mama, tmp_path):
+@pytest.fixture(scope="module")
+def random_tiny_mama(tmp_path_factory, report_tokenizer):
+    """A saved tiny MaMA folder with random weights (explain's mechanics need no training)."""
+    from modeling_mama import MamaConfig, MamaImageProcessor
+
+    path = tmp_path_factory.mktemp("random-mama")
+    torch.manual_seed(0)
+    MamaModel(MamaConfig.tiny(vocab_size=len(report_tokenizer), image_size=56)).save_pretrained(path)
+    MamaProcessor(MamaImageProcessor(size=56), report_tokenizer).save_pretrained(path)
+    return path
+
+
+def test_explain_scores_heat_maps_against_lesion_boxes(random_tiny_mama, tmp_path):
     from modeling_mama.data.converters.cbis_ddsm import convert_cbis_ddsm
     from modeling_mama.data.synthetic import generate_cbis_ddsm
+    from modeling_mama.reports import DATASET_COLUMNS, ReportFields, build_report
+    from modeling_mama.training.metrics import pointing_game
 
     root = generate_cbis_ddsm(tmp_path / "cbis", num_patients=2, image_size=(144, 112), seed=0, progress=False)
     dataset_dict = convert_cbis_ddsm(root, tmp_path / "data", image_size=96, progress=False)
     split = next(name for name in dataset_dict if len(dataset_dict[name]) and dataset_dict[name][0]["lesion_boxes"])
     row = dataset_dict[split][0]
     explain = load_example("explain")
-    summary = explain.main(["--model", str(pretrained_tiny_mama), "--dataset", str(tmp_path / "data"), "--split", split,
-                            "--row", "0", "--output_dir", str(tmp_path / "row")])
+    model = str(random_tiny_mama)
+    summary = explain.main(["--model", model, "--dataset", str(tmp_path / "data"), "--split", split, "--row", "0",
+                            "--output_dir", str(tmp_path / "row")])
     assert row["image_id"] in summary["image"] and len(summary["lesion_boxes"]) == len(row["lesion_boxes"])
-    assert any(entry["sentence"].startswith("The mass is") for entry in summary["sentences"])  # the row's own report
+    own_report = build_report(ReportFields.from_mapping(row, DATASET_COLUMNS))
+    sentences = [entry["sentence"] for entry in summary["sentences"]]
+    assert sentences and sentences == own_report[:len(sentences)]  # the row's own report (cut to the token budget)
     hits = [entry["pointing_hit"] for entry in summary["sentences"]]
     assert all(isinstance(hit, bool) for hit in hits) and summary["pointing_game"] == pytest.approx(np.mean(hits))
-    # The same image and boxes given by hand (--image --boxes) are scored the same way.
+    # The boxes follow the stored image into the 56 x 56 view: scaled as the processor's crop of it is.
+    processor = MamaProcessor.from_pretrained(model)
+    geometry = processor.image_processor(row["image"], return_geometry=True)
+    assert not bool(geometry["flipped"][0])  # stored images are already chest wall left
+    x0, y0, x1, y1 = geometry["crop_boxes"][0].tolist()
+    stored, boxes = np.asarray(row["lesion_boxes"]), np.asarray(summary["lesion_boxes"])
+    np.testing.assert_allclose(boxes, (stored - [x0, y0, x0, y0]) * ([56 / (x1 - x0), 56 / (y1 - y0)] * 2), atol=1e-4)
+    # Each hit is the pointing game of that sentence's map (recomputed from the model here).
+    pixel_values = processor.image_processor.preprocess(row["image"], return_tensors="pt")["pixel_values"]
+    text = processor(text=[sentences])
+    similarity = patch_sentence_similarity(MamaModel.from_pretrained(model).eval(), pixel_values, text["input_ids"],
+                                           text["attention_mask"], text["sentence_positions"], text["sentence_mask"])
+    assert hits == [pointing_game(grid, boxes, image_size=(56, 56)) for grid in similarity]
+
+    # The same image and boxes given by hand (--image --boxes) are placed the same way.
     png = tmp_path / "row.png"
     row["image"].save(png)
-    by_hand = explain.main(["--model", str(pretrained_tiny_mama), "--image", str(png), "--boxes",
-                            json.dumps(row["lesion_boxes"]), "--fields", json.dumps({"birads": 4}), "--output_dir",
-                            str(tmp_path / "hand")])
+    by_hand = explain.main(["--model", model, "--image", str(png), "--boxes", json.dumps(row["lesion_boxes"]),
+                            "--fields", json.dumps({"birads": 4}), "--output_dir", str(tmp_path / "hand")])
     np.testing.assert_allclose(by_hand["lesion_boxes"], summary["lesion_boxes"], atol=1e-4)
     assert "pointing_hit" in by_hand["sentences"][0]
     with pytest.raises(SystemExit):
-        explain.main(["--model", str(pretrained_tiny_mama), "--image", str(png), "--output_dir", str(tmp_path / "x")])
+        explain.main(["--model", model, "--image", str(png), "--output_dir", str(tmp_path / "x")])

@@ -235,7 +235,7 @@ def _burn_label(picture: np.ndarray, occupied: np.ndarray, text: str | None, rng
         scale -= 1
         bitmap = text_bitmap(text, scale)
     rows, cols = bitmap.shape
-    pad = max(2, scale)
+    pad = max(3, scale, round(0.03 * min(height, width)))  # labels sit clear of the breast and the edges
     corners = [(y, x) for y in (top + pad, height - bottom - pad - rows) for x in (width - right - pad - cols, left + pad)]
 
     def overlap(corner):
