@@ -277,9 +277,11 @@ def _mark_band(lines: np.ndarray, known: np.ndarray, low: float, high: float) ->
     if run == 0 or run == len(fill):
         return
     like = (values >= level - BAND_TOLERANCE) if level > high else (values <= level + BAND_TOLERANCE)
-    seed = np.zeros(like.shape, dtype=bool)
-    seed[:run] = True
-    known |= ndimage.binary_propagation(seed, mask=seed | (like & valid))
+    like[:run] = True
+    # The band: its full lines and the pixels of its level connected to them (a ragged inner edge).
+    regions, _ = ndimage.label(like & (valid | (np.arange(len(like)) < run)[:, None]))
+    attached = np.unique(regions[:run])
+    known |= np.isin(regions, attached[attached > 0])
 
 
 def _box_from_mask(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> tuple[int, int, int, int]:
