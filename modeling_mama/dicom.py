@@ -42,7 +42,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from .image_utils_mama import PREVIEW_SIDE, infer_laterality
-from .reports import VIEW_POSITIONS
+from .labels import VIEW_POSITIONS
 
 MAMMOGRAPHY_MODALITY = "MG"
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")

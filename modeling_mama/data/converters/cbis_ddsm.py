@@ -46,7 +46,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ...reports import FINDING_SEPARATOR, ReportFields, normalize_pathology
+from ...labels import cell_text, normalize_pathology
+from ...reports import FINDING_SEPARATOR, ReportFields
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
@@ -54,7 +55,6 @@ from .common import (
     RowError,
     assign_patients,
     check_root,
-    clean_text,
     failure,
     parse_int,
     read_table,
@@ -88,7 +88,7 @@ def finding_words(code) -> str | None:
     >>> finding_words("PLEOMORPHIC-FINE_LINEAR_BRANCHING"), finding_words("ILL_DEFINED"), finding_words("N/A")
     ('Pleomorphic and fine linear branching', 'Ill defined', None)
     """
-    text = clean_text(code)
+    text = cell_text(code)
     if text is None:
         return None
     parts = [part.replace("_", " ").strip().lower() for part in text.split("-")]
@@ -138,11 +138,11 @@ def roi_mask(files: Sequence[Path], shape: tuple[int, int] | None) -> Path | Non
 
 def _abnormality(record: dict[str, Any], kind: str) -> dict[str, Any]:
     """One table row's finding: side, view, id, density, BI-RADS, pathology and words."""
-    side = SIDES.get((clean_text(record["left or right breast"]) or "").upper())
+    side = SIDES.get((cell_text(record["left or right breast"]) or "").upper())
     if side is None:
         raise RowError(f"bad value in column left or right breast: {record['left or right breast']!r} "
                        "is not LEFT or RIGHT")
-    view = (clean_text(record["image view"]) or "").upper()
+    view = (cell_text(record["image view"]) or "").upper()
     if view not in VIEWS:
         raise RowError(f"bad value in column image view: {record['image view']!r} is not CC or MLO")
     assessment = parse_int(record["assessment"], "assessment")
@@ -204,9 +204,9 @@ def plan_cbis_ddsm(root, *, limit: int | None = None, seed: int = 0) -> tuple[li
     for (kind, split), path in tables.items():
         required = [*COMMON_COLUMNS, DENSITY_COLUMN[kind], *FINDING_COLUMNS[kind]]
         for index, record in enumerate(read_table(path, required)):
-            patient = clean_text(record["patient_id"])
-            key = (patient, (clean_text(record["left or right breast"]) or "").upper(),
-                   (clean_text(record["image view"]) or "").upper())
+            patient = cell_text(record["patient_id"])
+            key = (patient, (cell_text(record["left or right breast"]) or "").upper(),
+                   (cell_text(record["image view"]) or "").upper())
             images.setdefault(key, {"records": []})["records"].append({"kind": kind, "split": split, "table": path.name, "row_index": index,
                                      "record": record})
     order = list(images)
@@ -226,7 +226,7 @@ def plan_cbis_ddsm(root, *, limit: int | None = None, seed: int = 0) -> tuple[li
             if folder not in case_folders:
                 case_folders.append(folder)
         source = next((path for folder in case_folders if (path := full_image(files.get(folder, [])))), None)
-        listed_path = (clean_text(first["record"].get("image file path")) or case_folders[0]).strip()
+        listed_path = (cell_text(first["record"].get("image file path")) or case_folders[0]).strip()
         row: dict[str, Any] = {
             "patient_id": patient, "exam_id": patient, "image_id": image_id,
             "source_path": str(source) if source else str(root / listed_path),

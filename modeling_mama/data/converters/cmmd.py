@@ -30,14 +30,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ...reports import ReportFields, normalize_pathology
+from ...labels import cell_text, normalize_pathology
+from ...reports import ReportFields
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
     DatasetConverter,
     RowError,
     check_root,
-    clean_text,
     failure,
     parse_laterality,
     read_table,
@@ -73,7 +73,7 @@ def read_sheet(path: Path, required) -> list[dict[str, str | None]]:
     if missing:
         raise ConverterError(f"{path} lacks the column(s) {', '.join(repr(c) for c in missing)} "
                              f"(it has {', '.join(frame.columns)}). Is this the CMMD clinical sheet as published?")
-    return [{column: clean_text(value) for column, value in record.items()} for record in frame.to_dict("records")]
+    return [{column: cell_text(value) for column, value in record.items()} for record in frame.to_dict("records")]
 
 
 def find_clinical(root: Path, clinical=None) -> Path:
@@ -98,7 +98,7 @@ def cmmd_fields(record: dict[str, Any], laterality: str | None, view: str | None
     >>> fields.age, fields.mass_shape, fields.calc_find, fields.pathology, labels
     (44, 'Generic', 'Generic', 'malignant', {'birads': None, 'density': None, 'cancer': 1})
     """
-    abnormality = (clean_text(record.get("abnormality")) or "").lower()
+    abnormality = (cell_text(record.get("abnormality")) or "").lower()
     if abnormality and abnormality not in ABNORMALITY_WORDS:
         raise RowError(f"bad value in column abnormality: {record.get('abnormality')!r} is not calcification, "
                        "mass or both")
@@ -121,7 +121,7 @@ def plan_cmmd(root, *, clinical=None, limit: int | None = None, seed: int = 0) -
     breasts: dict[tuple[str, str], tuple[int, dict]] = {}
     refused = []
     for index, record in enumerate(read_sheet(sheet, CLINICAL_COLUMNS)):
-        patient, side = clean_text(record["ID1"]), parse_laterality(record["LeftRight"])
+        patient, side = cell_text(record["ID1"]), parse_laterality(record["LeftRight"])
         entry = {"image_id": None, "source_path": None, "table": sheet.name, "row_index": index}
         if not patient or side is None:
             refused.append({**entry, "reason": f"bad value in column LeftRight / ID1: {record['ID1']!r}, "

@@ -38,14 +38,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ...dicom import MAMMOGRAPHY_MODALITY, header_laterality, header_view
-from ...reports import FIELD_NAMES, ReportFields, parse_age, parse_birads, parse_density
+from ...labels import cell_text, parse_age, parse_birads, parse_density
+from ...reports import FIELD_NAMES, ReportFields
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
     DatasetConverter,
     RowError,
     check_root,
-    clean_text,
     failure,
     parse_int,
     read_table,
@@ -192,8 +192,8 @@ def folder_labels(record: dict[str, Any] | None) -> dict[str, int | None]:
     """
     record = record or {}
     try:
-        birads = parse_birads(clean_text(record.get("birads")))
-        density = parse_density(clean_text(record.get("density")))
+        birads = parse_birads(cell_text(record.get("birads")))
+        density = parse_density(cell_text(record.get("density")))
     except ValueError as error:
         raise RowError(f"bad value in labels.csv: {error}") from None
     cancer = parse_int(record.get("cancer"), "cancer")
