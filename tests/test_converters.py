@@ -170,6 +170,38 @@ def test_resize_long_side_and_uint16():
     assert common.to_uint16(np.array([-0.1, 0.0, 0.5, 1.0, 1.2])).tolist() == [0, 0, 32768, 65535, 65535]
 
 
+def test_largest_reduction():
+    sizes = (0, 2000, 1664, 1663, 1024, 832, 512)
+    assert [common.largest_reduction(3328, size) for size in sizes] == [0, 0, 1, 1, 1, 2, 2]
+    assert common.largest_reduction(1955, 245) == 3  # ceil(1955 / 8) = 245
+
+
+def test_reduced_decode_stores_the_image_a_full_decode_stores(tmp_path):
+    """JPEG 2000 files are decoded at the largest reduction whose breast crop is still at least
+    `image_size` long; the stored image then has the full decode's size and, within a stated
+    tolerance, its values (the two paths low-pass the image differently: wavelet + Lanczos vs Lanczos)."""
+    from dicom_factory import breast_pixels, write_mammogram
+
+    pixels = breast_pixels(512, 416, laterality="R", seed=4)
+    path = write_mammogram(tmp_path / "j2k.dcm", pixels, transfer_syntax="jpeg2000_lossless", laterality="R",
+                           window=(2000.0, 3000.0))
+    native, laterality, reduction = common.preprocess_image(path, laterality=None, image_size=0)
+    assert (laterality, reduction) == ("R", 0) and native.shape[0] < 512  # cropped, never resized
+    crop_side = max(native.shape)
+    # (fraction of the crop's side stored, expected reduction, tolerated mean difference; the reference
+    # is quantised twice, hence 1e-4 at full resolution): at 2**-2 of a
+    # 430-pixel crop (86 pixels) the two crops can differ by a pixel, which dominates the difference.
+    for fraction, expected, tolerance in ((0.8, 0, 1e-4), (0.4, 1, 0.006), (0.2, 2, 0.03)):
+        image_size = int(fraction * crop_side)
+        stored, _, reduction = common.preprocess_image(path, laterality="R", image_size=image_size)
+        full = common.to_uint16(common.resize_long_side(native.astype(np.float32) / 65535, image_size))
+        assert reduction == expected
+        assert max(stored.shape) == image_size and abs(stored.shape[1] - full.shape[1]) <= 1
+        width = min(stored.shape[1], full.shape[1])
+        difference = np.abs(stored[:, :width].astype(np.float64) - full[:, :width]) / 65535
+        assert difference.mean() <= tolerance and np.median(difference) <= tolerance / 2
+
+
 # ----------------------------------------------------------------------------------------------
 # EMBED from hand-built tables (joins, labels, quirks), no images needed
 # ----------------------------------------------------------------------------------------------
@@ -586,6 +618,23 @@ def test_reconverting_replaces_the_dataset(rsna_root, tmp_path):
     assert not (out / common.CACHE_DIR).exists()
     assert_same_dataset(third, second)
     assert_same_dataset(convert_rsna(rsna_root, out, image_size=64, seed=1, progress=False), second)
+
+
+def test_image_size_zero_keeps_the_native_size_and_the_summary_says_how_images_were_decoded(rsna_root, tmp_path):
+    from modeling_mama.data.converters import rsna
+
+    out = tmp_path / "native"
+    assert rsna.main(["--root", str(rsna_root), "--out", str(out), "--image-size", "0", "--no-progress"]) == 0
+    summary = json.loads((out / "conversion.json").read_text())
+    assert (summary["image_size"], summary["stored_size"]) == (0, "native")
+    converted = datasets.load_from_disk(str(out))
+    assert summary["decode_reductions"] == {"0": sum(len(split) for split in converted.values())}
+    sides = [max(image.size) for split in converted.values() for image in split["image"]]
+    assert max(sides) > 64 and max(sides) <= max(IMAGE_SIZE)
+    # At 32 pixels the JPEG 2000 files of the look-alike (128 x 104) are decoded at reduced size.
+    small = convert_rsna(rsna_root, tmp_path / "small", image_size=32, progress=False)
+    reductions = json.loads((tmp_path / "small" / "conversion.json").read_text())["decode_reductions"]
+    assert reductions.get("0", 0) < sum(reductions.values()) == sum(len(split) for split in small.values())
 
 
 def test_two_workers_give_the_same_dataset(rsna_root, tmp_path):

@@ -12,10 +12,13 @@ becomes an output row or a failure (with a reason), and hands the rows to `write
    and replaces `<out>/dataset_dict.json` last: `load_from_disk(out)` sees the old dataset, no
    dataset, or the complete new one, never a mix.
 
-Image preprocessing (`preprocess_image`): calibrated pixels from `load_mammogram`, chest wall left
+Image preprocessing (`preprocess_image`): calibrated pixels from `read_dicom`, chest wall left
 (`orient_breast`, laterality from the table, checked against the pixels), cropped to the breast
-(`crop_to_breast`), shrunk so the long side is at most `image_size` (Lanczos, never enlarged), and
-stored as a 16-bit grayscale PNG (value = round(pixel * 65535)). The `datasets.Image()` feature
+(`crop_to_breast`), shrunk so the long side is at most `image_size` (Lanczos, never enlarged; 0
+keeps the native size), and stored as a 16-bit grayscale PNG (value = round(pixel * 65535)).
+JPEG 2000 files are decoded at reduced resolution (a power of two) when the breast crop is still at
+least `image_size` long there, several times faster than a full decode; the cores that the workers
+leave idle go to the threads of a full decode. The `datasets.Image()` feature
 keeps such a PNG byte for byte: `load_from_disk` gives a PIL image of mode I;16 with the same
 uint16 values.
 
@@ -41,6 +44,7 @@ import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +54,14 @@ import pandas as pd
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
+from ...dicom import read_dataset, read_dicom, reduced_size
+from ...image_utils_mama import IMAGE_SUFFIXES
+
 DEFAULT_IMAGE_SIZE = 1024
 """Long side of the stored images (pixels)."""
+
+PROBE_SIDE = 256
+"""Long side (at least) of the thumbnail a JPEG 2000 file is first decoded at, to find its breast crop."""
 
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 MISSING_TOKENS = frozenset({"", "nan", "NaN", "NAN", "None", "none", "NULL", "null", "N/A", "n/a", "<NA>", "NaT"})
@@ -355,13 +365,14 @@ def balanced_subset(labels: Sequence, *, seed: int) -> list[int]:
 
 def resize_long_side(pixels: np.ndarray, image_size: int) -> np.ndarray:
     """Shrink float pixels (Lanczos, antialiased) so the long side is `image_size`; never enlarge.
+    `image_size` 0 keeps the native size.
 
     >>> resize_long_side(np.zeros((300, 200), np.float32), 150).shape
     (150, 100)
     """
     height, width = pixels.shape
     long_side = max(height, width)
-    if long_side <= image_size:
+    if image_size == 0 or long_side <= image_size:
         return pixels
     scale = image_size / long_side
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -375,15 +386,55 @@ def to_uint16(pixels: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(pixels, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
-def preprocess_image(source, *, laterality: str | None, image_size: int) -> tuple[np.ndarray, str | None]:
-    """A mammogram file -> (uint16 [H, W] chest wall left, breast-cropped, long side <= image_size,
-    the laterality used: the table's, else the file's tags or pixel mass)."""
+def largest_reduction(long_side: int, image_size: int) -> int:
+    """The largest r with ceil(long_side / 2**r) >= image_size (0 for `image_size` 0: native size).
+
+    >>> largest_reduction(3328, 1024), largest_reduction(4096, 1024), largest_reduction(3328, 0)
+    (1, 2, 0)
+    """
+    if image_size <= 0:
+        return 0
+    reduction = 0
+    while reduced_size(long_side, reduction + 1) >= image_size:
+        reduction += 1
+    return reduction
+
+
+def preprocess_image(source, *, laterality: str | None, image_size: int,
+                     decode_threads: int = 1) -> tuple[np.ndarray, str | None, int]:
+    """A mammogram file -> (uint16 [H, W] chest wall left, breast-cropped, long side <= image_size;
+    the laterality used: the table's, else the file's tags or pixel mass; the decode's reduction).
+
+    A DICOM file is decoded at the largest reduction 2**r (`read_dicom`'s `reduce`; JPEG 2000 only)
+    at which the breast crop still has a long side of at least `image_size`, so the stored image
+    is as large as the one a full decode gives. The crop is only known after decoding: a thumbnail
+    (long side >= `PROBE_SIDE`, a few hundredths of a second) estimates it, and if the crop found at
+    the chosen reduction is still too short, the next level is decoded. `image_size` 0 keeps the
+    native size (a full decode).
+    """
     from ...image_processing_mama import crop_to_breast, load_mammogram, orient_breast
 
-    pixels, file_laterality = load_mammogram(source)
-    laterality = laterality or file_laterality
-    pixels = crop_to_breast(orient_breast(pixels, laterality))
-    return to_uint16(resize_long_side(np.asarray(pixels, dtype=np.float32), image_size)), laterality
+    if not isinstance(source, (str, os.PathLike)) or Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        image, file_laterality = load_mammogram(source)
+        used = laterality or file_laterality
+        pixels = crop_to_breast(orient_breast(image, used))
+        return to_uint16(resize_long_side(np.asarray(pixels, dtype=np.float32), image_size)), used, 0
+
+    dataset = read_dataset(source)
+    native_side = max(int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0))
+    reduction = largest_reduction(native_side, image_size)
+    first = max(reduction, largest_reduction(native_side, PROBE_SIDE)) if reduction else 0
+    image = read_dicom(dataset, reduce=first, decode_threads=decode_threads)
+    while True:
+        used = laterality or image.laterality
+        pixels = crop_to_breast(orient_breast(image.pixels, used))
+        if image.reduction == 0 or (image.reduction <= reduction and max(pixels.shape) >= image_size):
+            break
+        estimate = max(pixels.shape) << image.reduction  # the crop's long side at the native size
+        reduction = min(reduction, image.reduction - 1, largest_reduction(estimate, image_size))
+        image = read_dicom(dataset, reduce=reduction, decode_threads=decode_threads)
+    resized = resize_long_side(np.asarray(pixels, dtype=np.float32), image_size)
+    return to_uint16(resized), used, image.reduction
 
 
 def cache_name(image_id: str) -> str:
@@ -418,6 +469,7 @@ class ImageJob:
     laterality: str | None
     image_size: int
     cache_path: str
+    decode_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -425,6 +477,7 @@ class ImageResult:
     image_id: str
     failure: str | None
     laterality: str | None
+    reduction: int | None = None  # the decode's reduction; None when the image came from the cache
 
 
 def run_job(job: ImageJob) -> ImageResult:
@@ -432,12 +485,18 @@ def run_job(job: ImageJob) -> ImageResult:
     if not Path(job.source_path).is_file():
         return ImageResult(job.image_id, "file missing", None)
     try:
-        pixels, laterality = preprocess_image(job.source_path, laterality=job.laterality, image_size=job.image_size)
+        pixels, laterality, reduction = preprocess_image(
+            job.source_path, laterality=job.laterality, image_size=job.image_size, decode_threads=job.decode_threads)
         write_png(Path(job.cache_path), pixels, laterality=laterality)
     except Exception as error:  # one bad file must not stop a 480,000-image run
         message = str(error) or type(error).__name__
         return ImageResult(job.image_id, f"decode error: {message}", None)
-    return ImageResult(job.image_id, None, laterality)
+    return ImageResult(job.image_id, None, laterality, reduction)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def process_images(jobs: Sequence[ImageJob], *, workers: int = 1, progress: bool = True,
@@ -452,6 +511,9 @@ def process_images(jobs: Sequence[ImageJob], *, workers: int = 1, progress: bool
             results[job.image_id] = ImageResult(job.image_id, None, laterality)
         else:
             todo.append(job)
+    # Cores the workers leave idle go to the decoder's threads (a full JPEG 2000 decode).
+    threads = max(1, available_cores() // max(1, min(workers, len(todo))))
+    todo = [dataclasses.replace(job, decode_threads=threads) for job in todo]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=description, unit="img", disable=not progress)
     if workers <= 1 or len(todo) <= 1:
         for job in todo:
@@ -626,8 +688,12 @@ def write_dataset(
             datasets.enable_progress_bars()
     counts = {name: len(columns["image_id"]) for name, columns in by_split.items()}
     reasons = Counter(entry["reason"].split(":")[0] for entry in failures)
+    # How many of the images decoded in this run were decoded at 1/2**r of their size, by r.
+    reductions = Counter(str(result.reduction) for result in results.values() if result.reduction is not None)
     write_text_atomic(out / SUMMARY_FILE, json.dumps(
-        {**(summary or {}), "image_size": image_size, "seed": seed, "rows": counts,
+        {**(summary or {}), "image_size": image_size,
+         "stored_size": "native" if image_size == 0 else f"long side at most {image_size} px",
+         "decode_reductions": dict(sorted(reductions.items())), "seed": seed, "rows": counts,
          "failures": len(failures), "failure_reasons": dict(sorted(reasons.items()))}, indent=1, default=str))
     if not keep_cache:
         shutil.rmtree(cache)
@@ -650,7 +716,9 @@ def add_common_arguments(parser) -> None:
                         help="folder to write the DatasetDict into (created; re-running resumes)")
     parser.add_argument("--workers", type=int, default=1, help="processes decoding DICOM files (default 1)")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
-                        help=f"long side of the stored images in pixels (default {DEFAULT_IMAGE_SIZE})")
+                        help=f"long side of the stored images in pixels (default {DEFAULT_IMAGE_SIZE}; 0 = the native "
+                             "size, decoded fully); JPEG 2000 files are decoded at reduced resolution when that "
+                             "still gives a breast crop at least this long")
     parser.add_argument("--limit", type=int, default=None,
                         help="read only the first N rows of the image table (a quick trial)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient-level splits (default 0)")
@@ -660,8 +728,9 @@ def add_common_arguments(parser) -> None:
 
 
 def check_options(*, image_size: int, workers: int, limit: int | None) -> None:
-    if image_size < 16:
-        raise ConverterError(f"--image-size {image_size} is too small: use at least 16 (default {DEFAULT_IMAGE_SIZE}).")
+    if image_size != 0 and image_size < 16:
+        raise ConverterError(f"--image-size {image_size} is too small: use at least 16, or 0 for the native size "
+                             f"(default {DEFAULT_IMAGE_SIZE}).")
     if workers < 1:
         raise ConverterError(f"--workers {workers} must be at least 1.")
     if limit is not None and limit < 1:
