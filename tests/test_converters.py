@@ -17,6 +17,7 @@ import pytest
 
 from modeling_mama.data.converters import common
 from modeling_mama.data.converters.common import ConverterError
+from modeling_mama.data.converters import embed
 from modeling_mama.data.converters.embed import convert_embed, plan_embed
 from modeling_mama.data.converters.rsna import convert_rsna, plan_rsna
 from modeling_mama.data.converters.vindr import convert_vindr, parse_categories, plan_vindr
@@ -682,3 +683,61 @@ def test_killed_run_resumes_to_an_identical_dataset(embed_root, embed_converted,
     assert len(calls) == total - cached  # cached images are not decoded again
     assert_same_dataset(resumed, reference)
     assert read_failures(out) == read_failures(reference_out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shards across machines
+# ----------------------------------------------------------------------------------------------
+
+
+def test_shards_hold_each_patient_once_and_merge_into_the_single_run(embed_root, embed_converted, tmp_path):
+    """3 shards + merge = one run: same rows in the same order, same splits (test_balanced
+    included), same image bytes, same failures file."""
+    from modeling_mama.data.converters import merge
+
+    single_out, single = embed_converted
+    shards = []
+    for index in range(3):
+        out = tmp_path / f"shard{index}"
+        assert embed.main(["--root", str(embed_root), "--out", str(out), "--image-size", "64", "--seed", "5",
+                           "--num-shards", "3", "--shard-index", str(index), "--no-progress"]) == 0
+        shards.append(out)
+    patients = [{row["patient_id"] for split in datasets.load_from_disk(str(out)).values() for row in
+                 split.remove_columns("image")} for out in shards]
+    assert sum(len(group) for group in patients) == len(set().union(*patients)) and all(patients)
+    assert "test_balanced" not in datasets.load_from_disk(str(shards[0]))
+
+    merged_out = tmp_path / "merged"
+    assert merge.main(["--shards", *map(str, reversed(shards)), "--out", str(merged_out), "--no-progress"]) == 0
+    merged = datasets.load_from_disk(str(merged_out))
+    assert_same_dataset(merged, single)
+    assert read_failures(merged_out) == read_failures(single_out)
+    summary, single_summary = (json.loads((out / "conversion.json").read_text()) for out in (merged_out, single_out))
+    assert summary["rows"] == single_summary["rows"] and summary["failures"] == single_summary["failures"]
+    assert summary["failure_reasons"] == single_summary["failure_reasons"]
+    assert not (merged_out / common.SHARD_FILE).exists()
+
+
+def test_merge_refuses_incomplete_or_mixed_shards(rsna_root, tmp_path, capsys):
+    from modeling_mama.data.converters import merge
+
+    def shard(index, seed=0, count=2):
+        out = tmp_path / f"s{index}-{seed}-{count}"
+        convert_rsna(rsna_root, out, image_size=32, seed=seed, progress=False, shard=common.Shard(count, index))
+        return out
+
+    first, second = shard(0), shard(1)
+    with pytest.raises(ConverterError, match="the 2 shards 0..1 of one conversion"):
+        merge.merge_shards([first], tmp_path / "merged")
+    with pytest.raises(ConverterError, match="seed = 1"):
+        merge.merge_shards([first, shard(1, seed=1)], tmp_path / "merged")
+    single = tmp_path / "single"
+    convert_rsna(rsna_root, single, image_size=32, progress=False)
+    with pytest.raises(ConverterError, match="shard.json is missing"):
+        merge.merge_shards([first, single], tmp_path / "merged")
+    with pytest.raises(ConverterError, match="--shard-index 2 must be between 0 and --num-shards - 1 = 1"):
+        common.Shard(2, 2)
+    assert merge.main(["--shards", str(first), str(second), "--out", str(first)]) == 2
+    assert "is one of the shards" in capsys.readouterr().err
+    assert_same_dataset(merge.merge_shards([first, second], tmp_path / "merged", progress=False),
+                        datasets.load_from_disk(str(single)))

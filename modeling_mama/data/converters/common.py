@@ -82,6 +82,7 @@ PARTIAL_DIR = ".partial"
 SETTINGS_FILE = "settings.json"
 SUMMARY_FILE = "conversion.json"
 FAILURES_FILE = "failures.csv"
+SHARD_FILE = "shard.json"
 # Only the cache format changes this; a cache written by another format version is refused.
 CACHE_FORMAT = 1
 
@@ -328,6 +329,45 @@ def split_patients(patient_ids: Sequence, *, seed: int, fractions: Mapping[str, 
     """The split of each entry of `patient_ids` (one per image), by `assign_patients`."""
     assignment = assign_patients(patient_ids, seed=seed, fractions=fractions)
     return [assignment[str(patient)] for patient in patient_ids]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` of `count` of a conversion, for running one dataset on several machines.
+
+    Every converter plans all rows and splits from the full tables first (so the splits are those of
+    a single run), then keeps the rows of the patients with `shard_of(patient_id, count) == index`:
+    a patient is never in two shards. `merge.merge_shards` assembles the shard folders into the
+    DatasetDict a single run writes (same rows, order, splits and images).
+    """
+
+    count: int = 1
+    index: int = 0
+
+    def __post_init__(self):
+        if self.count < 1:
+            raise ConverterError(f"--num-shards {self.count} must be at least 1.")
+        if not 0 <= self.index < self.count:
+            raise ConverterError(
+                f"--shard-index {self.index} must be between 0 and --num-shards - 1 = {self.count - 1}.")
+
+    @classmethod
+    def from_args(cls, args) -> Shard:
+        """The shard of parsed `add_common_arguments` options."""
+        return cls(count=args.num_shards, index=args.shard_index)
+
+    def holds(self, patient_id) -> bool:
+        return self.count == 1 or shard_of(patient_id, self.count) == self.index
+
+
+def shard_of(patient_id, count: int) -> int:
+    """The shard (0 .. count-1) of a patient: the SHA-1 of its id as text, modulo `count`.
+
+    >>> shard_of("10234", 3), shard_of("10234", 3) == shard_of(10234, 3)
+    (0, True)
+    """
+    digest = hashlib.sha1(str(patient_id).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
 
 
 def balanced_subset(labels: Sequence, *, seed: int) -> list[int]:
@@ -632,6 +672,7 @@ def write_dataset(
     seed: int = 0,
     summary: Mapping[str, Any] | None = None,
     keep_cache: bool = True,
+    shard: Shard | None = None,
 ):
     """Decode the rows' images, then write the DatasetDict, `failures.csv` and `conversion.json`.
 
@@ -644,22 +685,33 @@ def write_dataset(
         balanced: `(source split, label column, new split)`: add a class-balanced subset of the
             source split's successfully decoded rows (`balanced_subset` with `seed`).
         keep_cache: keep `out/.cache` (re-runs are then instant); False deletes it at the end.
+        shard: write only this shard's patients (`rows` and their splits are planned over all
+            patients). The tables' refusals (`failures`) go to shard 0; the balanced subset needs
+            every shard and is made by the merge; `shard.json` records where each row stands in
+            the single-run order, for the merge.
 
     Returns the `datasets.DatasetDict` as loaded back from `out`.
     """
     import datasets
 
+    shard = shard or Shard()
+    positions = [index for index, row in enumerate(rows) if shard.holds(row["patient_id"])]
+    rows = [rows[index] for index in positions]
+    if shard.index > 0:
+        failures = []
     cache = out / CACHE_DIR
     jobs = [ImageJob(row["image_id"], row["source_path"], row.get("laterality"), image_size,
                      str(cache / cache_name(row["image_id"]))) for row in rows]
     results = process_images(jobs, workers=workers, progress=progress, description=description)
     failures = list(failures)
     by_split: dict[str, dict[str, list]] = {name: {column: [] for column in COLUMNS} for name in split_names}
-    for row, job in zip(rows, jobs):
+    order: dict[str, list[int]] = {name: [] for name in split_names}  # single-run positions of the rows
+    for row, job, position in zip(rows, jobs, positions):
         result = results[row["image_id"]]
         if result.failure is not None:
             failures.append(failure(row, result.failure))
             continue
+        order[row["split"]].append(position)
         columns = by_split[row["split"]]
         for column in COLUMNS:
             if column == "image":
@@ -668,7 +720,7 @@ def write_dataset(
                 columns["laterality"].append(row.get("laterality") or result.laterality)
             else:
                 columns[column].append(row.get(column))
-    if balanced is not None:
+    if balanced is not None and shard.count == 1:
         source, label, name = balanced
         chosen = balanced_subset(by_split[source][label], seed=seed)
         by_split[name] = {column: [values[i] for i in chosen] for column, values in by_split[source].items()}
@@ -676,7 +728,7 @@ def write_dataset(
     dataset_dict = datasets.DatasetDict({
         name: datasets.Dataset.from_dict(columns, features=schema) for name, columns in by_split.items()
     })
-    failures.sort(key=lambda entry: (str(entry.get("table")), _row_order(entry.get("row_index"))))
+    sort_failures(failures)
     write_failures(out / FAILURES_FILE, failures)
     bars_were_on = datasets.is_progress_bar_enabled()
     if not progress:
@@ -686,18 +738,37 @@ def write_dataset(
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
-    counts = {name: len(columns["image_id"]) for name, columns in by_split.items()}
-    reasons = Counter(entry["reason"].split(":")[0] for entry in failures)
     # How many of the images decoded in this run were decoded at 1/2**r of their size, by r.
     reductions = Counter(str(result.reduction) for result in results.values() if result.reduction is not None)
-    write_text_atomic(out / SUMMARY_FILE, json.dumps(
-        {**(summary or {}), "image_size": image_size,
-         "stored_size": "native" if image_size == 0 else f"long side at most {image_size} px",
-         "decode_reductions": dict(sorted(reductions.items())), "seed": seed, "rows": counts,
-         "failures": len(failures), "failure_reasons": dict(sorted(reasons.items()))}, indent=1, default=str))
+    counts = {name: len(columns["image_id"]) for name, columns in by_split.items()}
+    info = {**(summary or {}), "image_size": image_size, "seed": seed}
+    if shard.count > 1:
+        info["shard"] = {"index": shard.index, "count": shard.count}
+        write_text_atomic(out / SHARD_FILE, json.dumps(
+            {"index": shard.index, "count": shard.count, "balanced": balanced, "order": order}))
+    else:
+        (out / SHARD_FILE).unlink(missing_ok=True)
+    write_summary(out, info, counts, failures, reductions)
     if not keep_cache:
         shutil.rmtree(cache)
     return datasets.load_from_disk(str(out))
+
+
+def sort_failures(failures: list[dict[str, Any]]) -> None:
+    """The failures file's order: by table, then row."""
+    failures.sort(key=lambda entry: (str(entry.get("table")), _row_order(entry.get("row_index"))))
+
+
+def write_summary(out: Path, info: Mapping[str, Any], counts: Mapping[str, int], failures: Sequence[Mapping],
+                  reductions: Mapping[str, int]) -> None:
+    """`conversion.json`: the run's options (`info`, with `image_size` and `seed`), rows per split,
+    failures by reason and how many images were decoded at 1/2**r of their size, by r."""
+    image_size = info["image_size"]
+    reasons = Counter(entry["reason"].split(":")[0] for entry in failures)
+    write_text_atomic(out / SUMMARY_FILE, json.dumps(
+        {**info, "stored_size": "native" if image_size == 0 else f"long side at most {image_size} px",
+         "decode_reductions": dict(sorted(reductions.items())), "rows": dict(counts),
+         "failures": len(failures), "failure_reasons": dict(sorted(reasons.items()))}, indent=1, default=str))
 
 
 def _row_order(row_index) -> int:
@@ -710,7 +781,8 @@ def _row_order(row_index) -> int:
 
 
 def add_common_arguments(parser) -> None:
-    """The options every converter has: --root, --out, --workers, --image-size, --limit, --seed."""
+    """The options every converter has: --root, --out, --workers, --image-size, --limit, --seed,
+    --no-progress, --delete-cache, --num-shards, --shard-index (`Shard.from_args`)."""
     parser.add_argument("--root", required=True, help="the dataset folder as published")
     parser.add_argument("--out", required=True,
                         help="folder to write the DatasetDict into (created; re-running resumes)")
@@ -725,6 +797,11 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--delete-cache", action="store_true",
                         help="delete <out>/.cache at the end (a re-run then decodes everything again)")
+    parser.add_argument("--num-shards", type=int, default=1,
+                        help="split the conversion into this many parts by patient (one per machine or job); "
+                             "assemble them with data_scripts/merge.py (default 1: no sharding)")
+    parser.add_argument("--shard-index", type=int, default=0,
+                        help="which part this run converts, 0 .. --num-shards - 1 (e.g. $SLURM_ARRAY_TASK_ID)")
 
 
 def check_options(*, image_size: int, workers: int, limit: int | None) -> None:

@@ -48,6 +48,7 @@ from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
     RowError,
+    Shard,
     add_common_arguments,
     check_options,
     check_root,
@@ -201,7 +202,8 @@ def plan_embed(root, *, dicom_root=None, limit: int | None = None, seed: int = 0
 
 
 def convert_embed(root, out, *, dicom_root=None, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1,
-                  limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True):
+                  limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True,
+                  shard: Shard | None = None):
     """Convert EMBED under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train, validation, test (70/10/20 by patient) and test_balanced (see the module docstring).
@@ -214,7 +216,7 @@ def convert_embed(root, out, *, dicom_root=None, image_size: int = DEFAULT_IMAGE
         description="EMBED images", balanced=("test", "birads", BALANCED_SPLIT), seed=seed,
         summary={"converter": "embed", "root": str(Path(root)),
                  "dicom_root": str(Path(dicom_root if dicom_root is not None else root)), "limit": limit},
-        keep_cache=keep_cache,
+        keep_cache=keep_cache, shard=shard,
     )
 
 
@@ -228,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dataset_dict = convert_embed(args.root, args.out, dicom_root=args.dicom_root, image_size=args.image_size,
                                      workers=args.workers, limit=args.limit, seed=args.seed,
-                                     progress=not args.no_progress, keep_cache=not args.delete_cache)
+                                     progress=not args.no_progress, keep_cache=not args.delete_cache,
+                                     shard=Shard.from_args(args))
     except ConverterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

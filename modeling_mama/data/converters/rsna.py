@@ -33,6 +33,7 @@ from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
     RowError,
+    Shard,
     add_common_arguments,
     check_options,
     check_root,
@@ -131,7 +132,7 @@ def plan_rsna(root, *, split_source: str = "train.csv", limit: int | None = None
 
 def convert_rsna(root, out, *, split_source: str = "train.csv", image_size: int = DEFAULT_IMAGE_SIZE,
                  workers: int = 1, limit: int | None = None, seed: int = 0, progress: bool = True,
-                 keep_cache: bool = True):
+                 keep_cache: bool = True, shard: Shard | None = None):
     """Convert RSNA-Mammo under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train/validation/test for `train.csv`, test only for `test.csv`.
@@ -144,7 +145,7 @@ def convert_rsna(root, out, *, split_source: str = "train.csv", image_size: int 
         out, rows, refused, split_names=("train", "validation", "test") if split_source == "train.csv" else ("test",),
         image_size=image_size, workers=workers, progress=progress, description="RSNA images", seed=seed,
         summary={"converter": "rsna", "root": str(Path(root)), "split_source": split_source, "limit": limit},
-        keep_cache=keep_cache,
+        keep_cache=keep_cache, shard=shard,
     )
 
 
@@ -157,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dataset_dict = convert_rsna(args.root, args.out, split_source=args.split_source, image_size=args.image_size,
                                     workers=args.workers, limit=args.limit, seed=args.seed,
-                                    progress=not args.no_progress, keep_cache=not args.delete_cache)
+                                    progress=not args.no_progress, keep_cache=not args.delete_cache,
+                                    shard=Shard.from_args(args))
     except ConverterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

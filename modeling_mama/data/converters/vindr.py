@@ -40,6 +40,7 @@ from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
     RowError,
+    Shard,
     add_common_arguments,
     assign_patients,
     check_options,
@@ -178,7 +179,8 @@ def plan_vindr(root, *, limit: int | None = None, seed: int = 0) -> tuple[list[d
 
 
 def convert_vindr(root, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
-                  seed: int = 0, progress: bool = True, keep_cache: bool = True):
+                  seed: int = 0, progress: bool = True, keep_cache: bool = True,
+                  shard: Shard | None = None):
     """Convert VinDr-Mammo under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train and validation (carved from VinDr's training studies) and test (VinDr's own).
@@ -190,6 +192,7 @@ def convert_vindr(root, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: i
         out, rows, refused, split_names=SPLITS, image_size=image_size, workers=workers, progress=progress,
         description="VinDr images", seed=seed,
         summary={"converter": "vindr", "root": str(Path(root)), "limit": limit}, keep_cache=keep_cache,
+        shard=shard,
     )
 
 
@@ -200,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dataset_dict = convert_vindr(args.root, args.out, image_size=args.image_size, workers=args.workers,
                                      limit=args.limit, seed=args.seed, progress=not args.no_progress,
-                                     keep_cache=not args.delete_cache)
+                                     keep_cache=not args.delete_cache, shard=Shard.from_args(args))
     except ConverterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
