@@ -83,10 +83,11 @@ def _recipe_rows(config, training_args: dict | None) -> list[tuple[str, str]]:
         ("LoRA", json.dumps(config.lora, sort_keys=True) if config.lora else "none"),
     ]
     for term in ("clip", "multiview", "symmetric_clip", "local"):
-        rows.append((f"{term} loss", f"weight {config.loss_weight(term)}, from step {config.loss_start_step(term)}"))
+        rows.append((f"{term} loss", f"weight {config.loss_weight(term)}"))
     rows.append(("NT-Xent temperature", str(config.nt_xent_temperature)))
     for key in ("learning_rate", "weight_decay", "max_steps", "num_train_epochs", "per_device_train_batch_size",
-                "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "bf16", "seed"):
+                "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "late_loss_step",
+                "gather_with_grad", "bf16", "seed"):
         if training_args and key in training_args:
             rows.append((key, str(training_args[key])))
     return rows

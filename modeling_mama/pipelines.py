@@ -133,9 +133,9 @@ class MammographyZeroShotPipeline(Pipeline):
     def _forward(self, model_inputs):
         model = self.model
         pixel_values = model_inputs["pixel_values"].to(self.device, dtype=next(model.parameters()).dtype)
-        image_embeds = F.normalize(model.get_image_features(pixel_values), dim=-1)
+        image_embeds = F.normalize(model.get_image_features(pixel_values).pooler_output, dim=-1)
         text_embeds = F.normalize(model.get_text_features(model_inputs["input_ids"].to(self.device),
-                                                          model_inputs["attention_mask"].to(self.device)), dim=-1)
+                                                          model_inputs["attention_mask"].to(self.device)).pooler_output, dim=-1)
         num_views = image_embeds.shape[0]
         text_embeds = text_embeds.reshape(num_views, -1, text_embeds.shape[-1])
         scale = model.clamped_scales()[0].exp()

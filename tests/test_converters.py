@@ -15,9 +15,10 @@ import datasets
 import numpy as np
 import pytest
 
+from scripts import load_script
+
 from modeling_mama.data.converters import common
 from modeling_mama.data.converters.common import ConverterError
-from modeling_mama.data.converters import embed
 from modeling_mama.data.converters.embed import convert_embed, plan_embed
 from modeling_mama.data.converters.rsna import convert_rsna, plan_rsna
 from modeling_mama.data.converters.vindr import convert_vindr, parse_categories, plan_vindr
@@ -444,13 +445,12 @@ def test_output_folder_errors(tmp_path, rsna_root):
 
 
 def test_command_line_reports_errors_and_converts(tmp_path, capsys, vindr_root):
-    from modeling_mama.data.converters import vindr
-
-    assert vindr.main(["--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    main = load_script("data_scripts/vindr.py").main
+    assert main(["--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert f"error: --root {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
     out = tmp_path / "cli"
-    assert vindr.main(["--root", str(vindr_root), "--out", str(out), "--image-size", "64", "--limit", "4",
-                       "--no-progress", "--seed", "3"]) == 0
+    assert main(["--root", str(vindr_root), "--out", str(out), "--image-size", "64", "--limit", "4",
+                 "--no-progress", "--seed", "3"]) == 0
     assert f"{out}: train" in capsys.readouterr().out
     loaded = datasets.load_from_disk(str(out))
     assert sum(len(split) for split in loaded.values()) + len(read_failures(out)) == 4
@@ -543,11 +543,9 @@ def test_embed_end_to_end(embed_root, embed_converted):
 
 
 def test_embed_cli_round_trip(embed_root, tmp_path, capsys):
-    from modeling_mama.data.converters import embed
-
     out = tmp_path / "cli"
-    assert embed.main(["--root", str(embed_root), "--out", str(out), "--image-size", "64", "--no-progress",
-                       "--seed", "5", "--limit", "12"]) == 0
+    assert load_script("data_scripts/embed.py").main(["--root", str(embed_root), "--out", str(out), "--image-size",
+                                                     "64", "--no-progress", "--seed", "5", "--limit", "12"]) == 0
     loaded = datasets.load_from_disk(str(out))
     assert sum(len(loaded[s]) for s in ("train", "validation", "test")) + len(read_failures(out)) == 12
 
@@ -622,8 +620,7 @@ def test_reconverting_replaces_the_dataset(rsna_root, tmp_path):
 
 
 def test_image_size_zero_keeps_the_native_size_and_the_summary_says_how_images_were_decoded(rsna_root, tmp_path):
-    from modeling_mama.data.converters import rsna
-
+    rsna = load_script("data_scripts/rsna.py")
     out = tmp_path / "native"
     assert rsna.main(["--root", str(rsna_root), "--out", str(out), "--image-size", "0", "--no-progress"]) == 0
     summary = json.loads((out / "conversion.json").read_text())
@@ -693,8 +690,7 @@ def test_killed_run_resumes_to_an_identical_dataset(embed_root, embed_converted,
 def test_shards_hold_each_patient_once_and_merge_into_the_single_run(embed_root, embed_converted, tmp_path):
     """3 shards + merge = one run: same rows in the same order, same splits (test_balanced
     included), same image bytes, same failures file."""
-    from modeling_mama.data.converters import merge
-
+    embed, merge = load_script("data_scripts/embed.py"), load_script("data_scripts/merge.py")
     single_out, single = embed_converted
     shards = []
     for index in range(3):
@@ -721,6 +717,8 @@ def test_shards_hold_each_patient_once_and_merge_into_the_single_run(embed_root,
 def test_merge_refuses_incomplete_or_mixed_shards(rsna_root, tmp_path, capsys):
     from modeling_mama.data.converters import merge
 
+    merge_script = load_script("data_scripts/merge.py")
+
     def shard(index, seed=0, count=2):
         out = tmp_path / f"s{index}-{seed}-{count}"
         convert_rsna(rsna_root, out, image_size=32, seed=seed, progress=False, shard=common.Shard(count, index))
@@ -737,7 +735,7 @@ def test_merge_refuses_incomplete_or_mixed_shards(rsna_root, tmp_path, capsys):
         merge.merge_shards([first, single], tmp_path / "merged")
     with pytest.raises(ConverterError, match="--shard-index 2 must be between 0 and --num-shards - 1 = 1"):
         common.Shard(2, 2)
-    assert merge.main(["--shards", str(first), str(second), "--out", str(first)]) == 2
+    assert merge_script.main(["--shards", str(first), str(second), "--out", str(first)]) == 2
     assert "is one of the shards" in capsys.readouterr().err
     assert_same_dataset(merge.merge_shards([first, second], tmp_path / "merged", progress=False),
                         datasets.load_from_disk(str(single)))

@@ -20,14 +20,14 @@ IMAGE = 56
 
 def make_trainer(tiny_dataset, tokenizer, out_dir, *, late_loss_step=3, max_steps=6, save_steps=None, **extra):
     torch.manual_seed(0)
-    config = MamaConfig.tiny(vocab_size=len(tokenizer), sentence_separator_token_id=tokenizer.sep_token_id,
-                             late_loss_step=late_loss_step)
+    config = MamaConfig.tiny(vocab_size=len(tokenizer), sentence_separator_token_id=tokenizer.sep_token_id)
     model = MamaModel(config)
     train = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=0)
     args = MamaTrainingArguments(
         output_dir=str(out_dir), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=2e-3,
         weight_decay=0.1, logging_steps=1, report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, disable_tqdm=True, **extra,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, disable_tqdm=True,
+        late_loss_step=late_loss_step, **extra,
     )
     return MamaTrainer(model=model, args=args, train_dataset=train, data_collator=MamaDataCollator(tokenizer))
 

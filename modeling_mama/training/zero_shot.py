@@ -50,7 +50,7 @@ def encode_prompts(model, tokenizer, prompts: Sequence[Sequence[str]], *, max_le
     chunks = []
     for start in range(0, len(prompts), batch_size):
         text = batch_tokenize_reports(list(prompts[start:start + batch_size]), tokenizer, max_length=max_length)
-        features = model.get_text_features(text["input_ids"].to(device), text["attention_mask"].to(device))
+        features = model.get_text_features(text["input_ids"].to(device), text["attention_mask"].to(device)).pooler_output
         chunks.append(F.normalize(features, dim=-1))
     return torch.cat(chunks)
 
@@ -83,7 +83,7 @@ def zero_shot_logits(model, processor, dataset, task: str, *, use_metadata: bool
         pixel_values = processor.image_processor.preprocess(
             [row["image"] for row in batch_rows], return_tensors="pt"
         )["pixel_values"].to(device)
-        image_embeds = F.normalize(model.get_image_features(pixel_values), dim=-1)
+        image_embeds = F.normalize(model.get_image_features(pixel_values).pooler_output, dim=-1)
         if shared is not None:
             class_embeds = shared.unsqueeze(0).expand(len(batch_rows), -1, -1)
         else:

@@ -21,10 +21,8 @@ not needed any more); it needs about as much disk space as the shards' datasets 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +37,6 @@ from .common import (
     ConverterError,
     balanced_subset,
     commit_dataset,
-    print_summary,
     sort_failures,
     write_failures,
     write_summary,
@@ -132,19 +129,3 @@ def merge_shards(shards: Sequence, out, *, progress: bool = True):
     write_summary(out, info, {name: len(split) for name, split in dataset_dict.items()}, failures, reductions)
     (out / SHARD_FILE).unlink(missing_ok=True)
     return datasets.load_from_disk(str(out))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Merge the shard folders of a sharded conversion into one DatasetDict.")
-    parser.add_argument("--shards", nargs="+", required=True, help="the output folders of shards 0 .. N-1 (any order)")
-    parser.add_argument("--out", required=True, help="folder to write the merged DatasetDict into")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    args = parser.parse_args(argv)
-    try:
-        dataset_dict = merge_shards(args.shards, args.out, progress=not args.no_progress)
-    except ConverterError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_summary(Path(args.out), dataset_dict)
-    return 0
