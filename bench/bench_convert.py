@@ -3,13 +3,15 @@
 Writes an RSNA look-alike once: full-field images (3328 x 2560), 12 stored bits, JPEG 2000
 lossless, as most of the real RSNA files are. Then it converts it from scratch (empty output
 folder, nothing cached) with `--workers 1` and `--workers 2`, side by side in one run, and prints
-images/s, images/s per worker and the 2-worker ratio. The time covers everything `convert_rsna`
-does: reading the table, decoding, calibration, orientation, breast crop, resize to the long side
-`--image-size`, PNG encoding and saving the DatasetDict.
+images/s, images/s per worker, the 2-worker ratio, and images per CPU second (this process and its
+workers, all threads): the per-core throughput, which other jobs on the cores disturb much less
+than the wall clock (with one worker, the idle core runs decoder threads). The time covers
+everything `convert_rsna` does: reading the table, decoding, calibration, orientation, breast crop,
+resize to the long side `--image-size`, PNG encoding and saving the DatasetDict.
 
-The decode share is measured in this process, image by image: the time spent reading and decoding
-the DICOM file (`read_dataset` + `read_dicom`, at the reductions the converter chooses, thumbnail
-included) over the time of the whole image step (`preprocess_image` + writing the PNG).
+The decode share is measured in this process, image by image: the CPU time spent reading and
+decoding the DICOM file (`read_dataset` + `read_dicom`, at the reductions the converter chooses,
+thumbnail included) over that of the whole image step (`preprocess_image` + writing the PNG).
 
 Run: `python bench/bench_convert.py [--images 12] [--image-size 1024] [--data DIR]`
 (`--data` keeps the generated look-alike there and reuses it on the next run). Record `uptime`
@@ -68,27 +70,34 @@ def write_lookalike(root: Path, images: int) -> Path:
     return root
 
 
-def time_conversion(root: Path, out: Path, *, workers: int, image_size: int) -> tuple[int, float]:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the pool's workers), all threads."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def time_conversion(root: Path, out: Path, *, workers: int, image_size: int) -> tuple[int, float, float]:
+    """Images converted, wall seconds and CPU seconds of one conversion from scratch."""
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     converted = convert_rsna(root, out, workers=workers, image_size=image_size, progress=False)
-    seconds = time.perf_counter() - start
-    return sum(len(split) for split in converted.values()), seconds
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    return sum(len(split) for split in converted.values()), seconds, cpu
 
 
 def decode_share(paths: list[Path], image_size: int, scratch: Path) -> tuple[float, float, Counter]:
-    """Seconds per image spent reading and decoding DICOM files, and in the whole image step (one
-    process), and how many images were decoded at each reduction."""
+    """CPU seconds per image spent reading and decoding DICOM files, and in the whole image step (one
+    process, one decoding thread), and how many images were decoded at each reduction."""
     decode = 0.0
 
     def timed(function):
         def run(*args, **kwargs):
             nonlocal decode
-            start = time.perf_counter()
+            start = time.process_time()
             try:
                 return function(*args, **kwargs)
             finally:
-                decode += time.perf_counter() - start
+                decode += time.process_time() - start
         return run
 
     total, reductions = 0.0, Counter()
@@ -96,10 +105,10 @@ def decode_share(paths: list[Path], image_size: int, scratch: Path) -> tuple[flo
     common.read_dataset, common.read_dicom = (timed(function) for function in originals)
     try:
         for path in paths:
-            start = time.perf_counter()
+            start = time.process_time()
             pixels, laterality, reduction = common.preprocess_image(path, laterality=None, image_size=image_size)
             common.write_png(scratch / "image.png", pixels, laterality=laterality)
-            total += time.perf_counter() - start
+            total += time.process_time() - start
             reductions[reduction] += 1
     finally:
         common.read_dataset, common.read_dicom = originals
@@ -123,17 +132,18 @@ def main() -> None:
         convert_rsna(root, scratch / "warm-up", workers=1, image_size=args.image_size, progress=False, limit=1)
         per_worker = {}
         for workers in (1, 2):
-            images, seconds = time_conversion(root, scratch / f"out-{workers}", workers=workers,
-                                              image_size=args.image_size)
+            images, seconds, cpu = time_conversion(root, scratch / f"out-{workers}", workers=workers,
+                                                   image_size=args.image_size)
             per_worker[workers] = images / seconds / workers
             print(f"workers {workers}: {images} images in {seconds:.1f} s = {images / seconds:.2f} images/s, "
-                  f"{per_worker[workers]:.2f} images/s per worker")
+                  f"{per_worker[workers]:.2f} images/s per worker; {cpu:.1f} CPU s = {images / cpu:.2f} images "
+                  "per CPU second")
         print(f"2 workers / 1 worker: {2 * per_worker[2] / per_worker[1]:.2f}x")
         paths = sorted((root / "train_images").rglob("*.dcm"))
         decode, total, reductions = decode_share(paths, args.image_size, scratch)
         decoded_at = ", ".join(f"{count} at 1/{2**reduction}" for reduction, count in sorted(reductions.items()))
-        print(f"decode share (1 process, {len(paths)} images; decoded {decoded_at}): {decode:.2f} s of "
-              f"{total:.2f} s per image = {decode / total:.0%}")
+        print(f"decode share (1 process, {len(paths)} images; decoded {decoded_at}): {decode:.2f} of "
+              f"{total:.2f} CPU s per image = {decode / total:.0%}")
         print(f"load average {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
 
 

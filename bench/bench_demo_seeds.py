@@ -6,8 +6,10 @@ synthetic look-alike, cached per seed under `~/.cache/modeling_mama`). On one ma
 same seed are bitwise identical; the figures change with the seed, and with the number of torch
 threads (float reductions are split by thread), so compare runs on machines with the same core count.
 
-Run: `python bench/bench_demo_seeds.py [--seeds 42 0 1] [--no-repeat]`; a demo run takes 2-4 minutes
-on 2 idle cores, and much longer when other jobs share them (`uptime` is printed with every run).
+Run: `python bench/bench_demo_seeds.py [--seeds 42 0 1] [--no-repeat] [-- PRETRAIN OPTIONS]` (options after
+`--` are added to the demo's, e.g. `-- --max_steps 20` for a quick check); a demo run takes 2-4
+minutes on 2 idle cores, and much longer when other jobs share them (the load average is printed
+with every run).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ def load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def run_demo(seed: int, output_dir: Path) -> tuple[dict, str]:
+def run_demo(seed: int, output_dir: Path, extra: list[str]) -> tuple[dict, str]:
     """Zero-shot results of one demo run and the SHA-1 of its weights."""
-    arguments = [*DEMO_ARGUMENTS, "--seed", str(seed), "--output_dir", str(output_dir), "--disable_tqdm", "true"]
+    arguments = [*DEMO_ARGUMENTS, "--seed", str(seed), "--output_dir", str(output_dir), "--disable_tqdm", "true",
+                 *extra]
     start, started_load = time.time(), load()
     subprocess.run([sys.executable, str(REPO / "examples" / "pretrain.py"), *arguments], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -54,13 +57,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 0, 1])
     parser.add_argument("--no-repeat", action="store_true", help="skip the second run of the first seed")
+    parser.add_argument("extra", nargs="*", help="options added to the demo's (after --)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        runs = {seed: run_demo(seed, Path(scratch) / f"seed{seed}") for seed in args.seeds}
+        runs = {seed: run_demo(seed, Path(scratch) / f"seed{seed}", args.extra) for seed in args.seeds}
         if not args.no_repeat:
             seed = args.seeds[0]
-            again = run_demo(seed, Path(scratch) / f"seed{seed}-again")
+            again = run_demo(seed, Path(scratch) / f"seed{seed}-again", args.extra)
             same = again == runs[seed]
             print(f"seed {seed} run twice: {'identical figures and weights' if same else 'DIFFERENT'}")
     for task in runs[args.seeds[0]][0]:
