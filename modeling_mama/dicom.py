@@ -444,7 +444,7 @@ def _codestream_header(codestream: bytes) -> _CodestreamHeader | None:
 def _stored_dtype(ds: Dataset) -> np.dtype:
     """The numpy dtype pydicom gives this dataset's pixels."""
     signed = int(ds.get("PixelRepresentation") or 0) == 1
-    itemsize = 1 if int(ds.get("BitsAllocated") or 16) <= 8 else 2
+    itemsize = max(1, int(ds.get("BitsAllocated") or 16) // 8)
     return np.dtype(f"{'i' if signed else 'u'}{itemsize}")
 
 

@@ -18,9 +18,8 @@ Image preprocessing (`preprocess_image`): calibrated pixels from `read_dicom`, c
 keeps the native size), and stored as a 16-bit grayscale PNG (value = round(pixel * 65535)).
 JPEG 2000 files are decoded at reduced resolution (a power of two) when the breast crop is still at
 least `image_size` long there, several times faster than a full decode; the cores that the workers
-leave idle go to the threads of a full decode. The `datasets.Image()` feature
-keeps such a PNG byte for byte: `load_from_disk` gives a PIL image of mode I;16 with the same
-uint16 values.
+leave idle go to the threads of a full decode. The `datasets.Image()` feature keeps such a PNG byte
+for byte: `load_from_disk` gives a PIL image of mode I;16 with the same uint16 values.
 
 Tables are read as text (`read_table`), so "61.0", "False" or "00123" reach the parsers exactly as
 published; empty cells (and "nan", "NaN", "None", "NULL", "N/A", "<NA>") become None.
@@ -34,6 +33,7 @@ published; empty cells (and "nan", "NaN", "None", "NULL", "N/A", "<NA>") become 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -44,7 +44,6 @@ import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
