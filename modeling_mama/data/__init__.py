@@ -1,0 +1,1 @@
+"""Data tooling: turning folders of DICOM files and published datasets into what the model reads."""
