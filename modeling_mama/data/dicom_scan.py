@@ -220,8 +220,7 @@ def _check_is_2d_mammogram(ds: Dataset, include_synthesized_2d: bool) -> None:
         raise ScanError("For Processing image (raw detector data); the model reads For Presentation images")
     image_type = [str(value).strip().upper() for value in (ds.get("ImageType") or [])]
     if SYNTHESIZED_2D in image_type and not include_synthesized_2d:
-        raise ScanError("synthesized 2D image (ImageType GENERATED_2D, e.g. C-View); the model reads full-field 2D "
-                        "images (include_synthesized_2d=True to score it)")
+        raise ScanError("synthesized 2D image (C-View: ImageType GENERATED_2D); left out unless include_synthesized_2d")
     if not ds.get("Rows") or not ds.get("Columns"):
         described = f" ({UID(sop_class).name})" if sop_class else ""
         raise ScanError(f"no image{described}")
