@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from modeling_mama.converters.rsna import convert_rsna
-from modeling_mama.synthetic import generate_rsna
+from modeling_mama.data.converters.rsna import convert_rsna
+from modeling_mama.data.synthetic import generate_rsna
 
 
 def time_conversion(root: Path, out: Path, *, workers: int, image_size: int) -> tuple[int, float]:

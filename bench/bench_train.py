@@ -21,9 +21,9 @@ import sys
 import time
 
 VARIANTS = {
-    "clip": {"late_loss_step": 10**9, "extra_view": False, "local": True},
-    "mama_no_sla": {"late_loss_step": 0, "extra_view": True, "local": False},
-    "mama": {"late_loss_step": 0, "extra_view": True, "local": True},
+    "clip": {"loss_terms": ("clip",), "extra_view": False},
+    "mama_no_sla": {"loss_terms": ("clip", "multiview", "symmetric_clip"), "extra_view": True},
+    "mama": {"loss_terms": ("clip", "multiview", "symmetric_clip", "local"), "extra_view": True},
 }
 
 
@@ -47,9 +47,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     tokenizer = train_report_tokenizer([s for report in reports * 20 for s in report], vocab_size=1024)
     text = batch_tokenize_reports(reports, tokenizer)
     config = MamaConfig.tiny(vocab_size=len(tokenizer), image_size=args.image_size, hidden_size=args.hidden_size,
-                             sentence_separator_token_id=tokenizer.sep_token_id,
-                             late_loss_step=variant["late_loss_step"],
-                             local_loss_weight=1.0 if variant["local"] else 0.0)
+                             sentence_separator_token_id=tokenizer.sep_token_id)
     model = MamaModel(config).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
@@ -60,7 +58,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     times = []
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
-        out = model(**batch, return_loss=True, step=0)
+        out = model(**batch, return_loss=True, loss_terms=variant["loss_terms"])
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

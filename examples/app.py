@@ -40,14 +40,14 @@ from PIL import Image
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.data.dicom_scan import ScanError, read_header
 from modeling_mama.dicom import DicomError, read_dicom
-from modeling_mama.image_processing_mama import IMAGE_SUFFIXES, load_mammogram
-from modeling_mama.metrics import aggregate_scores
-from modeling_mama.pipelines import ZeroShotScorer
+from modeling_mama.image_processing_mama import load_mammogram
+from modeling_mama.image_utils_mama import IMAGE_SUFFIXES
+from modeling_mama.pipelines import ZeroShotScorer, aggregate_scores
 from modeling_mama.reports import (
     CLASS_NAMES, DENSE_BREAST_SENTENCE, ReportFields, density_sentences, findings_sentences, impression_sentences,
     parse_view,
 )
-from modeling_mama.visualization import patch_sentence_similarity, plot_heat_map
+from modeling_mama.training.visualization import patch_sentence_similarity, plot_heat_map
 
 logger = logging.getLogger("mama-demo")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.reports import ReportFields, build_report
 from modeling_mama.tokenization import split_sentences
-from modeling_mama.visualization import patch_sentence_similarity, plot_heat_map
+from modeling_mama.training.visualization import patch_sentence_similarity, plot_heat_map
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -10,10 +10,10 @@ class-balanced sampling, `--train_fraction`, `--random_init`, `--test_split`, `-
 `TrainingArguments` option; `metrics.json`, `confusion_matrix.png` and `roc.png` in `--output_dir`);
 here the whole image tower trains. To keep the best checkpoint on the validation split:
 `--eval_strategy steps --save_strategy steps --load_best_model_at_end --metric_for_best_model auc`.
-See `modeling_mama.finetuning`.
+See `modeling_mama.training.finetuning`.
 """
 
-from modeling_mama.finetuning import main_finetune
+from modeling_mama.training.finetuning import main_finetune
 
 if __name__ == "__main__":
     main_finetune()

@@ -13,10 +13,10 @@ paper's recipe (SGD momentum 0.9, weight decay 1e-3, lr 5e-4 cosine to 1e-5, 100
 8000 steps, batch 36, class-balanced sampling); every `TrainingArguments` option overrides them
 (`--max_steps`, `--per_device_train_batch_size`, `--learning_rate`, `--bf16`, ...). The test split is
 scored at the end: `metrics.json`, `confusion_matrix.png` and `roc.png` land in `--output_dir` with
-the trained classifier. See `modeling_mama.finetuning`.
+the trained classifier. See `modeling_mama.training.finetuning`.
 """
 
-from modeling_mama.finetuning import main_probe
+from modeling_mama.training.finetuning import main_probe
 
 if __name__ == "__main__":
     main_probe()

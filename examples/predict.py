@@ -39,8 +39,7 @@ from tqdm.auto import tqdm
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.data.dicom_scan import ScanFailure, group_by_exam, scan_dicoms
 from modeling_mama.dicom import DicomError, read_dicom
-from modeling_mama.metrics import aggregate_scores
-from modeling_mama.pipelines import ZeroShotScorer
+from modeling_mama.pipelines import ZeroShotScorer, aggregate_scores
 from modeling_mama.reports import CLASS_NAMES, ZERO_SHOT_TASKS
 
 LEVELS = ("image", "breast", "exam")
@@ -96,7 +95,7 @@ def image_row(record, image, probabilities, task: str, class_names: list[str]) -
 def aggregate_rows(image_rows: list[dict], class_names: list[str], how: str = "mean") -> list[dict]:
     """Every exam's image rows followed by its breast rows and its exam row.
 
-    A breast's scores aggregate its views' probabilities (`metrics.aggregate_scores`); the exam's
+    A breast's scores aggregate its views' probabilities (`pipelines.aggregate_scores`); the exam's
     aggregate all its views. Images of unknown side count for the exam only.
     """
     columns = [score_column(name) for name in class_names]

@@ -39,10 +39,10 @@ from modeling_mama import (
     MultiViewDataset,
 )
 from modeling_mama.hub import write_model_card
-from modeling_mama.multiview import report_fields_from_row
+from modeling_mama.training.multiview import report_fields_from_row
 from modeling_mama.reports import build_report
 from modeling_mama.tokenization import add_special_tokens, train_report_tokenizer
-from modeling_mama.zero_shot import evaluate_zero_shot
+from modeling_mama.training.zero_shot import evaluate_zero_shot
 
 logger = logging.getLogger("pretrain")
 
@@ -66,8 +66,10 @@ AUGMENTATIONS = {
 PAPER_TRAINING = dict(  # METHOD.md section 6
     learning_rate=4e-5, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.999, warmup_steps=4000, max_steps=40_000,
     lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": 1e-8}, per_device_train_batch_size=36,
-    gradient_accumulation_steps=2, seed=42, decay_all_parameters=True,
+    gradient_accumulation_steps=2, seed=42, decay_all_parameters=True, late_loss_step=8000,
 )
+# The tiny preset trains every term from the first step unless --late_loss_step says otherwise.
+TINY_TRAINING = dict(late_loss_step=0)
 
 
 @dataclass
@@ -79,14 +81,12 @@ class ModelArguments:
     tokenizer_name: str | None = field(default=None, metadata={"help": "Default: the text backbone's (paper) or a new BPE (tiny)."})
     image_size: int | None = field(default=None, metadata={"help": "Model input size (paper 518)."})
     hidden_size: int = field(default=64, metadata={"help": "Tiny preset width."})
-    late_loss_step: int | None = field(default=None, metadata={"help": "Step where multi-view and local terms start."})
     clip_loss_weight: float | None = None
     multiview_loss_weight: float | None = None
     symmetric_clip_loss_weight: float | None = None
     local_loss_weight: float | None = None
     local_loss_symmetric: bool | None = None
     nt_xent_temperature: float | None = None
-    gather_with_grad: bool | None = None
     training_datasets: str | None = field(default=None, metadata={"help": "Comma-separated names recorded in the config."})
 
 
@@ -105,8 +105,8 @@ class DataArguments:
 
 def synthetic_dataset(data_args: DataArguments, seed: int) -> Path:
     """Generate and convert the synthetic EMBED look-alike once; later runs reuse it."""
-    from modeling_mama.converters.embed import convert_embed
-    from modeling_mama.synthetic import generate_embed
+    from modeling_mama.data.converters.embed import convert_embed
+    from modeling_mama.data.synthetic import generate_embed
 
     name = f"synthetic-embed-{data_args.synthetic_exams}-seed{seed}"
     raw = Path(data_args.cache_dir) / name
@@ -131,12 +131,9 @@ def build_tokenizer(model_args: ModelArguments, train_split):
 def build_config_overrides(model_args: ModelArguments) -> dict:
     overrides = {}
     for name in ("clip_loss_weight", "multiview_loss_weight", "symmetric_clip_loss_weight", "local_loss_weight",
-                 "local_loss_symmetric", "nt_xent_temperature", "gather_with_grad"):
+                 "local_loss_symmetric", "nt_xent_temperature"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
-    if model_args.late_loss_step is not None:
-        for term in ("multiview", "symmetric_clip", "local"):
-            overrides[f"{term}_loss_start_step"] = model_args.late_loss_step
     if model_args.training_datasets:
         overrides["training_datasets"] = [name.strip() for name in model_args.training_datasets.split(",")]
     return overrides
@@ -171,11 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
         argv = list(DEMO_ARGUMENTS)
     parser = HfArgumentParser((ModelArguments, DataArguments, MamaTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    explicit = {arg.lstrip("-").split("=")[0] for arg in argv if arg.startswith("--")}
+    for name, value in (PAPER_TRAINING if model_args.preset == "paper" else TINY_TRAINING).items():
+        if name not in explicit:
+            setattr(training_args, name, value)
     if model_args.preset == "paper":
-        explicit = {arg.lstrip("-").split("=")[0] for arg in argv if arg.startswith("--")}
-        for name, value in PAPER_TRAINING.items():
-            if name not in explicit:
-                setattr(training_args, name, value)
         if torch.cuda.is_available() and "bf16" not in explicit:
             training_args.bf16 = True  # bf16 autocast (mixed precision), fp32 master weights
     logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING,

@@ -19,10 +19,10 @@ import numpy as np
 from datasets import load_from_disk
 
 from modeling_mama import MamaModel, MamaProcessor
-from modeling_mama.metrics import breast_level, classification_metrics, softmax_scores
+from modeling_mama.training.metrics import breast_level, classification_metrics, softmax_scores
 from modeling_mama.reports import CLASS_NAMES, ZERO_SHOT_MAX_LENGTH
-from modeling_mama.visualization import plot_confusion_matrix, plot_roc
-from modeling_mama.zero_shot import zero_shot_logits
+from modeling_mama.training.visualization import plot_confusion_matrix, plot_roc
+from modeling_mama.training.zero_shot import zero_shot_logits
 
 
 def parse_args(argv=None) -> argparse.Namespace:

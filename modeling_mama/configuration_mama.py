@@ -66,12 +66,12 @@ class MamaConfig(PreTrainedConfig):
         freeze_vision_final_norm: freeze the affine of the image tower's final LayerNorm (paper).
         freeze_text_tower: freeze the text tower except LoRA adapters (paper).
         lora: peft `LoraConfig` arguments as a plain dict, or `None` for no adapters.
-        {clip,multiview,symmetric_clip,local}_loss_weight: weight of each loss term.
-        {clip,multiview,symmetric_clip,local}_loss_start_step: optimizer step at which each term
-            switches on (paper: the last three at 8000, `late_loss`).
+        {clip,multiview,symmetric_clip,local}_loss_weight: weight of each loss term (0 switches it off).
+            *When* each term runs (the paper's late start at step 8000) and whether CLIP / SLA gather
+            across processes are training decisions, passed to `forward` by the trainer
+            (`training.schedule.LossSchedule`, `MamaTrainingArguments`), not model properties.
         local_loss_symmetric: add the image->text direction of SLA (paper: on).
         nt_xent_temperature: temperature of the image-image NT-Xent loss.
-        gather_with_grad: compute CLIP / SLA over the batch of every process (off in the paper).
         activation_checkpointing: turn on gradient checkpointing in both towers when the model is built.
         sentence_separator_token_id: the tokenizer's sentence separator; used to find sentence ends when
             `sentence_positions` are not given.
@@ -105,13 +105,8 @@ class MamaConfig(PreTrainedConfig):
     multiview_loss_weight: float | int = 1.0
     symmetric_clip_loss_weight: float | int = 1.0
     local_loss_weight: float | int = 1.0
-    clip_loss_start_step: int = 0
-    multiview_loss_start_step: int = 8000
-    symmetric_clip_loss_start_step: int = 8000
-    local_loss_start_step: int = 8000
     local_loss_symmetric: bool = True
     nt_xent_temperature: float | int = 0.5
-    gather_with_grad: bool = False
     activation_checkpointing: bool = False
     sentence_separator_token_id: int | None = None
     training_datasets: list | None = None
@@ -133,17 +128,9 @@ class MamaConfig(PreTrainedConfig):
         """Weight of a loss term (`"clip"`, `"multiview"`, `"symmetric_clip"` or `"local"`)."""
         return float(getattr(self, f"{term}_loss_weight"))
 
-    def loss_start_step(self, term: str) -> int:
-        """Optimizer step at which a loss term switches on."""
-        return int(getattr(self, f"{term}_loss_start_step"))
-
-    def is_loss_active(self, term: str, step: int | None) -> bool:
-        """Whether `term` contributes at optimizer step `step` (`None`: outside training, all terms)."""
-        if term not in LOSS_TERMS:
-            raise ValueError(f"Unknown loss term {term!r}; expected one of {LOSS_TERMS}.")
-        if self.loss_weight(term) == 0.0:
-            return False
-        return step is None or step >= self.loss_start_step(term)
+    def weighted_loss_terms(self) -> tuple[str, ...]:
+        """The loss terms with a non-zero weight, in `LOSS_TERMS` order."""
+        return tuple(term for term in LOSS_TERMS if self.loss_weight(term) != 0.0)
 
     @classmethod
     def paper(cls, **kwargs) -> "MamaConfig":
@@ -170,12 +157,8 @@ class MamaConfig(PreTrainedConfig):
         return cls(**values)
 
     @classmethod
-    def tiny(cls, *, vocab_size: int = 512, image_size: int = 56, hidden_size: int = 32,
-             late_loss_step: int = 0, **kwargs) -> "MamaConfig":
-        """A tiny model (tens of thousands of parameters) for tests and the offline demo.
-
-        `late_loss_step` is where the multi-view, symmetric-CLIP and local terms switch on.
-        """
+    def tiny(cls, *, vocab_size: int = 512, image_size: int = 56, hidden_size: int = 32, **kwargs) -> "MamaConfig":
+        """A tiny model (tens of thousands of parameters) for tests and the offline demo."""
         from transformers import Dinov2WithRegistersConfig, GPT2Config
 
         vision = Dinov2WithRegistersConfig(
@@ -191,11 +174,9 @@ class MamaConfig(PreTrainedConfig):
             projection_dim=hidden_size, local_hidden_dim=2 * hidden_size, local_projection_dim=hidden_size,
             multiview_projection_dim=hidden_size,
             lora={**PAPER_LORA, "r": 4, "lora_alpha": 16, "lora_dropout": 0.0},
-            multiview_loss_start_step=late_loss_step, symmetric_clip_loss_start_step=late_loss_step,
-            local_loss_start_step=late_loss_step,
         )
         values.update(kwargs)
         return cls(**values)
 
 
-__all__ = ["MamaConfig", "CLIP_LOGIT_SCALE_INIT", "MAX_LOGIT_SCALE", "PAPER_LORA"]
+__all__ = ["MamaConfig", "CLIP_LOGIT_SCALE_INIT", "LOSS_TERMS", "MAX_LOGIT_SCALE", "PAPER_LORA"]

@@ -41,10 +41,10 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
+from .image_utils_mama import PREVIEW_SIDE, infer_laterality
+
 MAMMOGRAPHY_MODALITY = "MG"
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
-# Previews (for the laterality fallback) sample every k-th pixel so the long side is about this.
-PREVIEW_SIDE = 512
 
 # What to `pip install` for each family of compressed transfer syntaxes (pydicom's plugin names).
 _JPEG2000_PACKAGES = "pylibjpeg pylibjpeg-openjpeg"
@@ -453,9 +453,6 @@ def _laterality(ds: Dataset, image: DicomImage) -> tuple[str | None, str | None]
         value = (_text(ds, keyword) or "").upper()
         if value in ("L", "R"):
             return value, keyword
-    # Imported here: image_processing_mama imports this module.
-    from .image_processing_mama import infer_laterality
-
     preview, _ = image.preview()
     laterality = infer_laterality(preview)
     return laterality, ("pixels" if laterality else None)

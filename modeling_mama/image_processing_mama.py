@@ -29,21 +29,35 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from pydicom.dataset import Dataset
-from scipy import ndimage
 from torchvision.transforms import v2
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
 
-from .dicom import PREVIEW_SIDE, DicomImage, read_dicom
+from .dicom import DicomImage, read_dicom
+from .image_utils_mama import (  # noqa: F401  (re-exported: the processor's public pixel helpers)
+    IMAGE_SUFFIXES,
+    PIXEL_MASS_MARGIN,
+    _box_from_mask,
+    _breast_mask,
+    _is_image_file,
+    _needs_flip,
+    _preview_positions,
+    _to_gray_array,
+    _unit_scaler,
+    breast_bbox,
+    crop_to_breast,
+    infer_laterality,
+    orient_breast,
+    otsu_threshold,
+    to_unit_range,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -62,110 +76,7 @@ PAPER_AUGMENTATION = {
     "blur_sigma": [0.1, 2.0],
     "blur_p": 0.4,
 }
-# The pixel mass overrides the laterality tag when one half of the breast mask holds this much more
-# of the total intensity than the other (real mammograms: the chest-wall half holds 60-80%).
-PIXEL_MASS_MARGIN = 0.1
 MODES = ("global", "tiles")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-# ----------------------------------------------------------------------------------------------
-# Pixel helpers (DESIGN.md): used by the processor and by the dataset converters.
-
-
-def to_unit_range(array) -> np.ndarray:
-    """Intensities as float32 in [0, 1].
-
-    uint8 / uint16 (and bool) are divided by their type's maximum, so a 16-bit PNG written from
-    [0, 1] pixels reads back unchanged; floats already in [0, 1] are kept; anything else (other
-    integer types, floats outside [0, 1]) is min-max scaled. A constant image becomes zeros.
-
-    >>> to_unit_range(np.array([0, 255], dtype=np.uint8)).tolist()
-    [0.0, 1.0]
-    >>> to_unit_range(np.array([-10.0, 0.0, 30.0])).tolist()
-    [0.0, 0.25, 1.0]
-    """
-    array = np.asarray(array)
-    return _unit_scaler(array)(array)
-
-
-def otsu_threshold(values, bins: int = 256) -> float:
-    """Otsu's threshold over a `bins`-bin histogram; the foreground is `values >= threshold`.
-
-    The threshold is a histogram bin edge: the one that maximises the between-class variance
-    w0 * w1 * (mean0 - mean1)**2 of the two classes it separates. Constant input returns its value.
-    """
-    values = np.asarray(values, dtype=np.float32).ravel()
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return low
-    # np.histogram's bins (the last one closed), counted with bincount, which is several times faster.
-    width = (high - low) / bins
-    index = np.minimum(((values - low) / np.float32(width)).astype(np.intp), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    edges = low + width * np.arange(bins + 1)
-    centers = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(counts)[:-1].astype(np.float64)
-    weight_high = counts.sum() - weight_low
-    sum_low = np.cumsum(counts * centers)[:-1]
-    sum_total = float((counts * centers).sum())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean_low = sum_low / weight_low
-        mean_high = (sum_total - sum_low) / weight_high
-        between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    between = np.nan_to_num(between, nan=-1.0)
-    return float(edges[int(np.argmax(between)) + 1])
-
-
-def infer_laterality(pixels) -> str | None:
-    """The laterality a standard-presented mammogram with these pixels has, from the pixel mass.
-
-    The chest wall is on the side holding more of the breast's intensity: "L" when that is the
-    left half of the array (a left breast is displayed chest wall left), "R" for the right half,
-    None when the halves are equal (e.g. an empty image).
-    """
-    preview, _, _ = _unit_preview(pixels)
-    left, right = _half_masses(preview, _breast_mask(preview)[0])
-    if left == right:
-        return None
-    return "L" if left > right else "R"
-
-
-def orient_breast(pixels, laterality: str | None = None) -> np.ndarray:
-    """Flip the image so the chest wall is on the LEFT of the array (possibly a view of `pixels`).
-
-    A right breast ("R") is flipped left-right. The decision is checked against the pixel mass:
-    when one half of the breast clearly holds more intensity (`PIXEL_MASS_MARGIN`), the chest wall
-    is taken to be there, whatever the tag says; the tag decides only when the pixels are
-    ambiguous, and the (slightly) heavier half decides when there is no tag.
-    """
-    pixels = _to_gray_array(pixels)
-    preview, _, _ = _unit_preview(pixels)
-    if _needs_flip(preview, _breast_mask(preview)[0], laterality):
-        return pixels[:, ::-1]
-    return pixels
-
-
-def breast_bbox(pixels) -> tuple[int, int, int, int]:
-    """The breast's bounding box `(x0, y0, x1, y1)` (end-exclusive; crop with `pixels[y0:y1, x0:x1]`).
-
-    Otsu threshold on a preview (every k-th row and column, long side about 512 pixels), then the
-    bounding box of the largest 8-connected foreground region, so labels and markers away from the
-    breast are left out. The box reaches up to the neighbouring background samples, so it always
-    holds the breast (and is exact when the image is small enough to need no preview).
-    An image with no foreground gives the whole image.
-    """
-    pixels = _to_gray_array(pixels)
-    preview, rows, cols = _unit_preview(pixels)
-    mask, _ = _breast_mask(preview)
-    return _box_from_mask(mask, rows, cols, pixels.shape)
-
-
-def crop_to_breast(pixels) -> np.ndarray:
-    """The breast's bounding box of `pixels` (see `breast_bbox`)."""
-    pixels = _to_gray_array(pixels)
-    x0, y0, x1, y1 = breast_bbox(pixels)
-    return pixels[y0:y1, x0:x1]
 
 
 def load_mammogram(source) -> tuple[np.ndarray, str | None]:
@@ -182,132 +93,6 @@ def load_mammogram(source) -> tuple[np.ndarray, str | None]:
         return source.pixels, source.laterality
     pixels = to_unit_range(_to_gray_array(source))
     return pixels, infer_laterality(pixels)
-
-
-# ----------------------------------------------------------------------------------------------
-# Internals shared by the helpers and the processor.
-
-
-def _unit_scaler(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """A pointwise map to [0, 1] fitted on `array` (so it can be applied to crops of it)."""
-    if array.dtype == np.bool_:
-        return lambda part: part.astype(np.float32)
-    if array.dtype in (np.uint8, np.uint16):
-        scale = np.float32(1.0 / np.iinfo(array.dtype).max)
-        return lambda part: part.astype(np.float32) * scale
-    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 1.0)
-    if array.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
-        return lambda part: part.astype(np.float32)
-    if high <= low:
-        return lambda part: np.zeros(part.shape, dtype=np.float32)
-    return lambda part: ((part.astype(np.float64) - low) / (high - low)).astype(np.float32)
-
-
-def _preview_positions(shape) -> tuple[np.ndarray, np.ndarray]:
-    """The rows and columns a preview samples: every k-th (long side about 512). Columns are
-    mirror-symmetric (x is sampled when width - 1 - x is), so the preview of a left-right flipped
-    image is exactly the flipped preview, and a breast and its mirror get mirrored boxes."""
-    height, width = shape[:2]
-    stride = max(1, max(height, width) // PREVIEW_SIDE)
-    left = np.arange(0, width // 2, stride)
-    middle = [width // 2] if width % 2 else []
-    return np.arange(0, height, stride), np.concatenate([left, middle, width - 1 - left[::-1]]).astype(np.intp)
-
-
-def _unit_preview(pixels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A preview in [0, 1] and the rows and columns it samples."""
-    array = _to_gray_array(pixels)
-    rows, cols = _preview_positions(array.shape)
-    return _unit_scaler(array)(array[np.ix_(rows, cols)]), rows, cols
-
-
-def _breast_mask(preview: np.ndarray) -> tuple[np.ndarray, float]:
-    """The largest 8-connected region of the Otsu foreground, and the threshold."""
-    threshold = otsu_threshold(preview)
-    foreground = preview >= threshold
-    labels, count = ndimage.label(foreground, structure=np.ones((3, 3), dtype=bool))
-    if count <= 1:
-        return foreground, threshold
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes)), threshold
-
-
-def _box_from_mask(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> tuple[int, int, int, int]:
-    """Full-resolution box of a preview mask, given the rows and columns the preview sampled."""
-    height, width = shape[:2]
-    mask_rows, mask_cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if mask_rows.size == 0:
-        return 0, 0, width, height
-
-    def span(hits: np.ndarray, positions: np.ndarray, size: int) -> tuple[int, int]:
-        # The neighbouring samples are background, so the breast lies strictly between them.
-        start = 0 if hits[0] == 0 else int(positions[hits[0] - 1]) + 1
-        end = size if hits[-1] == len(positions) - 1 else int(positions[hits[-1] + 1])
-        return start, end
-
-    (x0, x1), (y0, y1) = span(mask_cols, cols, width), span(mask_rows, rows, height)
-    return x0, y0, x1, y1
-
-
-def _half_masses(preview: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """Intensity of the masked breast in the left and right halves (the middle column of an odd
-    width counts for neither, so a mirrored image gives exactly swapped masses)."""
-    mass = np.where(mask, preview, 0.0).sum(axis=0, dtype=np.float64)
-    half = mass.shape[0] // 2
-    return float(mass[:half].sum()), float(mass[mass.shape[0] - half:].sum())
-
-
-def _needs_flip(preview: np.ndarray, mask: np.ndarray, laterality: str | None) -> bool:
-    left, right = _half_masses(preview, mask)
-    total = left + right
-    if total > 0 and abs(left - right) >= PIXEL_MASS_MARGIN * total:
-        return right > left
-    if laterality in ("L", "R"):
-        return laterality == "R"
-    return right > left
-
-
-def _is_image_file(source) -> bool:
-    return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in IMAGE_SUFFIXES
-
-
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    if image.mode.startswith("I;16"):
-        return np.asarray(image).astype(np.uint16)
-    if image.mode == "I":  # 16-bit PNGs open as "I" in some Pillow versions
-        array = np.asarray(image)
-        return array.astype(np.uint16) if array.size and array.min() >= 0 and array.max() <= 65535 else array
-    if image.mode in ("L", "F"):
-        return np.asarray(image)
-    if image.mode == "1":
-        return np.asarray(image.convert("L"))
-    return np.asarray(image.convert("RGB"))
-
-
-def _to_gray_array(image) -> np.ndarray:
-    """A 2D array from a numpy array / torch tensor / PIL image / image file (channels averaged)."""
-    if _is_image_file(image):
-        with Image.open(image) as opened:
-            image = _pil_to_array(opened)
-    elif isinstance(image, Image.Image):
-        image = _pil_to_array(image)
-    elif isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    array = np.asarray(image)
-    if array.ndim == 2:
-        return array
-    if array.ndim == 3:
-        if array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
-            array = np.moveaxis(array, 0, -1)
-        if array.shape[-1] in (1, 3, 4):
-            channels = array[..., :3] if array.shape[-1] == 4 else array
-            if all(np.array_equal(channels[..., 0], channels[..., k]) for k in range(1, channels.shape[-1])):
-                return channels[..., 0]
-            return to_unit_range(channels).mean(axis=-1)
-    raise ValueError(
-        f"Expected a 2D grayscale image (or one with 1 / 3 / 4 channels), got an array of shape {array.shape}; "
-        "pass a list for a batch.")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -26,14 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 from transformers.utils import ModelOutput
 
-from .configuration_mama import MamaConfig
+from .configuration_mama import LOSS_TERMS, MamaConfig
 from .hub import check_release_allowed, write_model_card
 from .losses import contrastive_loss, local_alignment_loss, nt_xent_loss
 
@@ -265,32 +266,43 @@ class MamaModel(MamaPreTrainedModel):
 
     def encode_image_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the image tower: (pooled feature [B, C], patch tokens after the final norm [B, P, C])."""
+        pooled, outputs = self._run_vision_tower(pixel_values)
+        return pooled, outputs.last_hidden_state[:, self._num_prefix_tokens:]
+
+    def _run_vision_tower(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, Any]:
+        """The tower's output object and the pooled feature `config.image_pooling` asks for."""
         final_norm = _final_norm(self.vision_model)
         captured: list[torch.Tensor] = []
         handle = None
         if final_norm is not None and self.config.image_pooling == "mean_pre_norm":
             handle = final_norm.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
         try:
-            outputs = self.vision_model(pixel_values=pixel_values)
+            outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
         finally:
             if handle is not None:
                 handle.remove()
         tokens = outputs.last_hidden_state
-        patches = tokens[:, self._num_prefix_tokens:]
         if self.config.image_pooling == "mean_pre_norm":
             pooled = (captured[-1] if captured else tokens).mean(dim=1)
         elif self.config.image_pooling == "cls":
             pooled = tokens[:, 0]
         else:
-            pooled = patches.mean(dim=1)
-        return pooled, patches
+            pooled = tokens[:, self._num_prefix_tokens:].mean(dim=1)
+        return pooled, outputs
 
     def encode_text_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the text tower: (pooled feature [B, C], hidden states [B, L, C])."""
+        pooled, outputs = self._run_text_tower(input_ids, attention_mask)
+        return pooled, outputs.last_hidden_state
+
+    def _run_text_tower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                        **kwargs) -> tuple[torch.Tensor, Any]:
+        """The tower's output object and the pooled feature `config.text_pooling` asks for."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        hidden = outputs.last_hidden_state
         if self.config.text_pooling == "mean":
             pooled = hidden.mean(dim=1)
         elif self.config.text_pooling == "last":
@@ -299,17 +311,29 @@ class MamaModel(MamaPreTrainedModel):
         else:
             weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        return pooled, hidden
+        return pooled, outputs
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected (not normalised) global image features [B, projection_dim]."""
-        pooled, _ = self.encode_image_tokens(pixel_values)
-        return self.visual_projection(pooled)
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """The image tower's output, with `pooler_output` holding the projected (not normalised) global
+        image features [B, projection_dim], as `CLIPModel.get_image_features` returns them.
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Projected (not normalised) global text features [B, projection_dim]."""
-        pooled, _ = self.encode_text_tokens(input_ids, attention_mask)
-        return self.text_projection(pooled)
+        Keyword arguments (`output_hidden_states`, `output_attentions`) go to the image tower.
+        """
+        pooled, outputs = self._run_vision_tower(pixel_values, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state, pooler_output=self.visual_projection(pooled),
+            hidden_states=getattr(outputs, "hidden_states", None), attentions=getattr(outputs, "attentions", None),
+        )
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          **kwargs) -> BaseModelOutputWithPooling:
+        """The text tower's output, with `pooler_output` holding the projected (not normalised) global
+        text features [B, projection_dim]. Keyword arguments go to the text tower."""
+        pooled, outputs = self._run_text_tower(input_ids, attention_mask, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state, pooler_output=self.text_projection(pooled),
+            hidden_states=getattr(outputs, "hidden_states", None), attentions=getattr(outputs, "attentions", None),
+        )
 
     # ------------------------------------------------------------------------------------------ local
     def _patch_tokens_for_sla(self, patches: torch.Tensor, tile_pixel_values: torch.Tensor | None,
@@ -390,7 +414,8 @@ class MamaModel(MamaPreTrainedModel):
         sentence_positions: torch.LongTensor | None = None,
         sentence_mask: torch.BoolTensor | None = None,
         return_loss: bool | None = None,
-        step: int | None = None,
+        loss_terms: Collection[str] | None = None,
+        gather_with_grad: bool = False,
         output_local_embeds: bool = False,
         return_dict: bool | None = None,
         **kwargs: Any,
@@ -405,15 +430,23 @@ class MamaModel(MamaPreTrainedModel):
             sentence_positions, sentence_mask: index of each sentence's separator token `[B, S]`, and
                 which sentences are real; derived from `config.sentence_separator_token_id` if absent.
             return_loss: compute the MaMA loss.
-            step: the optimizer step, which switches the late terms on (`None`: every term with a
-                non-zero weight). Terms needing a second view are skipped without `extra_pixel_values`.
+            loss_terms: which terms to compute (names from `LOSS_TERMS`); `None` means every term with a
+                non-zero weight. The trainer passes the terms its schedule has switched on
+                (`training.schedule.LossSchedule`); terms with weight 0 never run. Terms needing a second
+                view are skipped without `extra_pixel_values`.
+            gather_with_grad: compute CLIP and SLA over the batch of every process (off in the paper).
+                NT-Xent always takes its negatives from every process (METHOD.md section 2).
             output_local_embeds: also return patch / sentence embeddings when the local term did not run.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
         logit_scale, local_scale = self.clamped_scales()
-        want = {term: bool(return_loss) and config.is_loss_active(term, step)
-                for term in ("clip", "multiview", "symmetric_clip", "local")}
+        requested = config.weighted_loss_terms() if loss_terms is None else tuple(loss_terms)
+        unknown = set(requested) - set(LOSS_TERMS)
+        if unknown:
+            raise ValueError(f"Unknown loss term(s) {sorted(unknown)}; expected some of {LOSS_TERMS}.")
+        want = {term: bool(return_loss) and term in requested and config.loss_weight(term) != 0.0
+                for term in LOSS_TERMS}
         has_extra = extra_pixel_values is not None
         need_extra = has_extra and (want["multiview"] or want["symmetric_clip"])
 
@@ -439,17 +472,16 @@ class MamaModel(MamaPreTrainedModel):
             if text_embeds is None:
                 raise ValueError("return_loss=True needs `input_ids` (the reports) as well as `pixel_values`.")
             if want["clip"]:
-                terms["clip"] = contrastive_loss(image_embeds, text_embeds, logit_scale,
-                                                 gather=config.gather_with_grad)
+                terms["clip"] = contrastive_loss(image_embeds, text_embeds, logit_scale, gather=gather_with_grad)
             if need_extra:
                 extra_pooled = pooled_all[batch:]
                 if want["multiview"]:
                     terms["multiview"] = nt_xent_loss(self.multiview_head(extra_pooled), self.multiview_head(pooled),
-                                                      temperature=float(config.nt_xent_temperature))
+                                                      temperature=float(config.nt_xent_temperature), gather=True)
                 if want["symmetric_clip"]:
                     extra_embeds = F.normalize(self.visual_projection(extra_pooled), dim=-1)
                     terms["symmetric_clip"] = contrastive_loss(extra_embeds, text_embeds, logit_scale,
-                                                               gather=config.gather_with_grad)
+                                                               gather=gather_with_grad)
 
         if want["local"] or output_local_embeds:
             if input_ids is None:
@@ -462,7 +494,7 @@ class MamaModel(MamaPreTrainedModel):
             if want["local"]:
                 terms["local"] = local_alignment_loss(
                     patch_embeds, sentence_embeds, sentence_mask, local_scale,
-                    symmetric=config.local_loss_symmetric, patch_mask=patch_mask, gather=config.gather_with_grad,
+                    symmetric=config.local_loss_symmetric, patch_mask=patch_mask, gather=gather_with_grad,
                 )
 
         loss = None
@@ -534,6 +566,7 @@ class MamaForImageClassification(MamaPreTrainedModel):
         self.post_init()
 
     encode_image_tokens = MamaModel.encode_image_tokens
+    _run_vision_tower = MamaModel._run_vision_tower
 
     def freeze_image_tower(self) -> None:
         """Linear probing: only the classifier trains."""

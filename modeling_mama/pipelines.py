@@ -36,7 +36,6 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .dicom import DicomImage, read_dicom
 from .image_processing_mama import _is_image_file
-from .metrics import aggregate_scores
 from .reports import CLASS_NAMES, DATASET_COLUMNS, ZERO_SHOT_TASKS, ReportFields, zero_shot_prompts
 from .tokenization import batch_tokenize_reports
 
@@ -136,9 +135,9 @@ class MammographyZeroShotPipeline(Pipeline):
     def _forward(self, model_inputs):
         model = self.model
         pixel_values = model_inputs["pixel_values"].to(self.device, dtype=next(model.parameters()).dtype)
-        image_embeds = F.normalize(model.get_image_features(pixel_values), dim=-1)
+        image_embeds = F.normalize(model.get_image_features(pixel_values).pooler_output, dim=-1)
         text_embeds = F.normalize(model.get_text_features(model_inputs["input_ids"].to(self.device),
-                                                          model_inputs["attention_mask"].to(self.device)), dim=-1)
+                                                          model_inputs["attention_mask"].to(self.device)).pooler_output, dim=-1)
         num_views = image_embeds.shape[0]
         text_embeds = text_embeds.reshape(num_views, -1, text_embeds.shape[-1])
         scale = model.clamped_scales()[0].exp()
@@ -163,6 +162,51 @@ class MammographyZeroShotPipeline(Pipeline):
         }
 
 
+def _factorize(values: np.ndarray) -> tuple[list, np.ndarray]:
+    """Unique values in order of first appearance, and each value's index among them."""
+    index: dict = {}
+    codes = np.fromiter((index.setdefault(value, len(index)) for value in values), dtype=np.intp, count=len(values))
+    return list(index), codes
+
+
+def aggregate_scores(scores: Any, group_ids: Any, how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """Image-level scores -> one score per group (breast, exam), groups in order of first appearance.
+
+    `scores` is [N] (a positive-class score) or [N, C] (class scores). `how="mean"` averages each
+    class column. `how="max"` takes the highest positive score: for [N] scores the maximum; for binary
+    [N, 2] scores the maximum of column 1, with column 0 set to 1 minus it (a breast is as suspicious
+    as its most suspicious image). "max" is not defined for more than two classes.
+
+    >>> ids, breast_scores = aggregate_scores([0.2, 0.6, 0.9], ["p1_L", "p1_L", "p1_R"], how="max")
+    >>> ids.tolist(), breast_scores.tolist()
+    (['p1_L', 'p1_R'], [0.6, 0.9])
+    """
+    if how not in ("mean", "max"):
+        raise ValueError(f"how must be 'mean' or 'max', got {how!r}.")
+    scores = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
+    group_ids = np.asarray(list(group_ids), dtype=object)
+    if scores.ndim not in (1, 2) or group_ids.ndim != 1 or len(scores) != len(group_ids):
+        raise ValueError(f"scores ({scores.shape}) must be [N] or [N, C] with one group id per row "
+                         f"(got {group_ids.shape[0] if group_ids.ndim else 0} ids).")
+    if how == "max" and scores.ndim == 2 and scores.shape[1] != 2:
+        raise ValueError(f"how='max' needs positive-class scores ([N] or binary [N, 2]), got {scores.shape[1]} "
+                         "classes; use how='mean' for multiclass scores.")
+    unique_ids, codes = _factorize(group_ids)
+    num_groups = len(unique_ids)
+    if how == "mean":
+        sums = np.zeros((num_groups,) + scores.shape[1:])
+        np.add.at(sums, codes, scores)
+        counts = np.bincount(codes, minlength=num_groups).astype(np.float64)
+        aggregated = sums / (counts[:, None] if scores.ndim == 2 else counts)
+    else:
+        positive = scores[:, 1] if scores.ndim == 2 else scores
+        highest = np.full(num_groups, -np.inf)
+        np.maximum.at(highest, codes, positive)
+        aggregated = np.stack([1.0 - highest, highest], axis=1) if scores.ndim == 2 else highest
+    return np.asarray(unique_ids, dtype=object), aggregated
+
+
+
 def _ranked(names, scores: np.ndarray) -> list[dict[str, Any]]:
     return sorted(({"label": name, "score": float(score)} for name, score in zip(names, scores)),
                   key=lambda entry: -entry["score"])
@@ -170,7 +214,7 @@ def _ranked(names, scores: np.ndarray) -> list[dict[str, Any]]:
 
 def normalized_image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """L2-normalised global image embeddings [B, D]: where zero-shot scoring reads the image tower."""
-    return F.normalize(model.get_image_features(pixel_values), dim=-1)
+    return F.normalize(model.get_image_features(pixel_values).pooler_output, dim=-1)
 
 
 class ZeroShotScorer:
@@ -217,7 +261,8 @@ class ZeroShotScorer:
             text = self.processor(text=prompts, max_length=self.max_length)
             device = next(self.model.parameters()).device
             features = F.normalize(self.model.get_text_features(text["input_ids"].to(device),
-                                                                text["attention_mask"].to(device)), dim=-1)
+                                                                text["attention_mask"].to(device)).pooler_output,
+                                   dim=-1)
             for key, embeddings in zip(new, features.reshape(len(new), len(self.class_names), -1)):
                 self._prompt_embeddings[key] = embeddings
         for key in keys:
@@ -254,4 +299,6 @@ PIPELINE_REGISTRY.register_pipeline(
     type="multimodal",
 )
 
-__all__ = ["MammographyZeroShotPipeline", "TASK_NAME", "ZeroShotScorer", "normalized_image_features"]
+__all__ = [
+    "MammographyZeroShotPipeline", "TASK_NAME", "ZeroShotScorer", "aggregate_scores", "normalized_image_features",
+]

@@ -26,7 +26,7 @@ TINY_IMAGE = (64, 52)
 
 def _schema_rows(num_exams: int, seed: int = 0):
     """Rows in the converters' schema (DESIGN.md), with synthetic pixels whose density follows the label."""
-    from modeling_mama.synthetic import render_mammogram
+    from modeling_mama.data.synthetic import render_mammogram
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -71,7 +71,7 @@ def tiny_dataset():
 @pytest.fixture(scope="session")
 def report_tokenizer():
     """An offline byte-level BPE tokenizer trained on generated reports, with MaMA's special tokens."""
-    from modeling_mama.multiview import report_fields_from_row
+    from modeling_mama.training.multiview import report_fields_from_row
     from modeling_mama.reports import build_report, zero_shot_prompts
     from modeling_mama.tokenization import train_report_tokenizer
 
@@ -99,8 +99,8 @@ def load_example(name: str):
 @pytest.fixture(scope="session")
 def synthetic_embed_dataset(tmp_path_factory):
     """A converted synthetic EMBED look-alike (40 exams, 2D images stored at 128 px)."""
-    from modeling_mama.converters.embed import convert_embed
-    from modeling_mama.synthetic import generate_embed
+    from modeling_mama.data.converters.embed import convert_embed
+    from modeling_mama.data.synthetic import generate_embed
 
     root = tmp_path_factory.mktemp("synthetic-embed")
     generate_embed(root / "raw", num_exams=40, image_size=(160, 128), seed=0, progress=False)

@@ -13,7 +13,7 @@ from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_dis
 from PIL import Image as PILImage
 
 from modeling_mama import MamaConfig, MamaForImageClassification, MamaImageProcessor, MamaModel
-from modeling_mama.finetuning import (
+from modeling_mama.training.finetuning import (
     BalancedSampler,
     BalancedTrainer,
     ClassificationArguments,
@@ -26,7 +26,7 @@ from modeling_mama.finetuning import (
     main_probe,
     stratified_fraction,
 )
-from modeling_mama.metrics import classification_metrics
+from modeling_mama.training.metrics import classification_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_SIZE = 56

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from modeling_mama.metrics import (
+from modeling_mama.training.metrics import (
     METRIC_MODULE_PATH,
     aggregate_scores,
     auc_per_class,

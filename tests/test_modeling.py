@@ -73,21 +73,28 @@ def test_paper_preset_parameter_counts_on_meta():
     assert count(model.text_model, trainable=True) == lora
     assert not model.vision_model.layernorm.weight.requires_grad
     assert model.config.lora["r"] == 8 and model.config.lora["lora_alpha"] == 32
-    assert model.config.local_loss_start_step == 8000
     assert math.isclose(model.config.logit_scale_init_value, math.log(1 / 0.07))
 
 
-def test_config_validation_and_gating():
+def test_config_validation_and_weighted_terms():
     with pytest.raises(ValueError, match="image_pooling"):
         MamaConfig(image_pooling="max")
-    config = MamaConfig.tiny(late_loss_step=10)
-    assert config.is_loss_active("clip", 0)
-    assert not config.is_loss_active("local", 9) and config.is_loss_active("local", 10)
-    assert config.is_loss_active("local", None)
+    config = MamaConfig.tiny()
+    assert config.weighted_loss_terms() == ("clip", "multiview", "symmetric_clip", "local")
     config.multiview_loss_weight = 0.0
-    assert not config.is_loss_active("multiview", 100)
+    assert config.weighted_loss_terms() == ("clip", "symmetric_clip", "local")
+    # The schedule is a training decision, not a config value.
+    assert not hasattr(MamaConfig.paper(), "local_loss_start_step")
+
+
+def test_loss_schedule():
+    from modeling_mama.training.schedule import LossSchedule
+
+    schedule = LossSchedule.late(10)
+    assert schedule.active_terms(0) == ("clip",) and schedule.active_terms(9) == ("clip",)
+    assert schedule.active_terms(10) == ("clip", "multiview", "symmetric_clip", "local")
     with pytest.raises(ValueError, match="Unknown loss term"):
-        config.is_loss_active("bogus", 1)
+        LossSchedule({"bogus": 1})
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -101,7 +108,7 @@ def test_forward_shapes_and_logits():
     torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(4))
     expected = model.logit_scale.exp() * out.image_embeds @ out.text_embeds.t()
     torch.testing.assert_close(out.logits_per_image, expected)
-    features = model.get_image_features(inputs["pixel_values"])
+    features = model.get_image_features(inputs["pixel_values"]).pooler_output
     torch.testing.assert_close(F.normalize(features, dim=-1), out.image_embeds)
 
 
@@ -120,20 +127,22 @@ def test_text_pooling_masked_mean_ignores_padding():
     model = tiny_model().eval()
     ids = torch.tensor([[1, 5, 6, SEP, 2]])
     padded = torch.tensor([[1, 5, 6, SEP, 2, 0, 0, 0]])
-    a = model.get_text_features(ids, torch.ones_like(ids))
-    b = model.get_text_features(padded, (padded != 0).long() | (torch.arange(8) < 5).long())
+    a = model.get_text_features(ids, torch.ones_like(ids)).pooler_output
+    b = model.get_text_features(padded, (padded != 0).long() | (torch.arange(8) < 5).long()).pooler_output
     mask = (torch.arange(8) < 5).long()[None]
-    b = model.get_text_features(padded, mask)
+    b = model.get_text_features(padded, mask).pooler_output
     torch.testing.assert_close(a, b)
 
 
-def test_loss_terms_follow_start_steps():
-    model = tiny_model(late_loss_step=5).train()
+def test_loss_terms_are_chosen_by_the_caller():
+    model = tiny_model().train()
     inputs = tiny_batch()
-    early = model(**inputs, return_loss=True, step=4)
+    early = model(**inputs, return_loss=True, loss_terms=("clip",))
     assert set(early.loss_terms) == {"clip"}
     torch.testing.assert_close(early.loss, early.loss_terms["clip"])
-    late = model(**inputs, return_loss=True, step=5)
+    with pytest.raises(ValueError, match="Unknown loss term"):
+        model(**inputs, return_loss=True, loss_terms=("clip", "bogus"))
+    late = model(**inputs, return_loss=True)  # None: every term with a non-zero weight
     assert set(late.loss_terms) == {"clip", "multiview", "symmetric_clip", "local"}
     total = sum(late.loss_terms.values())
     torch.testing.assert_close(late.loss, total)
@@ -141,7 +150,7 @@ def test_loss_terms_follow_start_steps():
     # Before the switch the local / multi-view heads get no gradient at all (not a zero one), so the
     # optimizer leaves them alone (no weight decay either).
     model.zero_grad(set_to_none=True)
-    early = model(**inputs, return_loss=True, step=0)
+    early = model(**inputs, return_loss=True, loss_terms=("clip",))
     early.loss.backward()
     assert model.patch_projection.fc1.weight.grad is None
     assert model.multiview_head[0].weight.grad is None

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from modeling_mama.multiview import ExamIndex, sample_extra_view
+from modeling_mama.training.multiview import ExamIndex, sample_extra_view
 
 #              0     1     2     3     4     5     6
 EXAMS = ["a", "a", "a", "a", "b", "b", "c"]

@@ -13,21 +13,21 @@ import torch
 
 from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaTrainer
 from modeling_mama import MamaTrainingArguments, MultiViewDataset
-from modeling_mama.trainer_mama import retrieval_accuracy
+from modeling_mama.training.trainer import retrieval_accuracy
 
 IMAGE = 56
 
 
 def make_trainer(tiny_dataset, tokenizer, out_dir, *, late_loss_step=3, max_steps=6, save_steps=None, **extra):
     torch.manual_seed(0)
-    config = MamaConfig.tiny(vocab_size=len(tokenizer), sentence_separator_token_id=tokenizer.sep_token_id,
-                             late_loss_step=late_loss_step)
+    config = MamaConfig.tiny(vocab_size=len(tokenizer), sentence_separator_token_id=tokenizer.sep_token_id)
     model = MamaModel(config)
     train = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=0)
     args = MamaTrainingArguments(
         output_dir=str(out_dir), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=2e-3,
         weight_decay=0.1, logging_steps=1, report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, disable_tqdm=True, **extra,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, disable_tqdm=True,
+        late_loss_step=late_loss_step, **extra,
     )
     return MamaTrainer(model=model, args=args, train_dataset=train, data_collator=MamaDataCollator(tokenizer))
 
@@ -178,8 +178,8 @@ def test_checkpoints_reload_through_key_conversions(tmp_path):
     from transformers import Trainer, TrainingArguments
 
     from modeling_mama import MamaForImageClassification
-    from modeling_mama.finetuning import BalancedTrainer
-    from modeling_mama.trainer_mama import ConvertedCheckpointsTrainer
+    from modeling_mama.training.finetuning import BalancedTrainer
+    from modeling_mama.training.trainer import ConvertedCheckpointsTrainer
 
     assert issubclass(BalancedTrainer, ConvertedCheckpointsTrainer) and issubclass(MamaTrainer, ConvertedCheckpointsTrainer)
     saved = MamaForImageClassification(MamaConfig.tiny(num_labels=3))

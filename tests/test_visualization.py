@@ -5,8 +5,8 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from modeling_mama.metrics import softmax_scores
-from modeling_mama.visualization import (
+from modeling_mama.training.metrics import softmax_scores
+from modeling_mama.training.visualization import (
     normalize_confusion_matrix,
     plot_confusion_matrix,
     plot_roc,

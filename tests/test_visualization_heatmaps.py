@@ -8,7 +8,7 @@ import torch
 
 from conftest import load_example
 from modeling_mama import MamaModel, MamaProcessor
-from modeling_mama.visualization import patch_sentence_similarity, plot_heat_map, upsample_map
+from modeling_mama.training.visualization import patch_sentence_similarity, plot_heat_map, upsample_map
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -11,7 +11,7 @@ from transformers import pipeline
 from conftest import load_example
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.reports import CLASS_NAMES, ReportFields, zero_shot_prompts
-from modeling_mama.zero_shot import evaluate_zero_shot, label_to_class, zero_shot_logits
+from modeling_mama.training.zero_shot import evaluate_zero_shot, label_to_class, zero_shot_logits
 
 
 def test_label_to_class():
@@ -55,7 +55,7 @@ def test_paper_protocol_matches_manual_computation(pretrained_tiny_mama, synthet
     logits, labels, rows = zero_shot_logits(model, processor, split, "density", progress=False, batch_size=4)
     assert logits.shape == (len(rows), 4)
     # Row by row: this image's own metadata + each class's sentences, s * image . prompt.
-    from modeling_mama.multiview import report_fields_from_row
+    from modeling_mama.training.multiview import report_fields_from_row
 
     row = split[rows[2]]
     prompts = zero_shot_prompts("density", report_fields_from_row(row))

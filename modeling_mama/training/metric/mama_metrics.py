@@ -1,17 +1,17 @@
 """MaMA classification metrics as an `evaluate` module (load it offline by path, never from the Hub).
 
-The numbers come from `modeling_mama.metrics.classification_metrics`, so this module and the library
+The numbers come from `modeling_mama.training.metrics.classification_metrics`, so this module and the library
 always agree. `evaluate.load("accuracy")` would contact the Hub; loading this file by its path does not:
 
-    import evaluate, modeling_mama.metrics
-    metric = evaluate.load(str(modeling_mama.metrics.METRIC_MODULE_PATH))   # or modeling_mama.metrics.load_metric()
+    import evaluate, modeling_mama.training.metrics
+    metric = evaluate.load(str(modeling_mama.training.metrics.METRIC_MODULE_PATH))   # or modeling_mama.training.metrics.load_metric()
     metric.compute(predictions=logits, references=labels, num_classes=2)
 """
 
 import datasets
 import evaluate
 
-from modeling_mama.metrics import classification_metrics
+from modeling_mama.training.metrics import classification_metrics
 
 _CITATION = """\
 @inproceedings{du2025mama,
@@ -38,7 +38,7 @@ Args:
     num_classes: number of classes (default: the length of the prediction rows).
     from_logits: apply one softmax to the predictions first (default True).
 Returns:
-    the dict of `modeling_mama.metrics.classification_metrics`: num_samples, class_counts, accuracy,
+    the dict of `modeling_mama.training.metrics.classification_metrics`: num_samples, class_counts, accuracy,
     balanced_accuracy, per_class_accuracy, auc, auc_per_class, confusion_matrix, and for two classes
     sensitivity, specificity, specificity_at_80_sensitivity, threshold_at_80_sensitivity, pf1.
 Examples:

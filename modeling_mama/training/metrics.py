@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
+from ..pipelines import aggregate_scores
+
 METRIC_MODULE_PATH = Path(__file__).parent / "metric" / "mama_metrics.py"
 TARGET_SENSITIVITY = 0.8  # the operating point reported for RSNA cancer (specificity at 80% sensitivity)
 
@@ -352,44 +354,6 @@ def retrieval_metrics(similarity: Any, ks: Sequence[int] = (1, 5, 10), groups: A
     result = _recall_at_k(similarity, image_codes, report_codes, ks, "image_to_report")
     result.update(_recall_at_k(similarity.T, report_codes, image_codes, ks, "report_to_image"))
     return result
-
-
-# -------------------------------------------------------------------------------------- aggregation
-def aggregate_scores(scores: Any, group_ids: Any, how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
-    """Image-level scores -> one score per group (breast, exam), groups in order of first appearance.
-
-    `scores` is [N] (a positive-class score) or [N, C] (class scores). `how="mean"` averages each
-    class column. `how="max"` takes the highest positive score: for [N] scores the maximum; for binary
-    [N, 2] scores the maximum of column 1, with column 0 set to 1 minus it (a breast is as suspicious
-    as its most suspicious image). "max" is not defined for more than two classes.
-
-    >>> ids, breast_scores = aggregate_scores([0.2, 0.6, 0.9], ["p1_L", "p1_L", "p1_R"], how="max")
-    >>> ids.tolist(), breast_scores.tolist()
-    (['p1_L', 'p1_R'], [0.6, 0.9])
-    """
-    if how not in ("mean", "max"):
-        raise ValueError(f"how must be 'mean' or 'max', got {how!r}.")
-    scores = _to_numpy(scores).astype(np.float64)
-    group_ids = np.asarray(_to_numpy(group_ids), dtype=object)
-    if scores.ndim not in (1, 2) or group_ids.ndim != 1 or len(scores) != len(group_ids):
-        raise ValueError(f"scores ({scores.shape}) must be [N] or [N, C] with one group id per row "
-                         f"(got {group_ids.shape[0] if group_ids.ndim else 0} ids).")
-    if how == "max" and scores.ndim == 2 and scores.shape[1] != 2:
-        raise ValueError(f"how='max' needs positive-class scores ([N] or binary [N, 2]), got {scores.shape[1]} "
-                         "classes; use how='mean' for multiclass scores.")
-    codes, unique_ids = pd.factorize(group_ids)
-    num_groups = len(unique_ids)
-    if how == "mean":
-        sums = np.zeros((num_groups,) + scores.shape[1:])
-        np.add.at(sums, codes, scores)
-        counts = np.bincount(codes, minlength=num_groups).astype(np.float64)
-        aggregated = sums / (counts[:, None] if scores.ndim == 2 else counts)
-    else:
-        positive = scores[:, 1] if scores.ndim == 2 else scores
-        highest = np.full(num_groups, -np.inf)
-        np.maximum.at(highest, codes, positive)
-        aggregated = np.stack([1.0 - highest, highest], axis=1) if scores.ndim == 2 else highest
-    return np.asarray(unique_ids, dtype=object), aggregated
 
 
 def breast_level(scores: Any, labels: Any, patient_ids: Any, lateralities: Any,

@@ -79,7 +79,7 @@ def sample_extra_view(index: ExamIndex, row: int, *, policy: str = "same_exam", 
 
 def report_fields_from_row(row: dict[str, Any]):
     """The `ReportFields` of a converted dataset row (DESIGN.md schema; `reports.DATASET_COLUMNS`)."""
-    from .reports import DATASET_COLUMNS, ReportFields
+    from ..reports import DATASET_COLUMNS, ReportFields
 
     return ReportFields.from_mapping(row, DATASET_COLUMNS)
 
@@ -122,7 +122,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
         return processed["pixel_values"][0]
 
     def __getitem__(self, item: int) -> dict[str, Any]:
-        from .reports import build_report
+        from ..reports import build_report
 
         rng = np.random.default_rng([self.seed, self.epoch, int(item)])
         row = self.dataset[int(item)]

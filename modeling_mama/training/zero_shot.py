@@ -6,7 +6,7 @@ For each test image and each class, the prompt is the image's own unmasked metad
 shares one class-only prompt per class. Several phrasings per class (prompt ensembling, an extension)
 are averaged in embedding space (`prompt_variants`, 0 in the paper protocol).
 
->>> from modeling_mama.zero_shot import TASK_LABEL_COLUMNS, label_to_class
+>>> from modeling_mama.training.zero_shot import TASK_LABEL_COLUMNS, label_to_class
 >>> TASK_LABEL_COLUMNS["density"], label_to_class("density", 3), label_to_class("birads", 0)
 ('density', 2, 0)
 """
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .multiview import report_fields_from_row
-from .reports import zero_shot_prompts
-from .tokenization import batch_tokenize_reports
+from ..reports import zero_shot_prompts
+from ..tokenization import batch_tokenize_reports
 
 TASK_LABEL_COLUMNS = {"birads": "birads", "density": "density", "cancer": "cancer"}
 
@@ -50,7 +50,7 @@ def encode_prompts(model, tokenizer, prompts: Sequence[Sequence[str]], *, max_le
     chunks = []
     for start in range(0, len(prompts), batch_size):
         text = batch_tokenize_reports(list(prompts[start:start + batch_size]), tokenizer, max_length=max_length)
-        features = model.get_text_features(text["input_ids"].to(device), text["attention_mask"].to(device))
+        features = model.get_text_features(text["input_ids"].to(device), text["attention_mask"].to(device)).pooler_output
         chunks.append(F.normalize(features, dim=-1))
     return torch.cat(chunks)
 
@@ -83,7 +83,7 @@ def zero_shot_logits(model, processor, dataset, task: str, *, use_metadata: bool
         pixel_values = processor.image_processor.preprocess(
             [row["image"] for row in batch_rows], return_tensors="pt"
         )["pixel_values"].to(device)
-        image_embeds = F.normalize(model.get_image_features(pixel_values), dim=-1)
+        image_embeds = F.normalize(model.get_image_features(pixel_values).pooler_output, dim=-1)
         if shared is not None:
             class_embeds = shared.unsqueeze(0).expand(len(batch_rows), -1, -1)
         else:
@@ -104,7 +104,7 @@ def _class_embeddings(model, tokenizer, task: str, fields, prompt_variants: int,
     per_image = fields if isinstance(fields, list) else [fields]
     phrasings = [[zero_shot_prompts(task, image_fields) for image_fields in per_image]]
     if prompt_variants > 0:
-        from .reports import zero_shot_prompt_variants
+        from ..reports import zero_shot_prompt_variants
 
         variants = [zero_shot_prompt_variants(task, image_fields, prompt_variants) for image_fields in per_image]
         phrasings += [[image_variants[k] for image_variants in variants] for k in range(prompt_variants)]

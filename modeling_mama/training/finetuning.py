@@ -41,11 +41,11 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from .configuration_mama import MamaConfig
-from .image_processing_mama import MamaImageProcessor
+from ..configuration_mama import MamaConfig
+from ..image_processing_mama import MamaImageProcessor
 from .metrics import classification_metrics, softmax_scores
-from .modeling_mama import MamaForImageClassification
-from .trainer_mama import ConvertedCheckpointsTrainer
+from ..modeling_mama import MamaForImageClassification
+from .trainer import ConvertedCheckpointsTrainer
 from .visualization import plot_confusion_matrix, plot_roc
 from .zero_shot import label_to_class
 

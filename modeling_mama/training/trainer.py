@@ -1,8 +1,8 @@
 """Pre-training MaMA with the transformers `Trainer` (METHOD.md sections 2 and 6).
 
-- `MamaDataCollator` stacks the two views and tokenises the reports (one separator per sentence).
-- `MamaTrainer.compute_loss` passes the optimizer step to the model, which switches the late terms
-  on at their configured steps. Nothing is frozen or unfrozen mid-run (the reference's approach broke
+- `MamaTrainer.compute_loss` asks its `LossSchedule` (built from `late_loss_step`) which terms run
+  at the current optimizer step and passes them to the model (`loss_terms=`), with the gather choice
+  (`gather_with_grad=`). Nothing is frozen or unfrozen mid-run (the reference's approach broke
   DDP gradient sync and resume): before its start step a term is simply not computed, so its heads get
   no gradient (`None`, not zero) and the optimizer, weight decay included, leaves them alone. Under DDP
   this needs `ddp_find_unused_parameters=True`, which `MamaTrainer` turns on unless told otherwise.
@@ -14,15 +14,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import get_parameter_names
 
-from .hub import check_release_allowed
-from .tokenization import batch_tokenize_reports
+from ..hub import check_release_allowed
+from .schedule import PAPER_LATE_LOSS_STEP, LossSchedule
 
 NO_DECAY_NAME_PARTS = ("bias", "layernorm", "layer_norm", "rmsnorm", "logit_scale", "local_scale")
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -33,30 +32,22 @@ class MamaTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus MaMA's optimizer choice.
 
     `decay_all_parameters`: apply weight decay to scales, norms and biases too (the paper did; the
-    default leaves them undecayed, the usual practice for CLIP-style models).
+    default leaves them undecayed, the usual practice for CLIP-style models). `late_loss_step` and
+    `gather_with_grad` decide which loss terms run when, and whether CLIP / SLA gather across
+    processes (`LossSchedule`, `MamaModel.forward`).
     """
 
     decay_all_parameters: bool = field(default=False, metadata={"help": "Weight decay on scales/norms/biases too (paper)."})
+    late_loss_step: int = field(
+        default=PAPER_LATE_LOSS_STEP,
+        metadata={"help": "Optimizer step where the multi-view, symmetric-CLIP and local terms start (paper 8000)."},
+    )
+    gather_with_grad: bool = field(
+        default=False, metadata={"help": "CLIP / SLA over the batch of every process (paper: off; NT-Xent always gathers)."},
+    )
     acknowledge_data_license: bool = field(
         default=False, metadata={"help": "You hold written permission to release weights trained on EMBED."},
     )
-
-
-@dataclass
-class MamaDataCollator:
-    """Batches `MultiViewDataset` items: pixel tensors stacked, reports tokenised and padded."""
-
-    tokenizer: Any
-    max_length: int = 144
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {"pixel_values": torch.stack([item["pixel_values"] for item in items])}
-        if all("extra_pixel_values" in item for item in items):
-            batch["extra_pixel_values"] = torch.stack([item["extra_pixel_values"] for item in items])
-        text = batch_tokenize_reports([item["report"] for item in items], self.tokenizer, max_length=self.max_length)
-        for key in ("input_ids", "attention_mask", "sentence_positions", "sentence_mask"):
-            batch[key] = text[key]
-        return batch
 
 
 def retrieval_accuracy(logits_per_image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,8 +130,13 @@ class MamaTrainer(ConvertedCheckpointsTrainer):
         names = get_parameter_names(model, list(NORM_TYPES), list(NO_DECAY_NAME_PARTS))
         return [name for name in names if not name.endswith(NO_DECAY_NAME_PARTS)]
 
+    @property
+    def loss_schedule(self) -> LossSchedule:
+        return LossSchedule.late(getattr(self.args, "late_loss_step", PAPER_LATE_LOSS_STEP))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, return_loss=True, step=self.state.global_step)
+        outputs = model(**inputs, return_loss=True, loss_terms=self.loss_schedule.active_terms(self.state.global_step),
+                        gather_with_grad=getattr(self.args, "gather_with_grad", False))
         if model.training:
             self._record(outputs)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -171,4 +167,4 @@ class MamaTrainer(ConvertedCheckpointsTrainer):
         super().log(logs, *args, **kwargs)
 
 
-__all__ = ["ConvertedCheckpointsTrainer", "MamaDataCollator", "MamaTrainer", "MamaTrainingArguments", "retrieval_accuracy"]
+__all__ = ["ConvertedCheckpointsTrainer", "MamaTrainer", "MamaTrainingArguments", "retrieval_accuracy"]
