@@ -64,7 +64,8 @@ def build_model(folder: Path, vision: str) -> None:
     config = MamaConfig.tiny(vocab_size=len(tokenizer), image_size=image_size,
                              sentence_separator_token_id=tokenizer.sep_token_id, **overrides)
     MamaModel(config).save_pretrained(folder)
-    MamaProcessor(MamaImageProcessor(size={"height": image_size, "width": image_size}), tokenizer).save_pretrained(folder)
+    image_processor = MamaImageProcessor(size={"height": image_size, "width": image_size})
+    MamaProcessor(image_processor, tokenizer).save_pretrained(folder)
 
 
 def write_exams(folder: Path, exams: int, rows: int, cols: int) -> None:
@@ -139,7 +140,8 @@ def main() -> None:
     count = len(records)
     parameters = sum(parameter.numel() for parameter in model.parameters())
     size = processor.image_processor.size
-    print(f"{count} files of {args.rows}x{args.cols} (uncompressed, 12 bits), task {args.task}, batch {args.batch_size}, "
+    print(f"{count} files of {args.rows}x{args.cols} (uncompressed, 12 bits), task {args.task}, "
+          f"batch {args.batch_size}, "
           f"model {args.model or args.vision} ({parameters / 1e6:.2f} M parameters, {size['height']} px), "
           f"torch threads {torch.get_num_threads()}, best of {args.repeats}, load {os.getloadavg()[0]:.2f}")
     print(f"{'header scan':<22}{count / scan_seconds:>10.1f} files/s")

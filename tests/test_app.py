@@ -114,10 +114,15 @@ def test_analyse_scores_views_breasts_and_exam(app, tiny_mama_folder, files):
 
 
 def test_page_without_its_model_says_so(app, tmp_path):
+    import gradio as gr
+
     page = app.build_demo(str(tmp_path / "missing-model"))
-    assert page is not None
-    status = app.analyse(None, "`missing`: OSError: not found", [], "density", "")[0]
-    assert status.startswith("**The model could not be loaded.**")
+    texts = [block.value for block in page.blocks.values() if isinstance(block, gr.Markdown)]
+    problem = next(text for text in texts if "could not be loaded" in text)
+    assert "missing-model" in problem and "python examples/pretrain.py" in problem and "MAMA_MODEL" in problem
+    assert any("Not a medical device" in text for text in texts)
+    status = app.analyse(None, "`missing-model`: OSError", [], "density", "")[0]
+    assert status == "**The model could not be loaded.** `missing-model`: OSError"
 
 
 def _free_port() -> int:

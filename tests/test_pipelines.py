@@ -21,8 +21,8 @@ def exam_files(tmp_path_factory):
 def test_scorer_gives_the_pipelines_scores_for_a_batch(tiny_mama_folder, exam_files):
     classifier = pipeline("mammography-zero-shot", model=str(tiny_mama_folder))
     exam = classifier({"views": [str(path) for path in exam_files], "fields": {"age": 58}}, task="birads")
-    scorer = ZeroShotScorer(MamaModel.from_pretrained(tiny_mama_folder), MamaProcessor.from_pretrained(tiny_mama_folder),
-                            "birads")
+    model, processor = MamaModel.from_pretrained(tiny_mama_folder), MamaProcessor.from_pretrained(tiny_mama_folder)
+    scorer = ZeroShotScorer(model, processor, "birads")
     images = [read_dicom(path) for path in exam_files]
     fields = [ReportFields(age=58, laterality=image.laterality, view=image.view_position) for image in images]
     probabilities = scorer(images, fields)

@@ -187,7 +187,8 @@ def scan_dicoms(source: str | os.PathLike | Sequence[str | os.PathLike], *, path
             failures.append(ScanFailure(str(path), str(error)))
             continue
         if record.image_id in first_path:
-            failures.append(ScanFailure(str(path), f"duplicate image (same SOPInstanceUID as {first_path[record.image_id]})"))
+            reason = f"duplicate image (same SOPInstanceUID as {first_path[record.image_id]})"
+            failures.append(ScanFailure(str(path), reason))
             continue
         first_path[record.image_id] = record.path
         records.append(record)
