@@ -104,9 +104,10 @@ def load_view(path: str | os.PathLike) -> View:
         if pixels.size == 0 or float(pixels.max()) <= float(pixels.min()):
             raise UploadError(f"{name}: the image is empty (every pixel has the same value).")
         named_side, named_view = _side_and_view_from_name(path.stem)
-        return View(name, str(path), named_side or laterality, "file name" if named_side else "pixels",
-                    named_view, "file name" if named_view else None,
-                    ReportFields(laterality=named_side or laterality, view=named_view))
+        side_source = "file name" if named_side else ("pixels" if laterality else None)
+        side = named_side or laterality
+        return View(name, str(path), side, side_source, named_view, "file name" if named_view else None,
+                    ReportFields(laterality=side, view=named_view))
     try:
         record = read_header(path, include_synthesized_2d=True)
     except ScanError as error:

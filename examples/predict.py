@@ -269,6 +269,7 @@ def main(argv=None) -> dict:
                                     include_synthesized_2d=args.include_synthesized_2d,
                                     exclude=[output, journal_path, failures_path])
     records = [dataclasses.replace(record, path=str(Path(record.path).resolve())) for record in records]
+    failures = [ScanFailure(str(Path(failure.path).resolve()), failure.reason) for failure in failures]
     present = {record.path for record in records}
     done = [row for row in done if row["path"] in present]  # a file removed from the input leaves the output
     scored = {row["path"] for row in done}
