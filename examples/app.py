@@ -43,9 +43,9 @@ from modeling_mama.dicom import DicomError, read_dicom
 from modeling_mama.image_processing_mama import load_mammogram
 from modeling_mama.image_utils_mama import IMAGE_SUFFIXES
 from modeling_mama.pipelines import ZeroShotScorer, aggregate_scores
+from modeling_mama.labels import parse_view
 from modeling_mama.reports import (
     CLASS_NAMES, DENSE_BREAST_SENTENCE, ReportFields, density_sentences, findings_sentences, impression_sentences,
-    parse_view,
 )
 from modeling_mama.training.visualization import patch_sentence_similarity, plot_heat_map
 

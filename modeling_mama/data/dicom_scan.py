@@ -36,7 +36,8 @@ from pydicom.uid import UID
 from tqdm.auto import tqdm
 
 from ..dicom import MAMMOGRAPHY_MODALITY, _text, _view_position
-from ..reports import ReportFields, parse_age
+from ..labels import parse_age
+from ..reports import ReportFields
 
 # SOP classes that hold no 2D image, or an image the model was not trained on.
 TOMOSYNTHESIS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.13.1.3"  # Breast Tomosynthesis Image Storage
