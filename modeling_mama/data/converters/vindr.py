@@ -32,7 +32,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from ...reports import VINDR_COLUMNS, ReportFields, parse_birads, parse_density
+from ...labels import parse_birads, parse_density
+from ...reports import VINDR_COLUMNS, ReportFields
 from .common import (
     DEFAULT_IMAGE_SIZE,
     DatasetConverter,
@@ -40,7 +41,7 @@ from .common import (
     Shard,
     assign_patients,
     check_root,
-    clean_text,
+    cell_text,
     duplicate_rows,
     failure,
     find_table,
@@ -76,7 +77,7 @@ def parse_categories(text) -> list[str]:
     >>> parse_categories("['Mass', 'Suspicious Calcification']"), parse_categories(None)
     (['Mass', 'Suspicious Calcification'], [])
     """
-    text = clean_text(text)
+    text = cell_text(text)
     if text is None:
         return []
     try:
