@@ -4,6 +4,7 @@ the UIDs, views / lateralities from tags or the path, the optional labels table,
 import csv
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from dicom_factory import (
@@ -18,9 +19,10 @@ from scripts import load_script
 from modeling_mama.data.converters.common import ConverterError
 from modeling_mama.data.converters.dicom_folder import (
     convert_dicom_folder,
+    named_by_path,
     plan_dicom_folder,
-    scan_mammograms,
 )
+from modeling_mama.data.dicom_scan import scan_dicoms
 from modeling_mama.reports import DATASET_COLUMNS, ReportFields, build_report
 
 
@@ -55,10 +57,12 @@ def export(tmp_path):
     return root
 
 
-def test_scan_keeps_2d_mammograms_and_says_why_others_are_left_out(export):
-    records, failures = scan_mammograms(export)
-    assert [record.relative for record in records] == ["A/1.dcm", "A/R_MLO.dcm", "B/image"]
-    reasons = {path.split("/")[-1]: reason for path, reason in failures}
+def test_scan_keeps_2d_mammograms_and_the_path_names_what_the_header_does_not(export):
+    records, failures = scan_dicoms(export)
+    records = [named_by_path(record, export) for record in records]
+    assert [Path(record.path).relative_to(export).as_posix() for record in records] == [
+        "A/1.dcm", "A/R_MLO.dcm", "B/image"]
+    reasons = {Path(failure.path).name: failure.reason for failure in failures}
     assert reasons["ct.dcm"] == "not a mammogram (Modality CT)"
     assert reasons["notes.txt"] == "not a DICOM file"
     assert reasons["tomo.dcm"] == "not 2D (60 frames)"

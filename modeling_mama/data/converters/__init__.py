@@ -10,8 +10,10 @@ Every converter is a `common.DatasetConverter` registered in `CONVERTERS` under 
 - `cmmd.CmmdConverter` / `convert_cmmd(root, out, ...)`: CMMD (digital, CC BY 4.0; cancer).
 - `dicom_folder.DicomFolderConverter` / `convert_dicom_folder(root, out, ...)`: any folder of DICOM files,
   with an optional labels table (a hospital's own export).
-- `common`: the contract (`DatasetConverter`), table reading, splits, the image cache and the atomic
-  writer they share.
+- `common`: the contract (`DatasetConverter`), table reading, splits, the image cache, the atomic
+  writer and the shards (`Shard`) they share.
+- `merge.merge_shards(shards, out)`: one DatasetDict from the shards of a conversion run on several
+  machines (`--num-shards N --shard-index i`).
 
 The command lines are `data_scripts/<name>.py`; DESIGN.md "Dataset schema" lists the columns and
 "Add a dataset" the files a new converter touches.

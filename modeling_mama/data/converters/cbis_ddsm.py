@@ -53,6 +53,7 @@ from .common import (
     ConverterError,
     DatasetConverter,
     RowError,
+    Shard,
     assign_patients,
     check_root,
     failure,
@@ -286,7 +287,9 @@ class CbisDdsmConverter(DatasetConverter):
 
 
 def convert_cbis_ddsm(root, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
-                      seed: int = 0, progress: bool = True, keep_cache: bool = True):
+                      seed: int = 0, progress: bool = True, keep_cache: bool = True,
+                      shard: Shard | None = None):
     """Convert CBIS-DDSM under `root` into a DatasetDict saved at `out`; returns it (loaded back)."""
     return CbisDdsmConverter(root).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache)
+        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
+        shard=shard)

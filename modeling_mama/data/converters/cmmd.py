@@ -7,7 +7,7 @@ Reads the clinical sheet (`CMMD_clinicaldata_revision.xlsx`, read with openpyxl,
 at `--root` or below it unless `--clinical` names it) with the columns `ID1, LeftRight, Age, number,
 abnormality, classification, subtype` (one row per breast), and the `.dcm` files of the TCIA download
 (`CMMD/<ID1>/<date>-NA-NA-<n>/1.000000-NA-<n>/1-1.dcm, 1-2.dcm, ...`), whose headers alone are
-scanned (`dicom_folder.scan_mammograms`).
+scanned (`data.dicom_scan.scan_dicoms`).
 
 - One row per image, joined to its breast's clinical row by patient (`ID1`: the `PatientID` tag, else
   the folder below `--root` named like an `ID1`) and side (the image's `ImageLaterality` /
@@ -32,11 +32,13 @@ from typing import Any
 
 from ...labels import cell_text, normalize_pathology
 from ...reports import ReportFields
+from ..dicom_scan import list_files, scan_dicoms
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
     DatasetConverter,
     RowError,
+    Shard,
     check_root,
     failure,
     parse_laterality,
@@ -46,7 +48,7 @@ from .common import (
     row_error,
     split_patients,
 )
-from .dicom_folder import header_row, list_files, scan_mammograms
+from .dicom_folder import header_row
 
 CLINICAL_NAMES = ("CMMD_clinicaldata_revision.xlsx", "CMMD_clinicaldata_revision.csv")
 CLINICAL_COLUMNS = ["ID1", "LeftRight", "Age", "abnormality", "classification"]
@@ -133,13 +135,13 @@ def plan_cmmd(root, *, clinical=None, limit: int | None = None, seed: int = 0) -
             breasts[(patient, side)] = (index, record)
 
     files = [path for path in list_files(root) if path.suffix.lower() == ".dcm"]  # TCIA writes .dcm files
-    records, scan_failures = scan_mammograms(root, files=files[:limit] if limit is not None else files)
-    refused += [{"image_id": None, "source_path": path, "reason": reason, "table": None, "row_index": None}
-                for path, reason in scan_failures]
+    records, scan_failures = scan_dicoms(files[:limit] if limit is not None else files)
+    refused += [{"image_id": None, "source_path": entry.path, "reason": entry.reason, "table": None,
+                 "row_index": None} for entry in scan_failures]
     known_patients = {patient for patient, _ in breasts}
     planned, used = [], set()
     for record in records:
-        folders = [part for part in Path(record.relative).parts if PATIENT_ID.fullmatch(part)]
+        folders = [part for part in Path(record.path).relative_to(root).parts if PATIENT_ID.fullmatch(part)]
         patient = record.patient_id if record.patient_id in known_patients else (folders[0] if folders else
                                                                                  record.patient_id)
         row = {**header_row(record), "patient_id": patient, "table": sheet.name, "row_index": None}
@@ -183,10 +185,12 @@ class CmmdConverter(DatasetConverter):
 
 
 def convert_cmmd(root, out, *, clinical=None, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1,
-                 limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True):
+                 limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True,
+                 shard: Shard | None = None):
     """Convert CMMD under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     `limit` reads only the first N files (in sorted order).
     """
     return CmmdConverter(root, clinical=clinical).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache)
+        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
+        shard=shard)

@@ -12,12 +12,14 @@ becomes an output row or a failure (with a reason), and hands the rows to `write
    and replaces `<out>/dataset_dict.json` last: `load_from_disk(out)` sees the old dataset, no
    dataset, or the complete new one, never a mix.
 
-Image preprocessing (`preprocess_image`): calibrated pixels from `load_mammogram`, chest wall left
+Image preprocessing (`preprocess_image`): calibrated pixels from `read_dicom`, chest wall left
 (`orient_breast`, laterality from the table, checked against the pixels), cropped to the breast
-(`crop_to_breast`), shrunk so the long side is at most `image_size` (Lanczos, never enlarged), and
-stored as a 16-bit grayscale PNG (value = round(pixel * 65535)). The `datasets.Image()` feature
-keeps such a PNG byte for byte: `load_from_disk` gives a PIL image of mode I;16 with the same
-uint16 values.
+(`crop_to_breast`), shrunk so the long side is at most `image_size` (Lanczos, never enlarged; 0
+keeps the native size), and stored as a 16-bit grayscale PNG (value = round(pixel * 65535)).
+JPEG 2000 files are decoded at reduced resolution (a power of two) when the breast crop is still at
+least `image_size` long there, several times faster than a full decode; the cores that the workers
+leave idle go to the threads of a full decode. The `datasets.Image()` feature keeps such a PNG byte
+for byte: `load_from_disk` gives a PIL image of mode I;16 with the same uint16 values.
 
 Tables are read as text (`read_table`), so "61.0", "False" or "00123" reach the parsers exactly as
 published; empty cells (and "nan", "NaN", "None", "NULL", "N/A", "<NA>") become None.
@@ -31,6 +33,7 @@ published; empty cells (and "nan", "NaN", "None", "NULL", "N/A", "<NA>") become 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -50,6 +53,8 @@ import pandas as pd
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
+from ...dicom import read_dataset, read_dicom, reduced_size
+from ...image_utils_mama import IMAGE_SUFFIXES
 from ...labels import cell_text, normalize_id, normalize_laterality, parse_age, parse_int, parse_number  # noqa: F401
 
 
@@ -58,8 +63,12 @@ def parse_laterality(value) -> str | None:
     pixels decide then)."""
     return normalize_laterality(value, allow_bilateral=False, strict=False)
 
+
 DEFAULT_IMAGE_SIZE = 1024
 """Long side of the stored images (pixels)."""
+
+PROBE_SIDE = 256
+"""Long side (at least) of the thumbnail a JPEG 2000 file is first decoded at, to find its breast crop."""
 
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 FAILURE_COLUMNS = ["image_id", "source_path", "reason", "table", "row_index"]
@@ -81,6 +90,7 @@ PARTIAL_DIR = ".partial"
 SETTINGS_FILE = "settings.json"
 SUMMARY_FILE = "conversion.json"
 FAILURES_FILE = "failures.csv"
+SHARD_FILE = "shard.json"
 # Only the cache format changes this; a cache written by another format version is refused.
 CACHE_FORMAT = 1
 
@@ -254,6 +264,40 @@ def split_patients(patient_ids: Sequence, *, seed: int, fractions: Mapping[str, 
     return [assignment[str(patient)] for patient in patient_ids]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` of `count` of a conversion, for running one dataset on several machines.
+
+    Every converter plans all rows and splits from the full tables first (so the splits are those of
+    a single run), then keeps the rows of the patients with `shard_of(patient_id, count) == index`:
+    a patient is never in two shards. `merge.merge_shards` assembles the shard folders into the
+    DatasetDict a single run writes (same rows, order, splits and images).
+    """
+
+    count: int = 1
+    index: int = 0
+
+    def __post_init__(self):
+        if self.count < 1:
+            raise ConverterError(f"--num-shards {self.count} must be at least 1.")
+        if not 0 <= self.index < self.count:
+            raise ConverterError(
+                f"--shard-index {self.index} must be between 0 and --num-shards - 1 = {self.count - 1}.")
+
+    def holds(self, patient_id) -> bool:
+        return self.count == 1 or shard_of(patient_id, self.count) == self.index
+
+
+def shard_of(patient_id, count: int) -> int:
+    """The shard (0 .. count-1) of a patient: the SHA-1 of its id as text, modulo `count`.
+
+    >>> shard_of("10234", 3), shard_of("10234", 3) == shard_of(10234, 3)
+    (0, True)
+    """
+    digest = hashlib.sha1(str(patient_id).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
 def balanced_subset(labels: Sequence, *, seed: int) -> list[int]:
     """Indices of a class-balanced subset: every class present gets the size of the smallest one.
 
@@ -289,13 +333,14 @@ def balanced_subset(labels: Sequence, *, seed: int) -> list[int]:
 
 def resize_long_side(pixels: np.ndarray, image_size: int) -> np.ndarray:
     """Shrink float pixels (Lanczos, antialiased) so the long side is `image_size`; never enlarge.
+    `image_size` 0 keeps the native size.
 
     >>> resize_long_side(np.zeros((300, 200), np.float32), 150).shape
     (150, 100)
     """
     height, width = pixels.shape
     long_side = max(height, width)
-    if long_side <= image_size:
+    if image_size == 0 or long_side <= image_size:
         return pixels
     scale = image_size / long_side
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -309,34 +354,46 @@ def to_uint16(pixels: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(pixels, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
-def preprocess_image(source, *, laterality: str | None, image_size: int) -> tuple[np.ndarray, str | None]:
-    """A mammogram file -> (uint16 [H, W] chest wall left, breast-cropped, long side <= image_size,
-    the laterality used: the table's, else the file's tags or pixel mass)."""
-    pixels, laterality, _ = preprocess_image_geometry(source, laterality=laterality, image_size=image_size)
-    return pixels, laterality
+def largest_reduction(long_side: int, image_size: int) -> int:
+    """The largest r with ceil(long_side / 2**r) >= image_size (0 for `image_size` 0: native size).
+
+    >>> largest_reduction(3328, 1024), largest_reduction(4096, 1024), largest_reduction(3328, 0)
+    (1, 2, 0)
+    """
+    if image_size <= 0:
+        return 0
+    reduction = 0
+    while reduced_size(long_side, reduction + 1) >= image_size:
+        reduction += 1
+    return reduction
 
 
 @dataclass(frozen=True)
 class StoredGeometry:
-    """How a stored image was made from its source image: `flipped` left-right (chest wall moved
-    left), cropped to `crop` (x0, y0, x1, y1 in the oriented source), resized to `stored_shape`
-    (height, width). `map_box` carries a box of the source image onto the stored one."""
+    """How a stored image was made from its source file: decoded at 1/2**`reduction` of the file's
+    `native_shape` (giving `decoded_shape`), `flipped` left-right (chest wall moved left), cropped to
+    `crop` (x0, y0, x1, y1 in the oriented decoded image), resized to `stored_shape` (height, width).
+    `map_box` carries a box of the file's native pixels onto the stored image."""
 
-    source_shape: tuple[int, int]
+    native_shape: tuple[int, int]
+    reduction: int
+    decoded_shape: tuple[int, int]
     flipped: bool
     crop: tuple[int, int, int, int]
     stored_shape: tuple[int, int]
 
     def map_box(self, box) -> list[float] | None:
-        """A source box (x0, y0, x1, y1, end-exclusive pixel edges) in stored pixels, clipped to the
+        """A native box (x0, y0, x1, y1, end-exclusive pixel edges) in stored pixels, clipped to the
         stored image (rounded to 0.01); None when it lies outside the crop.
 
-        >>> StoredGeometry((100, 80), True, (10, 20, 50, 100), (40, 20)).map_box((60, 30, 70, 50))
+        >>> StoredGeometry((100, 80), 0, (100, 80), True, (10, 20, 50, 100), (40, 20)).map_box((60, 30, 70, 50))
+        [0.0, 5.0, 5.0, 15.0]
+        >>> StoredGeometry((200, 160), 1, (100, 80), True, (10, 20, 50, 100), (40, 20)).map_box((120, 60, 140, 100))
         [0.0, 5.0, 5.0, 15.0]
         """
-        x0, y0, x1, y1 = (float(value) for value in box)
+        x0, y0, x1, y1 = (float(value) / 2**self.reduction for value in box)  # a reduced pixel spans 2**r
         if self.flipped:
-            x0, x1 = self.source_shape[1] - x1, self.source_shape[1] - x0
+            x0, x1 = self.decoded_shape[1] - x1, self.decoded_shape[1] - x0
         left, top, right, bottom = self.crop
         scale_x = self.stored_shape[1] / (right - left)
         scale_y = self.stored_shape[0] / (bottom - top)
@@ -347,19 +404,62 @@ class StoredGeometry:
         return [round(value, 2) for value in (x0, y0, x1, y1)]
 
 
-def preprocess_image_geometry(source, *, laterality: str | None, image_size: int,
-                              ) -> tuple[np.ndarray, str | None, StoredGeometry]:
-    """`preprocess_image`, plus the `StoredGeometry` that maps source pixels onto the stored image."""
-    from ...image_processing_mama import load_mammogram
+def _oriented_crop(pixels: np.ndarray, laterality: str | None):
+    """`crop_to_breast(orient_breast(pixels, laterality))`, with whether it flipped and its box."""
     from ...image_utils_mama import breast_bbox, needs_flip
 
-    pixels, file_laterality = load_mammogram(source)
-    laterality = laterality or file_laterality
     flipped = needs_flip(pixels, laterality)
     oriented = pixels[:, ::-1] if flipped else pixels
     x0, y0, x1, y1 = breast_bbox(oriented)
-    stored = to_uint16(resize_long_side(np.asarray(oriented[y0:y1, x0:x1], dtype=np.float32), image_size))
-    return stored, laterality, StoredGeometry(tuple(pixels.shape), flipped, (x0, y0, x1, y1), tuple(stored.shape))
+    return oriented[y0:y1, x0:x1], flipped, (x0, y0, x1, y1)
+
+
+def preprocess_image(source, *, laterality: str | None, image_size: int,
+                     decode_threads: int = 1) -> tuple[np.ndarray, str | None, int]:
+    """A mammogram file -> (uint16 [H, W] chest wall left, breast-cropped, long side <= image_size;
+    the laterality used: the table's, else the file's tags or pixel mass; the decode's reduction).
+
+    A DICOM file is decoded at the largest reduction 2**r (`read_dicom`'s `reduce`; JPEG 2000 only)
+    at which the breast crop still has a long side of at least `image_size`, so the stored image
+    is as large as the one a full decode gives. The crop is only known after decoding: a thumbnail
+    (long side >= `PROBE_SIDE`, a few hundredths of a second) estimates it, and if the crop found at
+    the chosen reduction is still too short, the next level is decoded. `image_size` 0 keeps the
+    native size (a full decode).
+    """
+    pixels, used, geometry = preprocess_image_geometry(source, laterality=laterality, image_size=image_size,
+                                                       decode_threads=decode_threads)
+    return pixels, used, geometry.reduction
+
+
+def preprocess_image_geometry(source, *, laterality: str | None, image_size: int, decode_threads: int = 1,
+                              ) -> tuple[np.ndarray, str | None, StoredGeometry]:
+    """`preprocess_image` with the `StoredGeometry` that maps the file's pixels onto the stored image."""
+    from ...image_processing_mama import load_mammogram
+
+    if not isinstance(source, (str, os.PathLike)) or Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        image, file_laterality = load_mammogram(source)
+        used = laterality or file_laterality
+        pixels, flipped, box = _oriented_crop(image, used)
+        stored = to_uint16(resize_long_side(np.asarray(pixels, dtype=np.float32), image_size))
+        shape = tuple(image.shape)
+        return stored, used, StoredGeometry(shape, 0, shape, flipped, box, tuple(stored.shape))
+
+    dataset = read_dataset(source)
+    native_side = max(int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0))
+    reduction = largest_reduction(native_side, image_size)
+    first = max(reduction, largest_reduction(native_side, PROBE_SIDE)) if reduction else 0
+    image = read_dicom(dataset, reduce=first, decode_threads=decode_threads)
+    while True:
+        used = laterality or image.laterality
+        pixels, flipped, box = _oriented_crop(image.pixels, used)
+        if image.reduction == 0 or (image.reduction <= reduction and max(pixels.shape) >= image_size):
+            break
+        estimate = max(pixels.shape) << image.reduction  # the crop's long side at the native size
+        reduction = min(reduction, image.reduction - 1, largest_reduction(estimate, image_size))
+        image = read_dicom(dataset, reduce=reduction, decode_threads=decode_threads)
+    stored = to_uint16(resize_long_side(np.asarray(pixels, dtype=np.float32), image_size))
+    return stored, used, StoredGeometry(image.native_shape, image.reduction, tuple(image.shape), flipped, box,
+                                        tuple(stored.shape))
 
 
 def mask_box(path, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
@@ -424,6 +524,7 @@ class ImageJob:
     laterality: str | None
     image_size: int
     cache_path: str
+    decode_threads: int = 1
     # Lesions to carry onto the stored image: boxes in source pixels, and mask files (`mask_box`).
     source_boxes: tuple = ()
     lesion_masks: tuple = ()
@@ -438,6 +539,7 @@ class ImageResult:
     image_id: str
     failure: str | None
     laterality: str | None
+    reduction: int | None = None  # the decode's reduction; None when the image came from the cache
     lesion_boxes: tuple | None = None  # stored-image boxes of a job with lesions
 
 
@@ -447,13 +549,14 @@ def run_job(job: ImageJob) -> ImageResult:
         return ImageResult(job.image_id, "file missing", None)
     try:
         pixels, laterality, geometry = preprocess_image_geometry(
-            job.source_path, laterality=job.laterality, image_size=job.image_size)
+            job.source_path, laterality=job.laterality, image_size=job.image_size, decode_threads=job.decode_threads)
         boxes = stored_boxes(job, geometry) if job.has_lesions else None
         write_png(Path(job.cache_path), pixels, laterality=laterality, lesion_boxes=boxes)
     except Exception as error:  # one bad file must not stop a 480,000-image run
         message = str(error) or type(error).__name__
         return ImageResult(job.image_id, f"decode error: {message}", None)
-    return ImageResult(job.image_id, None, laterality, None if boxes is None else tuple(map(tuple, boxes)))
+    return ImageResult(job.image_id, None, laterality, geometry.reduction,
+                       None if boxes is None else tuple(map(tuple, boxes)))
 
 
 def stored_boxes(job: ImageJob, geometry: StoredGeometry) -> list[list[float]]:
@@ -462,12 +565,17 @@ def stored_boxes(job: ImageJob, geometry: StoredGeometry) -> list[list[float]]:
     boxes = list(job.source_boxes)
     for path in job.lesion_masks:
         try:
-            box = mask_box(path, geometry.source_shape)
+            box = mask_box(path, geometry.native_shape)
         except Exception:  # a broken mask file loses its box, not the mammogram
             box = None
         if box is not None:
             boxes.append(box)
     return [mapped for mapped in (geometry.map_box(box) for box in boxes) if mapped is not None]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def process_images(jobs: Sequence[ImageJob], *, workers: int = 1, progress: bool = True,
@@ -482,9 +590,12 @@ def process_images(jobs: Sequence[ImageJob], *, workers: int = 1, progress: bool
             # The laterality the image was oriented with is only needed when the table has none.
             laterality = job.laterality or read_cached_laterality(cached)
             results[job.image_id] = ImageResult(job.image_id, None, laterality,
-                                                None if boxes is None else tuple(map(tuple, boxes)))
+                                                lesion_boxes=None if boxes is None else tuple(map(tuple, boxes)))
         else:
             todo.append(job)
+    # Cores the workers leave idle go to the decoder's threads (a full JPEG 2000 decode).
+    threads = max(1, available_cores() // max(1, min(workers, len(todo))))
+    todo = [dataclasses.replace(job, decode_threads=threads) for job in todo]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=description, unit="img", disable=not progress)
     if workers <= 1 or len(todo) <= 1:
         for job in todo:
@@ -603,6 +714,7 @@ def write_dataset(
     seed: int = 0,
     summary: Mapping[str, Any] | None = None,
     keep_cache: bool = True,
+    shard: Shard | None = None,
 ):
     """Decode the rows' images, then write the DatasetDict, `failures.csv` and `conversion.json`.
 
@@ -618,23 +730,34 @@ def write_dataset(
         balanced: `(source split, label column, new split)`: add a class-balanced subset of the
             source split's successfully decoded rows (`balanced_subset` with `seed`).
         keep_cache: keep `out/.cache` (re-runs are then instant); False deletes it at the end.
+        shard: write only this shard's patients (`rows` and their splits are planned over all
+            patients). The tables' refusals (`failures`) go to shard 0; the balanced subset needs
+            every shard and is made by the merge; `shard.json` records where each row stands in
+            the single-run order, for the merge.
 
     Returns the `datasets.DatasetDict` as loaded back from `out`.
     """
     import datasets
 
+    shard = shard or Shard()
+    positions = [index for index, row in enumerate(rows) if shard.holds(row["patient_id"])]
+    rows = [rows[index] for index in positions]
+    if shard.index > 0:
+        failures = []
     cache = out / CACHE_DIR
     jobs = [ImageJob(row["image_id"], row["source_path"], row.get("laterality"), image_size,
-                     str(cache / cache_name(row["image_id"])), tuple(row.get("source_boxes") or ()),
-                     tuple(row.get("lesion_masks") or ())) for row in rows]
+                     str(cache / cache_name(row["image_id"])), source_boxes=tuple(row.get("source_boxes") or ()),
+                     lesion_masks=tuple(row.get("lesion_masks") or ())) for row in rows]
     results = process_images(jobs, workers=workers, progress=progress, description=description)
     failures = list(failures)
     by_split: dict[str, dict[str, list]] = {name: {column: [] for column in COLUMNS} for name in split_names}
-    for row, job in zip(rows, jobs):
+    order: dict[str, list[int]] = {name: [] for name in split_names}  # single-run positions of the rows
+    for row, job, position in zip(rows, jobs, positions):
         result = results[row["image_id"]]
         if result.failure is not None:
             failures.append(failure(row, result.failure))
             continue
+        order[row["split"]].append(position)
         columns = by_split[row["split"]]
         for column in COLUMNS:
             if column == "image":
@@ -646,7 +769,7 @@ def write_dataset(
                 columns[BOX_COLUMN].append([list(box) for box in boxes or []])
             else:
                 columns[column].append(row.get(column))
-    if balanced is not None:
+    if balanced is not None and shard.count == 1:
         source, label, name = balanced
         chosen = balanced_subset(by_split[source][label], seed=seed)
         by_split[name] = {column: [values[i] for i in chosen] for column, values in by_split[source].items()}
@@ -654,7 +777,7 @@ def write_dataset(
     dataset_dict = datasets.DatasetDict({
         name: datasets.Dataset.from_dict(columns, features=schema) for name, columns in by_split.items()
     })
-    failures.sort(key=lambda entry: (str(entry.get("table")), _row_order(entry.get("row_index"))))
+    sort_failures(failures)
     write_failures(out / FAILURES_FILE, failures)
     bars_were_on = datasets.is_progress_bar_enabled()
     if not progress:
@@ -664,14 +787,37 @@ def write_dataset(
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
+    # How many of the images decoded in this run were decoded at 1/2**r of their size, by r.
+    reductions = Counter(str(result.reduction) for result in results.values() if result.reduction is not None)
     counts = {name: len(columns["image_id"]) for name, columns in by_split.items()}
-    reasons = Counter(entry["reason"].split(":")[0] for entry in failures)
-    write_text_atomic(out / SUMMARY_FILE, json.dumps(
-        {**(summary or {}), "image_size": image_size, "seed": seed, "rows": counts,
-         "failures": len(failures), "failure_reasons": dict(sorted(reasons.items()))}, indent=1, default=str))
+    info = {**(summary or {}), "image_size": image_size, "seed": seed}
+    if shard.count > 1:
+        info["shard"] = {"index": shard.index, "count": shard.count}
+        write_text_atomic(out / SHARD_FILE, json.dumps(
+            {"index": shard.index, "count": shard.count, "balanced": balanced, "order": order}))
+    else:
+        (out / SHARD_FILE).unlink(missing_ok=True)
+    write_summary(out, info, counts, failures, reductions)
     if not keep_cache:
         shutil.rmtree(cache)
     return datasets.load_from_disk(str(out))
+
+
+def sort_failures(failures: list[dict[str, Any]]) -> None:
+    """The failures file's order: by table, then row."""
+    failures.sort(key=lambda entry: (str(entry.get("table")), _row_order(entry.get("row_index"))))
+
+
+def write_summary(out: Path, info: Mapping[str, Any], counts: Mapping[str, int], failures: Sequence[Mapping],
+                  reductions: Mapping[str, int]) -> None:
+    """`conversion.json`: the run's options (`info`, with `image_size` and `seed`), rows per split,
+    failures by reason and how many images were decoded at 1/2**r of their size, by r."""
+    image_size = info["image_size"]
+    reasons = Counter(entry["reason"].split(":")[0] for entry in failures)
+    write_text_atomic(out / SUMMARY_FILE, json.dumps(
+        {**info, "stored_size": "native" if image_size == 0 else f"long side at most {image_size} px",
+         "decode_reductions": dict(sorted(reductions.items())), "rows": dict(counts),
+         "failures": len(failures), "failure_reasons": dict(sorted(reasons.items()))}, indent=1, default=str))
 
 
 def _row_order(row_index) -> int:
@@ -684,8 +830,9 @@ def _row_order(row_index) -> int:
 
 
 def check_options(*, image_size: int, workers: int, limit: int | None) -> None:
-    if image_size < 16:
-        raise ConverterError(f"--image-size {image_size} is too small: use at least 16 (default {DEFAULT_IMAGE_SIZE}).")
+    if image_size != 0 and image_size < 16:
+        raise ConverterError(f"--image-size {image_size} is too small: use at least 16, or 0 for the native size "
+                             f"(default {DEFAULT_IMAGE_SIZE}).")
     if workers < 1:
         raise ConverterError(f"--workers {workers} must be at least 1.")
     if limit is not None and limit < 1:
@@ -727,8 +874,11 @@ class DatasetConverter:
         return tuple(SPLIT_FRACTIONS)
 
     def convert(self, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
-                seed: int = 0, progress: bool = True, keep_cache: bool = True):
-        """Convert the dataset into a `DatasetDict` saved at `out`; returns it (loaded back)."""
+                seed: int = 0, progress: bool = True, keep_cache: bool = True, shard: Shard | None = None):
+        """Convert the dataset into a `DatasetDict` saved at `out`; returns it (loaded back).
+
+        `image_size` 0 keeps the native size; `shard` converts one part of the patients (see `Shard`).
+        """
         check_options(image_size=image_size, workers=workers, limit=limit)
         rows, refused = self.plan(limit=limit, seed=seed)
         out = prepare_output(out, {"converter": self.name, "image_size": image_size})
@@ -737,7 +887,7 @@ class DatasetConverter:
             out, rows, refused, split_names=self.split_names(), image_size=image_size, workers=workers,
             progress=progress, description=self.description, balanced=self.balanced, seed=seed,
             summary={"converter": self.name, "root": str(Path(self.root)), **options, "limit": limit},
-            keep_cache=keep_cache,
+            keep_cache=keep_cache, shard=shard,
         )
 
 

@@ -4,13 +4,15 @@
         [--workers N] [--image-size 1024] [--limit N] [--seed 0]
 
 Every file below `--root` is looked at (hidden files and folders skipped, any extension): its header
-alone is read (`scan_mammograms`), so a tree of 100,000 files is scanned in minutes.
+alone is read (`data.dicom_scan.scan_dicoms`, the scan batch prediction uses), so a tree of 100,000
+files is scanned in minutes.
 
-- Kept: 2D mammograms (Modality MG, one frame, not "For Processing"). Every other file is listed in
-  `failures.csv` with the reason ("not a DICOM file", "not a mammogram (Modality CT)", "not 2D
-  (tomosynthesis, 60 frames)", "For Processing image ...", "no image", "duplicate image ...").
-- Identity: `exam_id` = `StudyInstanceUID`, `patient_id` = `PatientID` (the exam when missing),
-  `image_id` = `SOPInstanceUID` (the relative path when missing).
+- Kept: 2D mammograms (Modality MG, one frame, not "For Processing", not a synthesized C-View). Every
+  other file is listed in `failures.csv` with the reason ("not a DICOM file", "not a mammogram
+  (Modality CT)", "not 2D (tomosynthesis, 60 frames)", "For Processing image ...", "synthesized 2D
+  image ...", "no image", "duplicate image ...").
+- Identity: `exam_id` = `StudyInstanceUID` (the file's folder when missing), `patient_id` =
+  `PatientID` (the exam when missing), `image_id` = `SOPInstanceUID` (the file's path when missing).
 - View and laterality as `dicom.header_view` / `dicom.header_laterality` read them (tags, then
   descriptions, then the file's relative path as the name hint); a side named nowhere is read from
   the pixel mass when the image is decoded.
@@ -24,27 +26,26 @@ alone is read (`scan_mammograms`), so a tree of 100,000 files is scanned in minu
   without a row keeps None labels; a row naming no scanned image goes to `failures.csv`.
 - Splits: train / validation / test 70/10/20 by patient, seeded (`common.split_patients`).
 
-`scan_mammograms` is the reusable part (the CMMD converter scans with it too).
+`named_by_path` adds the path as the view / laterality hint to the scan's records (the CMMD converter
+scans the same way).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from ...dicom import MAMMOGRAPHY_MODALITY, header_laterality, header_view
-from ...labels import cell_text, parse_age, parse_birads, parse_density
+from ...dicom import laterality_from_text, view_from_text
+from ...labels import cell_text, parse_birads, parse_density
 from ...reports import FIELD_NAMES, ReportFields
+from ..dicom_scan import DicomRecord, list_files, scan_dicoms
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
     DatasetConverter,
     RowError,
+    Shard,
     check_root,
     failure,
     parse_int,
@@ -55,133 +56,28 @@ from .common import (
     split_patients,
 )
 
-TOMOSYNTHESIS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.13.1.3"  # Breast Tomosynthesis Image Storage
-FOR_PROCESSING_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2.1"  # Digital Mammography X-Ray, For Processing
 KEY_COLUMNS = ("sop_instance_uid", "path")
 LABEL_COLUMNS = ("birads", "density", "cancer")
 
 
-class NotAMammogram(ValueError):
-    """A file that is not a 2D mammogram; the message is the reason recorded in `failures.csv`."""
+def named_by_path(record: DicomRecord, root: Path) -> DicomRecord:
+    """The record with the view and laterality its path below `root` names (folders and file name,
+    e.g. `patient7/L_CC.dcm`) filled in where the header names none (source "hint")."""
+    path = Path(record.path)
+    relative = path.relative_to(root) if path.is_relative_to(root) else path
+    hint = relative.with_suffix("").as_posix()
+    updates = {}
+    if record.view is None and (view := view_from_text(hint)):
+        updates.update(view=view, view_source="hint")
+    if record.laterality is None and (laterality := laterality_from_text(hint)):
+        updates.update(laterality=laterality, laterality_source="hint")
+    return dataclasses.replace(record, **updates) if updates else record
 
 
-@dataclass(frozen=True)
-class HeaderRecord:
-    """What the header of one 2D mammogram says (`read_mammogram_header`).
-
-    `relative` is the path below the scanned root (POSIX form). `laterality` / `view` are None when
-    nothing in the header or the path names them; `*_source` say where each came from.
-    """
-
-    path: str
-    relative: str
-    sop_instance_uid: str | None
-    study_instance_uid: str | None
-    patient_id: str | None
-    laterality: str | None
-    laterality_source: str | None
-    view: str | None
-    view_source: str | None
-    age: int | None
-    procedure: str | None
-    rows: int
-    columns: int
-
-
-def _text(ds, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    text = None if value is None else str(value).strip()
-    return text or None
-
-
-def read_mammogram_header(path, root) -> HeaderRecord:
-    """The `HeaderRecord` of one file, reading its header only (`stop_before_pixels`).
-
-    The relative path (folders and file name, e.g. `patient7/L_CC.dcm`) is the name hint for the view
-    and the laterality. Raises `NotAMammogram` with the reason for anything that is not a 2D
-    mammogram "For Presentation".
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    path, root = Path(path), Path(root)
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        raise NotAMammogram("not a DICOM file") from None
-    except Exception as error:  # truncated or garbled headers fail in many ways inside pydicom
-        raise NotAMammogram(f"unreadable DICOM header ({type(error).__name__}: {error})") from None
-    modality = _text(ds, "Modality")
-    if modality != MAMMOGRAPHY_MODALITY:
-        raise NotAMammogram(f"not a mammogram (Modality {modality or 'missing'})")
-    sop_class = str(ds.get("SOPClassUID") or "")
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if sop_class == TOMOSYNTHESIS_SOP_CLASS or frames > 1:
-        raise NotAMammogram(f"not 2D ({'tomosynthesis, ' if sop_class == TOMOSYNTHESIS_SOP_CLASS else ''}"
-                            f"{frames} frames)")
-    if sop_class == FOR_PROCESSING_SOP_CLASS or (_text(ds, "PresentationIntentType") or "").upper() == "FOR PROCESSING":
-        raise NotAMammogram("For Processing image (raw detector data); convert the For Presentation image")
-    if not ds.get("Rows") or not ds.get("Columns"):
-        raise NotAMammogram("no image")
-    relative = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-    hint = relative.rsplit(".", 1)[0] if "." in Path(relative).name else relative
-    view, view_source = header_view(ds, name_hint=hint)
-    laterality, laterality_source = header_laterality(ds, name_hint=hint)
-    try:
-        age = parse_age(_text(ds, "PatientAge"))
-    except ValueError:
-        age = None  # a malformed age only leaves the report's age unknown
-    return HeaderRecord(
-        path=str(path), relative=relative, sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        study_instance_uid=_text(ds, "StudyInstanceUID"), patient_id=_text(ds, "PatientID"),
-        laterality=laterality, laterality_source=laterality_source, view=view, view_source=view_source, age=age,
-        procedure=_text(ds, "StudyDescription"), rows=int(ds.Rows), columns=int(ds.Columns),
-    )
-
-
-def list_files(root: Path) -> list[Path]:
-    """Every file below `root`, hidden files and folders skipped, in sorted order."""
-    files = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        files += [Path(folder) / name for name in sorted(names) if not name.startswith(".")]
-    return files
-
-
-def scan_mammograms(root, *, files: Sequence[Path] | None = None, progress: bool = False,
-                    ) -> tuple[list[HeaderRecord], list[tuple[str, str]]]:
-    """Read the headers of the files below `root` (or of `files`): (2D mammograms, [(path, reason)]).
-
-    Records keep file order; a second file with the same `SOPInstanceUID` is a failure ("duplicate
-    image"), so no image is converted twice.
-    """
-    root = Path(root)
-    records: list[HeaderRecord] = []
-    failures: list[tuple[str, str]] = []
-    first: dict[str, str] = {}
-    paths = list_files(root) if files is None else list(files)
-    for path in tqdm(paths, desc="reading headers", unit="file", disable=not progress):
-        try:
-            record = read_mammogram_header(path, root)
-        except NotAMammogram as error:
-            failures.append((str(path), str(error)))
-            continue
-        if record.sop_instance_uid and record.sop_instance_uid in first:
-            failures.append((str(path), f"duplicate image (same SOPInstanceUID as {first[record.sop_instance_uid]})"))
-            continue
-        if record.sop_instance_uid:
-            first[record.sop_instance_uid] = record.path
-        records.append(record)
-    return records, failures
-
-
-def header_row(record: HeaderRecord) -> dict[str, Any]:
+def header_row(record: DicomRecord) -> dict[str, Any]:
     """The identity columns of a scanned mammogram: patient, exam, image, file."""
-    exam = record.study_instance_uid or str(Path(record.relative).parent)
-    return {
-        "patient_id": record.patient_id or exam, "exam_id": exam,
-        "image_id": record.sop_instance_uid or record.relative, "source_path": record.path,
-    }
+    return {"patient_id": record.patient_id or record.exam_id, "exam_id": record.exam_id,
+            "image_id": record.image_id, "source_path": record.path}
 
 
 def folder_labels(record: dict[str, Any] | None) -> dict[str, int | None]:
@@ -227,21 +123,19 @@ def plan_dicom_folder(root, *, labels=None, limit: int | None = None, seed: int 
                       ) -> tuple[list[dict], list[dict]]:
     """The output rows (schema columns but `image`, plus split/table/row_index) and the files refused."""
     root = check_root(root)
-    files = list_files(root)
-    if labels is not None:
-        label_path = Path(labels).expanduser().resolve()
-        files = [path for path in files if path.resolve() != label_path]  # labels.csv may sit in --root
+    files = list_files(root, exclude=[labels] if labels is not None else ())  # labels.csv may sit in --root
     if limit is not None:
         files = files[:limit]
-    records, scan_failures = scan_mammograms(root, files=files, progress=progress)
-    refused = [{"image_id": None, "source_path": path, "reason": reason, "table": None, "row_index": None}
-               for path, reason in scan_failures]
+    records, scan_failures = scan_dicoms(files, progress=progress)
+    records = [named_by_path(record, root) for record in records]
+    refused = [{"image_id": None, "source_path": entry.path, "reason": entry.reason, "table": None, "row_index": None}
+               for entry in scan_failures]
     by_uid, by_path, table = read_labels(labels, root) if labels is not None else ({}, {}, None)
     used: set[int] = set()
     planned = []
     for record in records:
         row = {**header_row(record), "table": table.name if table else None, "row_index": None}
-        listed = by_uid.get(record.sop_instance_uid) or by_path.get(str(Path(record.path).resolve()))
+        listed = by_uid.get(record.image_id) or by_path.get(str(Path(record.path).resolve()))
         fields = {"age": record.age, "procedure": record.procedure, "laterality": record.laterality,
                   "view": record.view}
         try:
@@ -282,10 +176,12 @@ class DicomFolderConverter(DatasetConverter):
 
 
 def convert_dicom_folder(root, out, *, labels=None, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1,
-                         limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True):
+                         limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True,
+                         shard: Shard | None = None):
     """Convert every 2D mammogram below `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     `limit` reads only the first N files (in sorted order).
     """
     return DicomFolderConverter(root, labels=labels).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache)
+        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
+        shard=shard)
