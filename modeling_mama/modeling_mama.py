@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -68,20 +68,11 @@ def _reject_unknown_kwargs(method: Callable, kwargs: dict[str, Any], accepted: C
     )
 
 
-def _tower_output(outputs, pooler_output: torch.Tensor, rows: int | None = None) -> BaseModelOutputWithPooling:
-    """A tower's output with `pooler_output` replaced by the projected features (as `CLIPModel` does);
-    with `rows`, only the first `rows` images (the tower ran over both views at once)."""
-
-    def first(value):
-        if rows is None or value is None:
-            return value
-        if isinstance(value, tuple):
-            return tuple(first(item) for item in value)
-        return value[:rows]
-
+def _tower_output(outputs, pooler_output: torch.Tensor) -> BaseModelOutputWithPooling:
+    """A tower's output with `pooler_output` replaced by the projected features, as `CLIPModel` does."""
     return BaseModelOutputWithPooling(
-        last_hidden_state=first(outputs.last_hidden_state), pooler_output=pooler_output,
-        hidden_states=first(getattr(outputs, "hidden_states", None)), attentions=first(getattr(outputs, "attentions", None)),
+        last_hidden_state=outputs.last_hidden_state, pooler_output=pooler_output,
+        hidden_states=getattr(outputs, "hidden_states", None), attentions=getattr(outputs, "attentions", None),
     )
 
 
@@ -542,12 +533,18 @@ class MamaModel(MamaPreTrainedModel):
         has_extra = extra_pixel_values is not None
         need_extra = has_extra and (want["multiview"] or want["symmetric_clip"])
 
-        # One tower pass over both views (the ViT has no batch statistics, so this is exact).
-        vision_input = torch.cat([pixel_values, extra_pixel_values]) if need_extra else pixel_values
-        pooled_all, vision_outputs = self._run_vision_tower(vision_input, **tower_kwargs)
         batch = pixel_values.shape[0]
-        pooled = pooled_all[:batch]
-        patches = vision_outputs.last_hidden_state[:batch, self._num_prefix_tokens:]
+        if need_extra and not any(tower_kwargs.get(name) for name in MamaTowerKwargs.__annotations__):
+            # One tower pass over both views (the ViT has no batch statistics, so this is exact).
+            pooled_both, both = self._run_vision_tower(torch.cat([pixel_values, extra_pixel_values]))
+            pooled, extra_pooled = pooled_both[:batch], pooled_both[batch:]
+            vision_outputs = BaseModelOutput(last_hidden_state=both.last_hidden_state[:batch])
+        else:
+            # Hidden states / attentions are returned for `pixel_values`, and must be the tensors the loss
+            # is computed from (so that their gradients mean something): the extra view runs on its own.
+            pooled, vision_outputs = self._run_vision_tower(pixel_values, **tower_kwargs)
+            extra_pooled = self._run_vision_tower(extra_pixel_values)[0] if need_extra else None
+        patches = vision_outputs.last_hidden_state[:, self._num_prefix_tokens:]
         image_features = self.visual_projection(pooled)
         image_embeds = F.normalize(image_features, dim=-1)
 
@@ -571,7 +568,6 @@ class MamaModel(MamaPreTrainedModel):
             if want["clip"]:
                 terms["clip"] = contrastive_loss(image_embeds, text_embeds, logit_scale, gather=gather_with_grad)
             if need_extra:
-                extra_pooled = pooled_all[batch:]
                 if want["multiview"]:
                     terms["multiview"] = nt_xent_loss(self.multiview_head(extra_pooled), self.multiview_head(pooled),
                                                       temperature=float(config.nt_xent_temperature), gather=True)
@@ -607,7 +603,7 @@ class MamaModel(MamaPreTrainedModel):
             # An integer mask (like `attention_mask`), so the output tuple holds only float / long tensors.
             sentence_mask=sentence_mask.long() if sentence_embeds is not None else None,
             text_model_output=text_model_output,
-            vision_model_output=_tower_output(vision_outputs, image_features, rows=batch if need_extra else None),
+            vision_model_output=_tower_output(vision_outputs, image_features),
         )
 
     # ----------------------------------------------------------------------------------- construction
