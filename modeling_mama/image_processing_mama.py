@@ -266,8 +266,8 @@ class MamaTrainTransform:
     sigma 0.1-2.0) p=0.4, then normalisation. Input: an already oriented and cropped image (a
     16-bit PNG of the converted datasets as a PIL image, a numpy array or a tensor); output: float
     [num_channels, H, W] (the augmentation works on 3 channels for the colour jitter; they stay grey, so
-    one channel is exactly the first of them). `seed` makes one call reproducible without touching the global RNG; without it the
-    torch RNG is used (seeded per worker by the DataLoader).
+    one channel is exactly the first of them). `seed` makes one call reproducible without touching the
+    global RNG; without it the torch RNG is used (seeded per worker by the DataLoader).
 
     >>> transform = MamaTrainTransform(size=(32, 32))
     >>> image = np.random.default_rng(0).integers(0, 65535, (80, 50)).astype(np.uint16)
@@ -612,7 +612,7 @@ class MamaImageProcessor(BaseImageProcessor):
 
     def _reject_arguments(self, kwargs: dict[str, Any]) -> None:
         """`TypeError` for arguments `preprocess` does not take, as transformers' processors raise it."""
-        name = sorted(kwargs)[0]
+        name = min(kwargs)
         reason = UNSUPPORTED_STOCK_ARGUMENTS.get(name)
         if reason is None:
             hint = difflib.get_close_matches(name, inspect.signature(self.preprocess).parameters, n=1)

@@ -83,7 +83,6 @@ class ModelTesterMixin:
     model_tester = None
     all_model_classes: tuple = ()
     test_resize_embeddings = True
-    test_attention_outputs = True
     has_attentions = True
     parameters_without_gradient: tuple[str, ...] = ()
 
@@ -241,6 +240,7 @@ class ModelTesterMixin:
         """`None`: 0 or 1 (the rule); a number: that value; `...`: not checked (override per model)."""
         return None
 
+
     def test_can_be_initialized_on_meta(self):
         config, _ = self.model_tester.prepare_config_and_inputs_for_common()
         for model_class in self.all_model_classes:
@@ -326,8 +326,6 @@ class ModelTesterMixin:
             self.assertIsInstance(value, torch.Tensor)
 
     def test_attention_outputs(self):
-        if not self.test_attention_outputs:
-            self.skipTest(reason="test_attention_outputs is False")
         tester = self.model_tester
         for model_class in self.all_model_classes:
             config, inputs = self._eager_config()
@@ -455,8 +453,9 @@ class ModelTesterMixin:
             model = model_class(config)
             model.requires_grad_(False)
             model.enable_input_require_grads()
-            captured = []
-            handle = model.get_input_embeddings().register_forward_hook(lambda _m, _i, output: captured.append(output))
+            captured: list[torch.Tensor] = []
+            handle = model.get_input_embeddings().register_forward_hook(
+                lambda _module, _inputs, output, sink=captured: sink.append(output))
             try:
                 model(**self._prepare_for_class(inputs, model_class))
             finally:
@@ -533,7 +532,8 @@ class ModelTesterMixin:
                 eager = model_class.from_pretrained(folder, attn_implementation="eager").eval()
             prepared = self._prepare_for_class(inputs, model_class)
             with torch.no_grad():
-                expected, actual = eager(**prepared, output_hidden_states=True), sdpa(**prepared, output_hidden_states=True)
+                expected = eager(**prepared, output_hidden_states=True)
+                actual = sdpa(**prepared, output_hidden_states=True)
             for key in self.model_tester.compared_output_keys:
                 if key in expected:
                     torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-4, msg=key)
