@@ -271,7 +271,7 @@ def test_tiles_are_full_resolution_pieces_of_the_source(tmp_path):
     for laterality in "LR":
         stored = breast_pixels(150, 120, laterality=laterality, bits_stored=16, seed=8)  # breast about 126x86
         unit = to_unit_range(stored)
-        out = processor(stored)
+        out = processor(stored, return_geometry=True)
         rows, cols = 4, 3
         assert out["tile_pixel_values"].shape == (1, rows * cols, 3, 40, 40)
         assert out["tile_mask"].shape == (1, rows * cols) and out["tile_mask"].dtype == torch.bool
@@ -299,7 +299,7 @@ def test_tiles_outside_the_breast_are_masked():
     pixels = np.zeros((128, 128), dtype=np.float32)
     pixels[:, :64] = 0.8
     pixels[:64, 64:] = 0.8  # an L-shaped breast: the bottom-right tile is background
-    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 3])(pixels)
+    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 3])(pixels, return_geometry=True)
     assert out["tile_mask"][0].tolist() == [True, True, False, True, False, False, False, False, False]
     assert out["tile_boxes"][0, 4].tolist() == [64, 64, 128, 128]  # present (a box) but masked
     assert out["tile_boxes"][0, 2].tolist() == [0, 0, 0, 0]        # beyond the breast: absent
@@ -308,7 +308,7 @@ def test_tiles_outside_the_breast_are_masked():
 def test_a_large_breast_is_scaled_to_fit_the_grid():
     pixels = np.zeros((400, 120), dtype=np.float32)
     pixels[:, :100] = 0.7  # a 400x100 breast, grid 2x2 of 64: scale 128 / 400 = 0.32
-    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[2, 2])(pixels)
+    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[2, 2])(pixels, return_geometry=True)
     assert out["tile_mask"][0].tolist() == [True, False, True, False]
     torch.testing.assert_close(out["tile_boxes"][0], torch.tensor(
         [[0, 0, 100, 200], [0, 0, 0, 0], [0, 200, 100, 400], [0, 0, 0, 0]], dtype=torch.float32))
@@ -316,10 +316,13 @@ def test_a_large_breast_is_scaled_to_fit_the_grid():
 
 def test_tile_count_is_constant_across_a_batch():
     processor = MamaImageProcessor(mode="tiles", size=32, tile_size=32, tile_grid=[3, 2])
-    out = processor([breast_pixels(200, 150, seed=1), breast_pixels(60, 40, seed=2, laterality="R")])
+    images = [breast_pixels(200, 150, seed=1), breast_pixels(60, 40, seed=2, laterality="R")]
+    out = processor(images)
+    # The default outputs are model inputs only; the boxes are geometry, asked for separately.
+    assert sorted(out) == ["pixel_values", "tile_mask", "tile_pixel_values"]
     assert out["pixel_values"].shape == (2, 3, 32, 32)
     assert out["tile_pixel_values"].shape == (2, 6, 3, 32, 32)
-    assert out["tile_mask"].shape == (2, 6) and out["tile_boxes"].shape == (2, 6, 4)
+    assert out["tile_mask"].shape == (2, 6) and processor(images, return_geometry=True)["tile_boxes"].shape == (2, 6, 4)
     assert out["tile_mask"][0].sum() > out["tile_mask"][1].sum() >= 1
     global_only = MamaImageProcessor(size=32)([breast_pixels(200, 150, seed=1)])["pixel_values"]
     torch.testing.assert_close(out["pixel_values"][:1], global_only, atol=0, rtol=0)
