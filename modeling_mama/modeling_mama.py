@@ -550,6 +550,9 @@ class MamaForImageClassification(MamaPreTrainedModel):
 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The loss is a per-batch mean that ignores `num_items_in_batch`: the Trainer must divide it by the
+    # gradient-accumulation steps itself (it would not, seeing `**kwargs` in forward).
+    accepts_loss_kwargs = False
     _keys_to_ignore_on_load_unexpected = [
         r"text_model\..*", r"text_projection\..*", r"visual_projection\..*", r"patch_projection\..*",
         r"sentence_projection\..*", r"multiview_head\..*", r"logit_scale", r"local_scale",
