@@ -166,3 +166,43 @@ def test_bf16_autocast_run_of_the_tiny_preset(tiny_dataset, report_tokenizer, tm
     for name, value in model.named_parameters():
         assert value.dtype == torch.float32, name
     assert not torch.equal(before["visual_projection.weight"], model.visual_projection.weight)
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "multi_gpu_ddp", "fsdp", "deepspeed_zero2"])
+def test_accelerate_configs_launch_the_paper_recipe(name):
+    """`accelerate launch --config_file examples/accelerate/<name>.yaml examples/pretrain.py --preset paper`:
+    the launcher accelerate would pick and the environment it hands the script (GPU configs: parsed and
+    prepared here, not run; FSDP runs on CPU in test_trainer, DeepSpeed is not run, see README)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    from modeling_mama.training.recipes import PAPER_PRETRAINING
+
+    script = ["examples/pretrain.py", "--preset", "paper", "--dataset", "data/embed"]
+    args = launch_command_parser().parse_args(["--config_file", str(REPO / "examples" / "accelerate" / f"{name}.yaml"),
+                                               *script])
+    args, defaults, mixed_precision_from_config = _validate_launch_command(args)
+    assert [args.training_script, *args.training_script_args] == script
+    assert args.mixed_precision == "bf16" and PAPER_PRETRAINING["bf16"]
+    assert args.num_processes == (1 if name == "single_gpu" else 4)
+    assert (args.multi_gpu, args.use_fsdp, args.use_deepspeed) == (
+        name == "multi_gpu_ddp", name == "fsdp", name == "deepspeed_zero2")
+    if name == "fsdp":
+        import transformers.models.dinov2_with_registers.modeling_dinov2_with_registers as dinov2
+        import transformers.models.gpt2.modeling_gpt2 as gpt2
+
+        environment = prepare_multi_gpu_env(args)
+        assert environment["ACCELERATE_USE_FSDP"] == "true" and environment["FSDP_VERSION"] == "2"
+        assert environment["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
+        wrapped = environment["FSDP_TRANSFORMER_CLS_TO_WRAP"].split(",")
+        assert wrapped == ["Dinov2WithRegistersLayer", "GPT2Block"]  # the paper towers' block classes
+        assert hasattr(dinov2, wrapped[0]) and hasattr(gpt2, wrapped[1])
+    if name == "deepspeed_zero2":
+        args.deepspeed_fields_from_accelerate_config = ",".join(
+            [*defaults.deepspeed_config, *(["mixed_precision"] if mixed_precision_from_config else [])])
+        _, environment = prepare_deepspeed_cmd_env(args)
+        assert environment["ACCELERATE_USE_DEEPSPEED"] == "true"
+        assert environment["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "2"
+        # The Trainer refuses a DeepSpeed config that disagrees with the run's arguments.
+        assert int(environment["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"]) == PAPER_PRETRAINING["gradient_accumulation_steps"]
+        assert float(environment["ACCELERATE_GRADIENT_CLIPPING"]) == PAPER_PRETRAINING["max_grad_norm"]

@@ -189,6 +189,37 @@ def test_two_process_paper_path_in_miniature(tmp_path):
             assert not torch.equal(late_heads[step][name], late_heads[step - 1][name]), (name, step)
 
 
+def test_two_process_fsdp2_run_and_reload(tmp_path):
+    """examples/accelerate/fsdp.yaml's sharding on 2 gloo processes (torch FSDP2, as accelerate would apply it
+    on GPUs): bf16 parameters, checkpointed towers, late terms from step 2 of 4; the gathered model reloads."""
+    worker = Path(__file__).with_name("_fsdp_train_worker.py")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(worker), str(tmp_path)]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = json.loads((tmp_path / "fsdp_run.json").read_text())
+    assert run["world_size"] == 2 and run["parameter_types"] == ["DTensor"]
+    assert run["units"] == 4  # 2 DINOv2 layers + 2 GPT-2 blocks, then the root
+    assert [sorted(terms) for terms in run["losses"]] == [["clip"], ["clip"], ["clip", "local", "multiview", "symmetric_clip"],
+                                                          ["clip", "local", "multiview", "symmetric_clip"]]
+    assert all(math.isfinite(value) for terms in run["losses"] for value in terms.values())
+
+    parameters = torch.load(tmp_path / "fsdp_parameters.pt")
+    initial, trained, late_heads = parameters["initial"], parameters["trained"], parameters["late_heads"]
+    assert not torch.equal(initial["visual_projection.weight"], trained["visual_projection.weight"])
+    for name in late_heads[0]:
+        assert torch.equal(late_heads[1][name], initial[name]) and torch.equal(late_heads[2][name], initial[name])
+        assert not torch.equal(late_heads[3][name], late_heads[2][name]), name
+    # The saved folder is a plain MaMA folder: this package's code and class, every trained value.
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["MamaModel"] and config["auto_map"]["AutoModel"] == "modeling_mama.MamaModel"
+    assert not list(tmp_path.glob("_fsdp*.py"))
+    reloaded = MamaModel.from_pretrained(tmp_path)
+    for name, value in reloaded.named_parameters():
+        assert torch.equal(value, trained[name]), name
+
+
 def test_checkpoints_reload_through_key_conversions(tmp_path):
     """The stock 5.23 Trainer restores DINOv2 checkpoints with stale attention weights; ours does not."""
     from transformers import Trainer, TrainingArguments
