@@ -307,6 +307,45 @@ def test_save_and_auto_load_round_trip_bit_exact(tmp_path):
     assert isinstance(zero_shot, MamaModel)
 
 
+def test_scales_are_vectors_in_memory_and_scalars_on_disk(tmp_path):
+    """FSDP2 cannot shard 0-dim parameters, so the scales are one-element vectors; checkpoints keep
+    CLIP's 0-dim layout, which folders saved before the change also have."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model()
+    assert model.logit_scale.shape == model.local_scale.shape == (1,)
+    assert model.clamped_scales()[0].shape == ()
+    with torch.no_grad():
+        model.logit_scale.fill_(2.5)
+    model.save_pretrained(tmp_path)
+    stored = load_file(tmp_path / "model.safetensors")
+    assert stored["logit_scale"].shape == stored["local_scale"].shape == ()
+    assert stored["logit_scale"].item() == 2.5
+    stored["logit_scale"] = torch.tensor(3.0)  # as an older folder would hold it
+    save_file(stored, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    reloaded = MamaModel.from_pretrained(tmp_path)
+    assert reloaded.logit_scale.shape == (1,) and reloaded.logit_scale.item() == 3.0
+
+
+def test_batch_norm_with_bf16_weights_and_fp32_statistics():
+    """What FSDP2 mixed precision hands a BatchNorm: bf16 weights, fp32 running statistics."""
+    from modeling_mama.modeling_mama import MamaBatchNorm1d
+
+    reference, mixed = MamaBatchNorm1d(8).train(), MamaBatchNorm1d(8).train()
+    with torch.no_grad():
+        reference.weight.normal_(), reference.bias.normal_()
+    mixed.load_state_dict(reference.state_dict())
+    mixed.weight.data, mixed.bias.data = mixed.weight.data.bfloat16(), mixed.bias.data.bfloat16()
+    features = torch.randn(16, 8)
+    expected = reference(features)
+    output = mixed(features.bfloat16())
+    assert output.dtype == torch.bfloat16 and mixed.running_mean.dtype == torch.float32
+    torch.testing.assert_close(output.float(), expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(mixed.running_mean, reference.running_mean, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(mixed.running_var, reference.running_var, rtol=1e-2, atol=1e-2)
+    assert mixed.num_batches_tracked.item() == reference.num_batches_tracked.item() == 1
+
+
 def test_image_classifier_from_mama_folder_keeps_image_tower(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path)
