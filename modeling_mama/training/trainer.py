@@ -9,7 +9,8 @@
   to `ddp_find_unused_parameters=True`; the value is in the arguments before `Trainer.__init__`
   builds the accelerator (transformers would otherwise pick `False` whenever activation
   checkpointing is on). That works with transformers' default non-reentrant checkpointing; reentrant
-  checkpointing runs the blocks' backward outside DDP's graph walk and is refused. `static_graph`
+  checkpointing hides the checkpointed blocks from DDP's search for unused parameters, whose gradients
+  then arrive unannounced ("marked ready twice", pytorch#46166), so it is refused. `static_graph`
   cannot replace it: the graph changes when the late terms start.
 - `MamaTrainer` works on a copy of the caller's arguments (`dataclasses.replace`), never the original.
 - Every named loss term and the batch's image<->report retrieval accuracy are logged.
