@@ -1,6 +1,6 @@
 """MaMA at the paper's size on the CPU: memory and time of one training step, and what batch 36 needs on a GPU.
 
-    python bench/bench_paper_scale.py [--precision bf16|fp32] [--threads 2] [--text-layers 32]
+    python bench/bench_paper_scale.py [--precision bf16|fp32] [--threads 2] [--store-frozen-bf16] [--text-layers 32]
 
 `MamaConfig.paper()` with random weights: DINOv2-reg ViT-B/14 at 518x518 (1369 patches + 5 prefix
 tokens) for the global view and the second view, a BioMedLM-sized GPT-2 text tower (2560 wide, 32
@@ -17,8 +17,11 @@ checkpointing on both towers, every loss term. The script measures, in one proce
    faster than the batch), measured on its own at the paper's shapes.
 
 From those measured numbers it prints the predicted memory of batch 36 per GPU in bf16 mixed precision,
-term by term. The text tower alone is 10.4 GB in fp32: run it on a quiet machine with ~16 GB free
-(`--text-layers 2` is a quick smoke run of the same code with a shallow text tower, not the paper's size).
+term by term. The text tower alone is 10.4 GB in fp32: run it on a quiet machine with ~14 GB free.
+`--store-frozen-bf16` keeps the frozen text tower's matmul weights in bf16 (about 6 GB in all): under
+bf16 autocast those matmuls run in bf16 either way and the embeddings and norms stay fp32, so the
+activations are the same; the prediction still counts every weight in fp32. `--text-layers 2` is a
+quick smoke run of the same code with a shallow text tower, not the paper's size.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def phase(results: dict, name: str):
     results[name] = {"seconds": time.perf_counter() - start, "peak_over_start": peak_rss_bytes() - start_rss}
 
 
-def build_model(text_layers: int):
+def build_model(text_layers: int, store_frozen_bf16: bool):
     """`MamaConfig.paper()` with random weights, built on the meta device then materialised once."""
     import torch
 
@@ -74,7 +77,11 @@ def build_model(text_layers: int):
     config.text_config.n_layer = text_layers
     with torch.device("meta"):
         model = MamaModel(config)
-    needed = sum(p.numel() * p.element_size() for p in model.parameters()) + 3 * GIB
+    # The frozen text tower's matmul weights (attention and MLP), not its embeddings (wte, wpe).
+    frozen_matmul = [p for name, p in model.text_model.named_parameters()
+                     if not p.requires_grad and p.ndim == 2 and not name.startswith(("wte", "wpe"))]
+    shrink = 2 if store_frozen_bf16 else 0
+    needed = sum(p.numel() * 4 for p in model.parameters()) - shrink * sum(p.numel() for p in frozen_matmul) + 3 * GIB
     if available_bytes() < needed:
         raise SystemExit(f"bench_paper_scale needs about {needed / GIB:.1f} GiB free (weights + 3 GiB for the step), "
                          f"{available_bytes() / GIB:.1f} GiB are available: run it on a quieter machine.")
@@ -92,6 +99,9 @@ def build_model(text_layers: int):
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.reset_running_stats()
+        if store_frozen_bf16:
+            for parameter in frozen_matmul:
+                parameter.data = parameter.data.to(torch.bfloat16)
     return model.train()
 
 
@@ -149,6 +159,8 @@ def main(argv=None) -> None:
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--text-layers", type=int, default=32, help="32 is BioMedLM; fewer only for a smoke run.")
+    parser.add_argument("--store-frozen-bf16", action="store_true",
+                        help="Frozen text-tower matmul weights in bf16 (halves this bench's memory; bf16 only).")
     args = parser.parse_args(argv)
 
     import torch
@@ -157,13 +169,15 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     results: dict = {}
     load = os.getloadavg()
+    if args.store_frozen_bf16 and args.precision != "bf16":
+        parser.error("--store-frozen-bf16 measures the bf16 autocast step only.")
     with phase(results, "build"):
-        model = build_model(args.text_layers)
+        model = build_model(args.text_layers, args.store_frozen_bf16)
     parameters = list(model.parameters())
-    parameter_bytes = sum(p.numel() * p.element_size() for p in parameters)
+    parameter_bytes = sum(p.numel() * 4 for p in parameters)  # bf16-mixed keeps fp32 weights
     trainable = [p for p in parameters if p.requires_grad]
     trainable_count = sum(p.numel() for p in trainable)
-    text_bytes = sum(p.numel() * p.element_size() for p in model.text_model.parameters())
+    text_bytes = sum(p.numel() * 4 for p in model.text_model.parameters())
     config = model.config
 
     with phase(results, "batch_2"):
@@ -189,7 +203,8 @@ def main(argv=None) -> None:
     # holds SLA at batch 2-3, so adding it whole counts a little twice (on the safe side).
     sla_36 = results["sla_36"]["peak_over_start"]
 
-    print(f"MaMA paper preset, text tower {args.text_layers} layers, {args.precision} "
+    stored = ", frozen matmul weights stored bf16" if args.store_frozen_bf16 else ""
+    print(f"MaMA paper preset, text tower {args.text_layers} layers, {args.precision}{stored} "
           f"(load {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}), {args.threads} threads")
     print(f"parameters         {sum(p.numel() for p in parameters) / 1e9:6.3f} B = {gib(parameter_bytes)} "
           f"(text tower {gib(text_bytes)}); trainable {trainable_count / 1e6:.1f} M")
