@@ -153,7 +153,8 @@ def main(argv=None) -> None:
         # Large blocks straight from mmap and back to the kernel when freed: RSS then follows the live
         # tensors, so a phase's peak over its start is what it allocated (glibc otherwise keeps freed
         # memory and the next phase reuses it unseen).
-        environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
+        threshold = str(128 * 1024)
+        environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": threshold, "MALLOC_TRIM_THRESHOLD_": threshold}
         os.execve(sys.executable, [sys.executable, *sys.argv], environment)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
@@ -210,7 +211,8 @@ def main(argv=None) -> None:
           f"(text tower {gib(text_bytes)}); trainable {trainable_count / 1e6:.1f} M")
     print(f"build              {results['build']['seconds']:7.1f} s")
     for name, batch in (("batch_2", 2), ("batch_3", 3)):
-        print(f"fwd+bwd batch {batch}    {results[name]['seconds']:7.1f} s, peak over start {gib(results[name]['peak_over_start'])}")
+        print(f"fwd+bwd batch {batch}    {results[name]['seconds']:7.1f} s, "
+              f"peak over start {gib(results[name]['peak_over_start'])}")
     print(f"AdamW step         {results['adamw']['seconds']:7.1f} s, state {gib(optimizer_bytes)}")
     print(f"gradients          {gib(gradient_bytes)}")
     print(f"activations/item   {gib(per_item)}   (batch-3 peak - batch-2 peak)")

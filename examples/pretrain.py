@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from datasets import load_from_disk
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 

@@ -74,7 +74,9 @@ def main(out_dir: str) -> None:
     initial = full_parameters(model)
 
     dtype = settings["dtype"]
-    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype, output_dtype=dtype) if dtype else MixedPrecisionPolicy()
+    policy = MixedPrecisionPolicy()
+    if dtype is not None:
+        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype, output_dtype=dtype)
     shard = {"reshard_after_forward": settings["reshard_after_forward"], "mp_policy": policy}
     units = [module for module in model.modules() if type(module).__name__ in settings["wrap"]]
     for module in units:
