@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -121,6 +123,24 @@ class MamaOutput(ModelOutput):
         return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in self.values())
 
 
+class MamaBatchNorm1d(nn.BatchNorm1d):
+    """`BatchNorm1d` that also runs when its affine parameters arrive in a lower precision than its fp32
+    running statistics, as FSDP2 mixed precision hands them over (it casts parameters, not buffers, and
+    `batch_norm` rejects the mix): it then normalises in fp32 and returns the input's dtype."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        statistics = self.running_mean
+        if self.weight is None or statistics is None or self.weight.dtype == statistics.dtype:
+            return super().forward(input)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        output = F.batch_norm(input.to(statistics.dtype), self.running_mean, self.running_var,
+                              self.weight.to(statistics.dtype), self.bias.to(statistics.dtype),
+                              self.training, momentum, self.eps)
+        return output.to(input.dtype)
+
+
 class MamaLocalProjection(nn.Module):
     """Token-wise MLP of the SLA heads: Linear -> BatchNorm -> ReLU -> Linear -> BatchNorm(affine=False).
 
@@ -131,9 +151,9 @@ class MamaLocalProjection(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__()
         self.fc1 = nn.Linear(in_dim, hidden_dim)
-        self.norm1 = nn.BatchNorm1d(hidden_dim)
+        self.norm1 = MamaBatchNorm1d(hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, out_dim)
-        self.norm2 = nn.BatchNorm1d(out_dim, affine=False)
+        self.norm2 = MamaBatchNorm1d(out_dim, affine=False)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, length, _ = tokens.shape
@@ -152,10 +172,10 @@ class MamaMultiViewHead(nn.Sequential):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__(
             nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
+            MamaBatchNorm1d(hidden_dim),
             nn.ReLU(),
             nn.Linear(hidden_dim, out_dim, bias=False),
-            nn.BatchNorm1d(out_dim),
+            MamaBatchNorm1d(out_dim),
         )
 
 
@@ -233,6 +253,17 @@ def sentence_positions_from_ids(input_ids: torch.Tensor, separator_id: int) -> t
     return torch.where(mask, order, torch.zeros_like(order)), mask
 
 
+def _unsharded_class(cls: type) -> type:
+    """The model class under FSDP2's dynamic `FSDP<Model>(FSDPModule, <Model>)` subclass (else `cls`)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return cls
+    if not issubclass(cls, FSDPModule):
+        return cls
+    return next(base for base in cls.__bases__ if not issubclass(base, FSDPModule))
+
+
 class MamaPreTrainedModel(PreTrainedModel):
     config_class = MamaConfig
     config: MamaConfig
@@ -259,6 +290,15 @@ class MamaPreTrainedModel(PreTrainedModel):
         When the classes are registered for auto classes (importing `modeling_mama` does it), the
         folder also carries the code, and `auto_map` names every Auto class that can load it.
         """
+        model_class = _unsharded_class(type(self))
+        if model_class is not type(self):
+            # FSDP2 turns the model into a subclass defined in torch (`FSDPMamaModel`); the folder must
+            # carry this package's code and name its class, so save as the class it wraps.
+            sharded_class, self.__class__ = type(self), model_class
+            try:
+                return self.save_pretrained(save_directory, *args, **kwargs)
+            finally:
+                self.__class__ = sharded_class
         if getattr(type(self), "_auto_class", None) is not None:
             # transformers records one Auto class per model class; add the others.
             self.config.auto_map = {
@@ -333,8 +373,10 @@ class MamaModel(MamaPreTrainedModel):
         self.multiview_head = MamaMultiViewHead(
             vision_dim, config.multiview_hidden_dim or vision_dim, config.multiview_projection_dim
         )
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-        self.local_scale = nn.Parameter(torch.tensor(float(config.local_scale_init_value)))
+        # One-element vectors rather than CLIP's 0-dim scalars: FSDP2 (`fully_shard`) cannot shard a
+        # 0-dim parameter. Checkpoints keep the 0-dim layout (`_SCALE_LAYOUT` reshapes on load and save).
+        self.logit_scale = nn.Parameter(torch.tensor([float(config.logit_scale_init_value)]))
+        self.local_scale = nn.Parameter(torch.tensor([float(config.local_scale_init_value)]))
 
         self._num_prefix_tokens = _num_prefix_tokens(self.vision_model)
         self._sentence_pooling = config.sentence_pooling
@@ -511,7 +553,7 @@ class MamaModel(MamaPreTrainedModel):
     def clamped_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`logit_scale` and `local_scale`, clamped at `config.max_logit_scale` (ln 100)."""
         limit = float(self.config.max_logit_scale)
-        return self.logit_scale.clamp(max=limit), self.local_scale.clamp(max=limit)
+        return self.logit_scale.clamp(max=limit).reshape(()), self.local_scale.clamp(max=limit).reshape(())
 
     @can_return_tuple
     def forward(
@@ -680,6 +722,9 @@ class MamaForImageClassification(MamaPreTrainedModel):
 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The loss is a per-batch mean that ignores `num_items_in_batch`: the Trainer must divide it by the
+    # gradient-accumulation steps itself (it would not, seeing `**kwargs` in forward).
+    accepts_loss_kwargs = False
     _keys_to_ignore_on_load_unexpected = [
         r"text_model\..*", r"text_projection\..*", r"visual_projection\..*", r"patch_projection\..*",
         r"sentence_projection\..*", r"multiview_head\..*", r"logit_scale", r"local_scale",
@@ -728,6 +773,27 @@ class MamaForImageClassification(MamaPreTrainedModel):
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=getattr(outputs, "hidden_states", None),
                                      attentions=getattr(outputs, "attentions", None))
+
+
+class _ScaleLayout(ConversionOps):
+    """Reshape a scale between the checkpoint's 0-dim layout and the model's one-element vector."""
+
+    def __init__(self, to_model: bool = True):
+        self.to_model = to_model
+
+    @torch.no_grad()
+    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
+        tensor = next(iter(input_dict.values()))
+        tensor = tensor[0] if isinstance(tensor, list) else tensor
+        return {target_patterns[0]: tensor.reshape(1) if self.to_model else tensor.reshape(())}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return _ScaleLayout(not self.to_model)
+
+
+_SCALE_LAYOUT = [WeightConverter(name, name, operations=[_ScaleLayout()]) for name in ("logit_scale", "local_scale")]
+register_checkpoint_conversion_mapping("MamaModel", _SCALE_LAYOUT, overwrite=True)
 
 
 __all__ = [

@@ -154,7 +154,9 @@ def _free_port() -> int:
         return handle.getsockname()[1]
 
 
-def test_two_process_ddp_run(tmp_path):
+def test_two_process_paper_path_in_miniature(tmp_path):
+    """`pretrain.py --preset paper` on 2 gloo processes with tiny towers: checkpointing on, bf16 autocast,
+    gradient accumulation 2, late terms from step 2 of 4, gather_with_grad, items without a second view."""
     worker = Path(__file__).with_name("_ddp_train_worker.py")
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -162,15 +164,60 @@ def test_two_process_ddp_run(tmp_path):
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     histories = [json.loads((tmp_path / f"history_rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert all(history["world_size"] == 2 for history in histories)
+    for history in histories:
+        assert history["world_size"] == 2 and history["mixed_precision"] == "bf16"
+        assert history["wrapper"] == "DistributedDataParallel" and history["find_unused_parameters"] is True
+        assert history["activation_checkpointing"]
+    # Some rank trained on a batch holding an item without a second view while the multi-view terms ran.
+    assert any(step >= 2 for history in histories for step in history["served_without_extra_view_at"])
+
     params = [torch.load(tmp_path / f"params_rank{rank}.pt") for rank in (0, 1)]
     for name in params[0]:
         assert torch.equal(params[0][name], params[1][name]), name
-    losses = [entry["loss"] for entry in histories[0]["log_history"] if "loss" in entry]
-    assert len(losses) == 10 and all(math.isfinite(loss) for loss in losses)
-    # CLIP alone for 2 steps, then all terms: compare like with like.
-    clip = [entry["loss_clip"] for entry in histories[0]["log_history"] if "loss_clip" in entry]
-    assert sum(clip[-3:]) < sum(clip[:3])
+    logs = [entry for entry in histories[0]["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4]
+    assert all(math.isfinite(entry["loss"]) for entry in logs)
+    assert [("loss_multiview" in entry) for entry in logs] == [False, False, True, True]
+
+    # The late heads: no gradient and no weight decay during optimizer steps 1-2, moving from step 3 on.
+    late_heads = torch.load(tmp_path / "late_heads_rank0.pt")
+    assert sorted(late_heads) == list(range(5))
+    for name, initial in late_heads[0].items():
+        for step in (1, 2):
+            assert torch.equal(late_heads[step][name], initial), (name, step)
+        for step in (3, 4):
+            assert not torch.equal(late_heads[step][name], late_heads[step - 1][name]), (name, step)
+
+
+def test_two_process_fsdp2_run_and_reload(tmp_path):
+    """examples/accelerate/fsdp.yaml's sharding on 2 gloo processes (torch FSDP2, as accelerate would apply it
+    on GPUs): bf16 parameters, checkpointed towers, late terms from step 2 of 4; the gathered model reloads."""
+    worker = Path(__file__).with_name("_fsdp_train_worker.py")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(worker), str(tmp_path)]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = json.loads((tmp_path / "fsdp_run.json").read_text())
+    assert run["world_size"] == 2 and run["parameter_types"] == ["DTensor"]
+    assert run["units"] == 4  # 2 DINOv2 layers + 2 GPT-2 blocks, then the root
+    every_term = ["clip", "local", "multiview", "symmetric_clip"]
+    assert [sorted(terms) for terms in run["losses"]] == [["clip"], ["clip"], every_term, every_term]
+    assert all(math.isfinite(value) for terms in run["losses"] for value in terms.values())
+
+    parameters = torch.load(tmp_path / "fsdp_parameters.pt")
+    initial, trained, late_heads = parameters["initial"], parameters["trained"], parameters["late_heads"]
+    assert not torch.equal(initial["visual_projection.weight"], trained["visual_projection.weight"])
+    for name in late_heads[0]:
+        assert torch.equal(late_heads[1][name], initial[name]) and torch.equal(late_heads[2][name], initial[name])
+        assert not torch.equal(late_heads[3][name], late_heads[2][name]), name
+    # The saved folder is a plain MaMA folder: this package's code and class, every trained value.
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["MamaModel"] and config["auto_map"]["AutoModel"] == "modeling_mama.MamaModel"
+    assert not list(tmp_path.glob("_fsdp*.py"))
+    reloaded = MamaModel.from_pretrained(tmp_path)
+    for name, value in reloaded.named_parameters():
+        assert torch.equal(value, trained[name]), name
 
 
 def test_checkpoints_reload_through_key_conversions(tmp_path):
