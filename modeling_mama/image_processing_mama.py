@@ -8,8 +8,9 @@ The evaluation pipeline of `MamaImageProcessor` (METHOD.md section 5), per image
 3. crop to the breast: bounding box of the largest Otsu-foreground region,
 4. resize (paper: 518x518, aspect not kept), 3 channels, normalise (paper: mean 0.5, std 0.5).
 
-In `tiles` mode the processor also cuts the breast into a fixed grid of full-resolution tiles and
-returns where each tile came from. Work happens on previews and crops: Otsu runs on a strided
+In `tiles` mode the processor also cuts the breast into a fixed grid of full-resolution tiles (at
+evaluation every grid tile; in training, `augment=True`, up to `max_tiles` randomly drawn tiles that
+hold breast, each flipped and intensity-augmented). Work happens on previews and crops: Otsu runs on a strided
 preview (long side about 512), and only the breast box is calibrated and resized, so the pipeline
 costs little next to decoding a 3328x2560 DICOM.
 
@@ -26,6 +27,7 @@ costs little next to decoding a 3328x2560 DICOM.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -161,6 +163,14 @@ def _fit(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return canvas
 
 
+def _check_max_tiles(max_tiles) -> int | None:
+    if max_tiles is None:
+        return None
+    if isinstance(max_tiles, bool) or int(max_tiles) != max_tiles or max_tiles < 1:
+        raise ValueError(f"max_tiles must be a positive number of tiles or None, got {max_tiles!r}.")
+    return int(max_tiles)
+
+
 def _size_pair(size, name: str) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
@@ -181,38 +191,86 @@ def _write_channels(out: np.ndarray, pixels: np.ndarray, do_normalize: bool, mea
             out[channel] = pixels
 
 
-def _cut_tiles(crop: torch.Tensor, located: _Located, tile_height: int, tile_width: int, rows: int, cols: int,
-               min_foreground: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Full-resolution tiles of the oriented breast crop: pixels [T, h, w] in [0, 1], which grid cells
-    the breast reaches [T], which hold enough breast (the mask) [T], and source boxes [T, 4]."""
+def _fit_region(crop: torch.Tensor, tile_height: int, tile_width: int, rows: int, cols: int) -> torch.Tensor:
+    """The breast crop at full resolution, or scaled down (aspect kept) until the tile grid covers it."""
     crop_height, crop_width = crop.shape
     scale = min(1.0, rows * tile_height / crop_height, cols * tile_width / crop_width)
-    if scale < 1.0:
-        crop = _resize(crop, min(rows * tile_height, max(1, round(crop_height * scale))),
-                       min(cols * tile_width, max(1, round(crop_width * scale))))
-    region = crop.numpy()
-    region_height, region_width = region.shape
-    # Region pixel -> crop pixel, per axis (exact even after rounding the scaled size).
-    step_y, step_x = crop_height / region_height, crop_width / region_width
-    tiles = np.zeros((rows * cols, tile_height, tile_width), dtype=np.float32)
-    present = np.zeros(rows * cols, dtype=bool)
-    mask = np.zeros(rows * cols, dtype=bool)
-    boxes = np.zeros((rows * cols, 4), dtype=np.float32)
-    box_x0, box_y0 = located.box[0], located.box[1]
+    if scale >= 1.0:
+        return crop
+    return _resize(crop, min(rows * tile_height, max(1, round(crop_height * scale))),
+                   min(cols * tile_width, max(1, round(crop_width * scale))))
+
+
+def _grid_positions(region_height: int, region_width: int, tile_height: int, tile_width: int,
+                    cols: int) -> list[tuple[int, int, int]]:
+    """(grid index, top, left) of every grid tile the region reaches. The last row / column is shifted
+    back to end at the region's edge (overlap, not padding)."""
+    positions = []
     for i in range(math.ceil(region_height / tile_height)):
-        # The last row / column is shifted back to end at the region's edge (overlap, not padding).
         top = min(i * tile_height, max(region_height - tile_height, 0))
         for j in range(math.ceil(region_width / tile_width)):
             left = min(j * tile_width, max(region_width - tile_width, 0))
-            patch = region[top:top + tile_height, left:left + tile_width]
-            index = i * cols + j
-            tiles[index, :patch.shape[0], :patch.shape[1]] = patch
-            present[index] = True
-            mask[index] = np.count_nonzero(patch >= located.threshold) / (tile_height * tile_width) >= min_foreground
-            boxes[index] = located.source_box(
-                box_x0 + left * step_x, box_y0 + top * step_y,
-                box_x0 + (left + patch.shape[1]) * step_x, box_y0 + (top + patch.shape[0]) * step_y)
-    return tiles, present, mask, boxes
+            positions.append((i * cols + j, top, left))
+    return positions
+
+
+class _Tiles:
+    """Tiles of one oriented breast crop: pixels [T, h, w] in [0, 1], which slots hold a tile
+    (`present`), which hold enough breast (`mask`), and source boxes [T, 4]."""
+
+    def __init__(self, crop: torch.Tensor, located: _Located, tile_height: int, tile_width: int, rows: int,
+                 cols: int, min_foreground: float):
+        self.region = _fit_region(crop, tile_height, tile_width, rows, cols).numpy()
+        self.located, self.tile_height, self.tile_width = located, tile_height, tile_width
+        self.min_foreground = min_foreground
+        # Region pixel -> crop pixel, per axis (exact even after rounding the scaled size).
+        self.step_y, self.step_x = crop.shape[0] / self.region.shape[0], crop.shape[1] / self.region.shape[1]
+        self.grid = _grid_positions(*self.region.shape, tile_height, tile_width, cols)
+
+    def foreground(self, top: int, left: int) -> float:
+        patch = self.region[top:top + self.tile_height, left:left + self.tile_width]
+        return np.count_nonzero(patch >= self.located.threshold) / (self.tile_height * self.tile_width)
+
+    def cut(self, positions: list[tuple[int, int, int]], slots: int, real: np.ndarray | None = None):
+        """Pixels, present, mask and boxes of the tiles at `positions` ((slot, top, left) each).
+        `real` overrides the foreground rule for the mask (one entry per position)."""
+        tiles = np.zeros((slots, self.tile_height, self.tile_width), dtype=np.float32)
+        present = np.zeros(slots, dtype=bool)
+        mask = np.zeros(slots, dtype=bool)
+        boxes = np.zeros((slots, 4), dtype=np.float32)
+        box_x0, box_y0 = self.located.box[0], self.located.box[1]
+        for number, (slot, top, left) in enumerate(positions):
+            patch = self.region[top:top + self.tile_height, left:left + self.tile_width]
+            tiles[slot, :patch.shape[0], :patch.shape[1]] = patch
+            present[slot] = True
+            mask[slot] = self.foreground(top, left) >= self.min_foreground if real is None else real[number]
+            boxes[slot] = self.located.source_box(
+                box_x0 + left * self.step_x, box_y0 + top * self.step_y,
+                box_x0 + (left + patch.shape[1]) * self.step_x, box_y0 + (top + patch.shape[0]) * self.step_y)
+        return tiles, present, mask, boxes
+
+    def sample(self, count: int) -> list[tuple[int, int, int]]:
+        """Training tiles: up to `count` distinct grid tiles holding enough breast, drawn at random
+        (torch RNG), each shifted by up to half a tile when the shifted tile still holds as much breast
+        as asked. A breast too small (or faint) for any such tile gives its most-breast tile, so every
+        item has at least one tile for the local alignment."""
+        fractions = [self.foreground(top, left) for _, top, left in self.grid]
+        candidates = [position for position, fraction in zip(self.grid, fractions) if fraction >= self.min_foreground]
+        if not candidates:
+            candidates = [self.grid[int(np.argmax(fractions))]]
+        order = torch.randperm(len(candidates))[:count].tolist()
+        max_top = max(self.region.shape[0] - self.tile_height, 0)
+        max_left = max(self.region.shape[1] - self.tile_width, 0)
+        chosen = []
+        for slot, pick in enumerate(order):
+            _, top, left = candidates[pick]
+            shift = torch.randint(-(self.tile_height // 2), self.tile_height // 2 + 1, (2,)).tolist()
+            shifted_top = min(max(top + shift[0], 0), max_top)
+            shifted_left = min(max(left + round(shift[1] * self.tile_width / self.tile_height), 0), max_left)
+            if self.foreground(shifted_top, shifted_left) >= min(self.min_foreground, self.foreground(top, left)):
+                top, left = shifted_top, shifted_left
+            chosen.append((slot, top, left))
+        return chosen
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +286,13 @@ class MamaTrainTransform:
     16-bit PNG of the converted datasets as a PIL image, a numpy array or a tensor); output: float
     [3, H, W]. `seed` makes one call reproducible without touching the global RNG; without it the
     torch RNG is used (seeded per worker by the DataLoader).
+
+    `augment_tile` applies everything but the crop to a full-resolution tile: flips and intensity
+    changes keep a tile a piece of breast at its stored scale, while a random resized crop would
+    zoom it by up to 3x.
+
+    The transforms are built once, here; `MamaImageProcessor` keeps one instance per setting and
+    process (`cached_train_transform`), so a DataLoader worker builds its pipeline once, not per item.
 
     >>> transform = MamaTrainTransform(size=(32, 32))
     >>> image = np.random.default_rng(0).integers(0, 65535, (80, 50)).astype(np.uint16)
@@ -256,6 +321,7 @@ class MamaTrainTransform:
         if do_normalize:
             steps.append(v2.Normalize(list(image_mean), list(image_std)))
         self.transform = v2.Compose(steps)
+        self._crop, self._after_crop = steps[0], v2.Compose(steps[1:])
 
     def __call__(self, image, *, seed: int | None = None) -> torch.Tensor:
         if not isinstance(image, torch.Tensor) or image.dtype != torch.float32:
@@ -264,19 +330,45 @@ class MamaTrainTransform:
 
     def augment(self, pixels: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         """Augment float [H, W] (or [1, H, W] / [3, H, W]) pixels in [0, 1]."""
+        return self._seeded(self._augment, pixels, seed)
+
+    def augment_tile(self, pixels: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """Flips and intensity augmentation of a tile, float [h, w] in [0, 1] -> [3, h, w] (no crop, no resize)."""
+        return self._seeded(lambda tile: self._after_crop(tile.repeat(3, 1, 1)), pixels, seed)
+
+    @staticmethod
+    def _seeded(function, pixels: torch.Tensor, seed: int | None) -> torch.Tensor:
         if pixels.ndim == 2:
             pixels = pixels[None]
+        pixels = pixels[:1]  # one channel: the channels of a grayscale mammogram are equal
         if seed is None:
-            return self._augment(pixels)
+            return function(pixels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self._augment(pixels)
+            return function(pixels)
 
     def _augment(self, pixels: torch.Tensor) -> torch.Tensor:
         # Crop and resize one channel, then replicate: colour jitter needs three.
-        first, *rest = self.transform.transforms
-        cropped = first(pixels[:1] if pixels.shape[0] == 3 else pixels)
-        return v2.Compose(rest)(cropped.repeat(3, 1, 1))
+        return self._after_crop(self._crop(pixels).repeat(3, 1, 1))
+
+
+def _hashable(value):
+    return tuple(_hashable(item) for item in value) if isinstance(value, (list, tuple)) else value
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_transform(size, mean, std, augmentation, do_normalize) -> MamaTrainTransform:
+    augmentation = {key: list(value) if isinstance(value, tuple) else value for key, value in augmentation}
+    return MamaTrainTransform(size, list(mean), list(std), augmentation, do_normalize)
+
+
+def cached_train_transform(size, image_mean, image_std, augmentation: dict | None,
+                           do_normalize: bool = True) -> MamaTrainTransform:
+    """The `MamaTrainTransform` for these settings, built once per process and reused (a DataLoader
+    worker is a process: it builds its augmentation once, not once per item)."""
+    items = tuple(sorted((key, _hashable(value)) for key, value in (augmentation or {}).items()))
+    return _cached_transform(_size_pair(size, "size"), _hashable(image_mean), _hashable(image_std), items,
+                             bool(do_normalize))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,8 +383,10 @@ class MamaImageProcessorKwargs(ImagesKwargs, total=False):
     tile_size: Any
     tile_grid: Any
     min_tile_foreground: float
+    max_tiles: int
     augmentation: dict
     augment: bool
+    sample_tiles: bool
     seed: int
     laterality: Any
     return_geometry: bool
@@ -305,7 +399,8 @@ class MamaImageProcessor(BaseImageProcessor):
 
     Args:
         mode: `"global"` (paper) returns `pixel_values` [B, 3, H, W]; `"tiles"` also returns
-            `tile_pixel_values` [B, T, 3, h, w], `tile_mask` bool [B, T] and `tile_boxes` float [B, T, 4].
+            `tile_pixel_values` [B, T, 3, h, w] and `tile_mask` bool [B, T] (and, with
+            `return_geometry=True`, `tile_boxes` float [B, T, 4]).
         size: output size of the global view (paper: 518x518).
         keep_aspect_ratio: fit the breast into `size` keeping its aspect ratio and pad right / bottom
             with black, instead of stretching it (paper: stretch).
@@ -317,12 +412,18 @@ class MamaImageProcessor(BaseImageProcessor):
             Tiles are cut from the breast box at full resolution; a breast larger than the grid
             covers is scaled down (aspect kept) until it fits. Tile (i, j) is at index i * cols + j.
         min_tile_foreground: a tile whose share of Otsu-foreground pixels is below this is masked out.
+        max_tiles: training tiles per image (`sample_tiles`, on with `augment=True`): up to this many
+            grid tiles holding breast, drawn at random, each shifted by up to half a tile (T =
+            max_tiles, padded slots masked; with `augment` each tile is also flipped and
+            intensity-augmented). `None`: T = rows * cols. Evaluation returns every grid tile.
         augmentation: overrides of `PAPER_AUGMENTATION` for `preprocess(..., augment=True)`.
 
     Tile outputs: `tile_boxes` are `(x0, y0, x1, y1)` in the pixel coordinates of the original
-    image (before orientation and cropping). Grid cells the breast does not reach have
+    image (before orientation and cropping). At evaluation, grid cells the breast does not reach have
     `tile_mask=False` and zero pixels and boxes; cells it reaches keep their pixels and box, with
-    `tile_mask` telling whether they hold enough breast.
+    `tile_mask` telling whether they hold enough breast. Tiles are never upsampled: with stored images
+    of long side L (the converters' `--image-size`) a grid of `ceil(L / tile)` rows and columns keeps
+    every tile at the stored resolution.
 
     >>> processor = MamaImageProcessor(mode="tiles", size=28, tile_grid=[2, 2])
     >>> image = np.zeros((100, 60), dtype=np.uint8)
@@ -348,6 +449,7 @@ class MamaImageProcessor(BaseImageProcessor):
         tile_size: int | list | dict | None = None,
         tile_grid: list[int] | None = None,
         min_tile_foreground: float = 0.05,
+        max_tiles: int | None = None,
         augmentation: dict | None = None,
         **kwargs,
     ):
@@ -372,13 +474,15 @@ class MamaImageProcessor(BaseImageProcessor):
         if len(self.tile_grid) != 2 or min(self.tile_grid) < 1:
             raise ValueError(f"tile_grid must be [rows, cols] of positive ints, got {tile_grid!r}.")
         self.min_tile_foreground = float(min_tile_foreground)
+        self.max_tiles = _check_max_tiles(max_tiles)
         self.augmentation = dict(augmentation) if augmentation else None
-        MamaTrainTransform(self.size, self.image_mean, self.image_std, self.augmentation)  # validates keys
+        self.train_transform()  # validates the augmentation keys
 
     def train_transform(self) -> MamaTrainTransform:
         """The training augmentation for images that are already oriented and cropped (e.g. the
-        converted datasets' 16-bit PNGs); use it in a torch Dataset's `__getitem__`."""
-        return MamaTrainTransform(self.size, self.image_mean, self.image_std, self.augmentation, self.do_normalize)
+        converted datasets' 16-bit PNGs), built once per process (`cached_train_transform`)."""
+        return cached_train_transform(self.size, self.image_mean, self.image_std, self.augmentation,
+                                      self.do_normalize)
 
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
@@ -398,8 +502,10 @@ class MamaImageProcessor(BaseImageProcessor):
         tile_size=None,
         tile_grid: list[int] | None = None,
         min_tile_foreground: float | None = None,
+        max_tiles: int | None = None,
         laterality: str | list[str | None] | None = None,
         augment: bool = False,
+        sample_tiles: bool | None = None,
         seed: int | None = None,
         return_geometry: bool = False,
         return_tensors: str | None = "pt",
@@ -411,18 +517,24 @@ class MamaImageProcessor(BaseImageProcessor):
             laterality: "L" / "R" per image (or one value for all), e.g. from a dataset table; it
                 takes precedence over DICOM tags and is still checked against the pixel mass.
             augment: apply the training augmentation (`train_transform`) to the breast crop instead
-                of the evaluation resize. Training only; global mode only.
+                of the evaluation resize; in tiles mode, also flip and intensity-augment each tile.
+                Training only.
+            sample_tiles: tiles mode: draw up to `max_tiles` random tiles holding breast (training)
+                instead of returning every grid tile (evaluation). Default: the same as `augment`.
             seed: makes an augmented call reproducible.
             return_geometry: also return `crop_boxes` float [B, 4] (the breast box in original
-                coordinates) and `flipped` bool [B], to map outputs back onto the source image.
+                coordinates) and `flipped` bool [B] (and `tile_boxes` in tiles mode), to map outputs
+                back onto the source image.
+
+        Images the converters wrote are already oriented and cropped: pass `do_orient=False,
+        do_crop_to_breast=False` for them (`modeling_mama.training.converted.stored_image_options`
+        reads that from the dataset), so the pixel-mass rule cannot flip a stored image.
         """
         if kwargs:
             logger.warning_once(f"MamaImageProcessor ignores the arguments {sorted(kwargs)}.")
         mode = self.mode if mode is None else mode
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {MODES}.")
-        if augment and mode != "global":
-            raise ValueError("augment=True is the paper's global-view augmentation; use mode='global'.")
         height, width = _size_pair(self.size if size is None else size, "size")
         keep_aspect_ratio = self.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
         do_orient = self.do_orient if do_orient is None else do_orient
@@ -434,16 +546,19 @@ class MamaImageProcessor(BaseImageProcessor):
         tile_height, tile_width = _size_pair(tile_size, "tile_size")
         rows, cols = tile_grid if tile_grid is not None else self.tile_grid
         min_foreground = self.min_tile_foreground if min_tile_foreground is None else min_tile_foreground
+        max_tiles = self.max_tiles if max_tiles is None else _check_max_tiles(max_tiles)
+        sample_tiles = augment if sample_tiles is None else bool(sample_tiles)
 
         images = self._as_list(images)
         lateralities = laterality if isinstance(laterality, (list, tuple)) else [laterality] * len(images)
         if len(lateralities) != len(images):
             raise ValueError(f"Got {len(lateralities)} lateralities for {len(images)} images.")
-        transform = MamaTrainTransform((height, width), mean, std, self.augmentation, do_normalize) if augment else None
+        transform = cached_train_transform((height, width), mean, std, self.augmentation, do_normalize) if augment else None
 
         # Outputs are filled in place with numpy: one small torch op per image (the resize), since
         # multi-threaded torch calls on small tensors cost more than the arithmetic on a busy machine.
-        count, tile_count = len(images), rows * cols
+        count = len(images)
+        tile_count = (max_tiles or rows * cols) if sample_tiles else rows * cols
         pixel_values = np.zeros((count, 3, height, width), dtype=np.float32)
         augmented = []
         if mode == "tiles":
@@ -465,17 +580,26 @@ class MamaImageProcessor(BaseImageProcessor):
                     view = _fit(crop, height, width) if keep_aspect_ratio else _resize(crop, height, width)
                     _write_channels(pixel_values[index], view.numpy(), do_normalize, mean, std)
                 if mode == "tiles":
-                    tiles, present, tile_mask[index], tile_boxes[index] = _cut_tiles(
-                        crop, located, tile_height, tile_width, rows, cols, min_foreground)
+                    cutter = _Tiles(crop, located, tile_height, tile_width, rows, cols, min_foreground)
+                    if sample_tiles:
+                        sampled = cutter.sample(tile_count)
+                        tiles, present, tile_mask[index], tile_boxes[index] = cutter.cut(
+                            sampled, tile_count, real=np.ones(len(sampled), dtype=bool))
+                    else:
+                        tiles, present, tile_mask[index], tile_boxes[index] = cutter.cut(cutter.grid, tile_count)
                     for tile in np.flatnonzero(present):
-                        _write_channels(tile_values[index, tile], tiles[tile], do_normalize, mean, std)
+                        if transform is not None:
+                            tile_values[index, tile] = transform.augment_tile(torch.from_numpy(tiles[tile])).numpy()
+                        else:
+                            _write_channels(tile_values[index, tile], tiles[tile], do_normalize, mean, std)
                 crop_boxes[index], flipped[index] = located.source_box(*located.box), located.flipped
         data = {"pixel_values": torch.stack(augmented) if augment else torch.from_numpy(pixel_values)}
         if mode == "tiles":
-            data.update(tile_pixel_values=torch.from_numpy(tile_values), tile_mask=torch.from_numpy(tile_mask),
-                        tile_boxes=torch.from_numpy(tile_boxes))
+            data.update(tile_pixel_values=torch.from_numpy(tile_values), tile_mask=torch.from_numpy(tile_mask))
         if return_geometry:
             data.update(crop_boxes=torch.from_numpy(crop_boxes), flipped=torch.from_numpy(flipped))
+            if mode == "tiles":
+                data["tile_boxes"] = torch.from_numpy(tile_boxes)
         if return_tensors in (None, "pt"):
             return BatchFeature(data=data)
         return BatchFeature(data={key: value.numpy() for key, value in data.items()}, tensor_type=return_tensors)
@@ -493,6 +617,6 @@ class MamaImageProcessor(BaseImageProcessor):
 
 __all__ = [
     "MODES", "PAPER_AUGMENTATION", "PAPER_IMAGE_MEAN", "PAPER_IMAGE_SIZE", "PAPER_IMAGE_STD", "PIXEL_MASS_MARGIN",
-    "MamaImageProcessor", "MamaTrainTransform", "breast_bbox", "crop_to_breast", "infer_laterality",
+    "MamaImageProcessor", "MamaTrainTransform", "breast_bbox", "cached_train_transform", "crop_to_breast", "infer_laterality",
     "load_mammogram", "orient_breast", "otsu_threshold", "to_unit_range",
 ]

@@ -15,7 +15,7 @@ from conftest import _schema_rows  # noqa: E402
 def main(out_dir: str) -> None:
     import datasets
 
-    from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaTrainer
+    from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaProcessor, MamaTrainer
     from modeling_mama import MamaTrainingArguments, MultiViewDataset
     from modeling_mama.training.multiview import report_fields_from_row
     from modeling_mama.reports import build_report
@@ -28,14 +28,15 @@ def main(out_dir: str) -> None:
     torch.manual_seed(0)
     config = MamaConfig.tiny(vocab_size=len(tokenizer), sentence_separator_token_id=tokenizer.sep_token_id)
     model = MamaModel(config)
-    train = MultiViewDataset(dataset, MamaImageProcessor(size=56), seed=0, augment=False)
+    processor = MamaProcessor(MamaImageProcessor(size=56), tokenizer)
+    train = MultiViewDataset(dataset, processor, seed=0, augment=False)
     args = MamaTrainingArguments(
         output_dir=out_dir, max_steps=10, per_device_train_batch_size=4, learning_rate=2e-3, logging_steps=1,
         save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
         disable_tqdm=True, late_loss_step=2,
     )
     trainer = MamaTrainer(model=model, args=args, train_dataset=train,
-                          data_collator=MamaDataCollator(tokenizer))
+                          data_collator=MamaDataCollator(processor))
     trainer.train()
     rank = trainer.args.process_index
     # Parameters must agree; BatchNorm running stats are buffers DDP re-broadcasts from rank 0 each forward.

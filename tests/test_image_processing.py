@@ -271,7 +271,7 @@ def test_tiles_are_full_resolution_pieces_of_the_source(tmp_path):
     for laterality in "LR":
         stored = breast_pixels(150, 120, laterality=laterality, bits_stored=16, seed=8)  # breast about 126x86
         unit = to_unit_range(stored)
-        out = processor(stored)
+        out = processor(stored, return_geometry=True)
         rows, cols = 4, 3
         assert out["tile_pixel_values"].shape == (1, rows * cols, 3, 40, 40)
         assert out["tile_mask"].shape == (1, rows * cols) and out["tile_mask"].dtype == torch.bool
@@ -299,7 +299,7 @@ def test_tiles_outside_the_breast_are_masked():
     pixels = np.zeros((128, 128), dtype=np.float32)
     pixels[:, :64] = 0.8
     pixels[:64, 64:] = 0.8  # an L-shaped breast: the bottom-right tile is background
-    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 3])(pixels)
+    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 3])(pixels, return_geometry=True)
     assert out["tile_mask"][0].tolist() == [True, True, False, True, False, False, False, False, False]
     assert out["tile_boxes"][0, 4].tolist() == [64, 64, 128, 128]  # present (a box) but masked
     assert out["tile_boxes"][0, 2].tolist() == [0, 0, 0, 0]        # beyond the breast: absent
@@ -308,7 +308,7 @@ def test_tiles_outside_the_breast_are_masked():
 def test_a_large_breast_is_scaled_to_fit_the_grid():
     pixels = np.zeros((400, 120), dtype=np.float32)
     pixels[:, :100] = 0.7  # a 400x100 breast, grid 2x2 of 64: scale 128 / 400 = 0.32
-    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[2, 2])(pixels)
+    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[2, 2])(pixels, return_geometry=True)
     assert out["tile_mask"][0].tolist() == [True, False, True, False]
     torch.testing.assert_close(out["tile_boxes"][0], torch.tensor(
         [[0, 0, 100, 200], [0, 0, 0, 0], [0, 200, 100, 400], [0, 0, 0, 0]], dtype=torch.float32))
@@ -316,7 +316,8 @@ def test_a_large_breast_is_scaled_to_fit_the_grid():
 
 def test_tile_count_is_constant_across_a_batch():
     processor = MamaImageProcessor(mode="tiles", size=32, tile_size=32, tile_grid=[3, 2])
-    out = processor([breast_pixels(200, 150, seed=1), breast_pixels(60, 40, seed=2, laterality="R")])
+    out = processor([breast_pixels(200, 150, seed=1), breast_pixels(60, 40, seed=2, laterality="R")],
+                    return_geometry=True)
     assert out["pixel_values"].shape == (2, 3, 32, 32)
     assert out["tile_pixel_values"].shape == (2, 6, 3, 32, 32)
     assert out["tile_mask"].shape == (2, 6) and out["tile_boxes"].shape == (2, 6, 4)
@@ -380,8 +381,6 @@ def test_preprocess_augment_uses_the_train_transform():
     torch.testing.assert_close(processor([stored, stored], augment=True, seed=11)["pixel_values"], out)
     crop = crop_to_breast(orient_breast(to_unit_range(stored)))
     torch.testing.assert_close(out[0], processor.train_transform()(np.ascontiguousarray(crop), seed=11))
-    with pytest.raises(ValueError, match="augment=True is the paper's global-view augmentation"):
-        processor(stored, mode="tiles", augment=True)
 
 
 def test_train_transform_in_a_dataloader():

@@ -136,11 +136,11 @@ def test_user_errors(processor, tokenizer):
         processor()
     with pytest.raises(ValueError, match="either text= or reports=, not both"):
         processor(text="Negative.", reports=ReportFields())
-    with pytest.raises(ValueError, match="Got 2 images but 1 reports; give one report per image"):
-        processor(images=[breast(), breast()], text=["Overall Assessment: Negative."])
+    with pytest.raises(ValueError, match="Got 2 images but 1 reports; reports= pairs one report with each image"):
+        processor(images=[breast(), breast()], reports=[["Overall Assessment: Negative."]])
     with pytest.raises(TypeError, match=r"text\[0\] is a int"):
         processor(text=[3])
-    with pytest.raises(TypeError, match=r"reports\[1\] is a str"):
+    with pytest.raises(TypeError, match=r"reports\[1\] is a str; expected ReportFields, a mapping or a list"):
         processor(reports=[ReportFields(), "Negative."])
     with pytest.raises(TypeError, match=r"Unexpected argument\(s\) \['laterality'\]"):
         processor(text="Negative.", laterality="L")
