@@ -318,10 +318,13 @@ class MamaTrainTransform:
             v2.RandomApply([v2.GaussianBlur(params["blur_kernel_size"], sigma=tuple(params["blur_sigma"]))],
                            p=params["blur_p"]),
         ]
-        if do_normalize:
-            steps.append(v2.Normalize(list(image_mean), list(image_std)))
-        self.transform = v2.Compose(steps)
-        self._crop, self._after_crop = steps[0], v2.Compose(steps[1:])
+        normalize = v2.Normalize(list(image_mean), list(image_std)) if do_normalize else None
+        self.transform = v2.Compose(steps + ([normalize] if normalize else []))
+        # A mammogram's three channels are equal, so everything before the normalisation runs on one
+        # channel: torchvision leaves saturation, hue and grayscale unchanged on a one-channel image
+        # (they are no-ops on equal channels too, up to rounding), draws the same random numbers, and
+        # the costly steps (hue, blur) run once instead of three times.
+        self._crop, self._one_channel, self._normalize = steps[0], v2.Compose(steps[1:]), normalize
 
     def __call__(self, image, *, seed: int | None = None) -> torch.Tensor:
         if not isinstance(image, torch.Tensor) or image.dtype != torch.float32:
@@ -334,7 +337,7 @@ class MamaTrainTransform:
 
     def augment_tile(self, pixels: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         """Flips and intensity augmentation of a tile, float [h, w] in [0, 1] -> [3, h, w] (no crop, no resize)."""
-        return self._seeded(lambda tile: self._after_crop(tile.repeat(3, 1, 1)), pixels, seed)
+        return self._seeded(self._after_crop, pixels, seed)
 
     @staticmethod
     def _seeded(function, pixels: torch.Tensor, seed: int | None) -> torch.Tensor:
@@ -348,8 +351,11 @@ class MamaTrainTransform:
             return function(pixels)
 
     def _augment(self, pixels: torch.Tensor) -> torch.Tensor:
-        # Crop and resize one channel, then replicate: colour jitter needs three.
-        return self._after_crop(self._crop(pixels).repeat(3, 1, 1))
+        return self._after_crop(self._crop(pixels))
+
+    def _after_crop(self, pixels: torch.Tensor) -> torch.Tensor:
+        channels = self._one_channel(pixels).repeat(3, 1, 1)
+        return self._normalize(channels) if self._normalize is not None else channels
 
 
 def _hashable(value):

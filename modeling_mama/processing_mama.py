@@ -208,6 +208,16 @@ class MamaProcessor(ProcessorMixin):
                                 f"expected a string or a list of sentences.")
         return sentence_lists
 
+    @classmethod
+    def from_args_and_dict(cls, args, processor_dict: dict[str, Any], **kwargs):
+        # ProcessorMixin drops the saved `auto_map` (the image processor keeps its own): keep it, so a
+        # loaded processor's `to_dict()` equals the saved one's.
+        loaded = super().from_args_and_dict(args, processor_dict, **kwargs)
+        processor = loaded[0] if isinstance(loaded, tuple) else loaded
+        if "auto_map" in processor_dict:
+            processor.auto_map = processor_dict["auto_map"]
+        return loaded
+
     @property
     def model_input_names(self) -> list[str]:
         """What `MamaModel.forward` takes from this processor: the image inputs (with the tile inputs in

@@ -61,6 +61,35 @@ def test_items_are_reproducible_per_epoch(tiny_dataset, report_tokenizer):
     assert 0.5 < masked / (6 * len(dataset)) < 1.0
 
 
+def test_tiled_training_run(tiny_dataset, report_tokenizer, tmp_path):
+    """Tiles + augmentation + SLA in one MamaTrainer run: SLA aligns the sentences with the tiles' patches."""
+    torch.manual_seed(0)
+    config = MamaConfig.tiny(vocab_size=len(report_tokenizer), sentence_separator_token_id=report_tokenizer.sep_token_id)
+    model = MamaModel(config)
+    processor = MamaProcessor(
+        MamaImageProcessor(mode="tiles", size=IMAGE, tile_size=28, tile_grid=[3, 2], max_tiles=2), report_tokenizer)
+    train = MultiViewDataset(tiny_dataset, processor, seed=0)  # augment=True: random tiles, augmented
+    encoded = []
+    original = model.encode_image_tokens
+    model.encode_image_tokens = lambda pixel_values: encoded.append(tuple(pixel_values.shape)) or original(pixel_values)
+    args = MamaTrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=6, learning_rate=2e-3, logging_steps=1,
+        report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0, save_strategy="no", disable_tqdm=True,
+        late_loss_step=0,
+    )
+    trainer = MamaTrainer(model=model, args=args, train_dataset=train, data_collator=MamaDataCollator(processor))
+    before = model.patch_projection.fc1.weight.detach().clone()
+    trainer.train()
+    logs = train_logs(trainer)
+    assert [entry["step"] for entry in logs] == [1, 2, 3]
+    assert all(math.isfinite(entry["loss_local"]) and math.isfinite(entry["loss_multiview"]) for entry in logs)
+    # Per step: both views together, then the real tiles alone (1-2 per image, 28 px) for the local term.
+    views, tiles = encoded[0::2], encoded[1::2]
+    assert views == [(12, 3, IMAGE, IMAGE)] * 3
+    assert all(6 <= shape[0] <= 12 and shape[1:] == (3, 28, 28) for shape in tiles)
+    assert not torch.equal(before, model.patch_projection.fc1.weight)
+
+
 def test_retrieval_accuracy():
     logits = torch.tensor([[5.0, 1.0, 0.0], [0.0, 2.0, 5.0], [0.0, 0.0, 4.0]])
     top1_i2t, top1_t2i = retrieval_accuracy(logits, 1)
