@@ -6,7 +6,14 @@
 See `modeling_mama.data.converters.vindr` for what is read, the labels, the splits and the failures file.
 """
 
-from modeling_mama.data.converters.vindr import main
+from __future__ import annotations
+
+from _converter_cli import run_converter
+
+
+def main(argv=None) -> int:
+    return run_converter("vindr", argv, description="Convert VinDr-Mammo (as published) into a datasets.DatasetDict.")
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

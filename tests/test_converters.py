@@ -15,6 +15,8 @@ import datasets
 import numpy as np
 import pytest
 
+from scripts import load_script
+
 from modeling_mama.data.converters import common
 from modeling_mama.data.converters.common import ConverterError
 from modeling_mama.data.converters.embed import convert_embed, plan_embed
@@ -411,13 +413,12 @@ def test_output_folder_errors(tmp_path, rsna_root):
 
 
 def test_command_line_reports_errors_and_converts(tmp_path, capsys, vindr_root):
-    from modeling_mama.data.converters import vindr
-
-    assert vindr.main(["--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    main = load_script("data_scripts/vindr.py").main
+    assert main(["--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert f"error: --root {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
     out = tmp_path / "cli"
-    assert vindr.main(["--root", str(vindr_root), "--out", str(out), "--image-size", "64", "--limit", "4",
-                       "--no-progress", "--seed", "3"]) == 0
+    assert main(["--root", str(vindr_root), "--out", str(out), "--image-size", "64", "--limit", "4",
+                 "--no-progress", "--seed", "3"]) == 0
     assert f"{out}: train" in capsys.readouterr().out
     loaded = datasets.load_from_disk(str(out))
     assert sum(len(split) for split in loaded.values()) + len(read_failures(out)) == 4
@@ -510,11 +511,9 @@ def test_embed_end_to_end(embed_root, embed_converted):
 
 
 def test_embed_cli_round_trip(embed_root, tmp_path, capsys):
-    from modeling_mama.data.converters import embed
-
     out = tmp_path / "cli"
-    assert embed.main(["--root", str(embed_root), "--out", str(out), "--image-size", "64", "--no-progress",
-                       "--seed", "5", "--limit", "12"]) == 0
+    assert load_script("data_scripts/embed.py").main(["--root", str(embed_root), "--out", str(out), "--image-size",
+                                                     "64", "--no-progress", "--seed", "5", "--limit", "12"]) == 0
     loaded = datasets.load_from_disk(str(out))
     assert sum(len(loaded[s]) for s in ("train", "validation", "test")) + len(read_failures(out)) == 12
 

@@ -12,14 +12,15 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from modeling_mama.data import synthetic
+from modeling_mama.data.synthetic import rendering as synthetic_rendering
+from scripts import load_script
+
 from modeling_mama.data.synthetic import (
     DicomEncoding,
     Lesion,
     generate_embed,
     generate_rsna,
     generate_vindr,
-    main,
     mammogram_dataset,
     parse_image_size,
     render_mammogram,
@@ -66,7 +67,7 @@ def lesion_pixels(with_findings: Path, without_findings: Path):
 def without_drawing_findings(generate, out_dir, **options):
     """The same dataset with the findings left out of the pixels (tables and everything else equal)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(synthetic, "_draw_lesion", lambda *args, **kwargs: None)
+        patch.setattr(synthetic_rendering, "_draw_lesion", lambda *args, **kwargs: None)
         return generate(out_dir, **options)
 
 
@@ -492,6 +493,7 @@ def test_image_size_parsing():
 
 
 def test_command_line(tmp_path, capsys):
+    main = load_script("data_scripts/synthetic.py").main
     assert main(["--out", str(tmp_path / "v"), "--format", "vindr", "--num-exams", "1",
                  "--image-size", "48x40", "--seed", "1", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "v")

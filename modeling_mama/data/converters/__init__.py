@@ -1,9 +1,18 @@
 """Dataset converters: each dataset's published tables and DICOM files -> one `datasets.DatasetDict` schema.
 
-- `embed.convert_embed(root, out, ...)`: EMBED (pre-training; BI-RADS, density).
-- `rsna.convert_rsna(root, out, ...)`: RSNA Screening Mammography (cancer).
-- `vindr.convert_vindr(root, out, ...)`: VinDr-Mammo (BI-RADS, density).
-- `common`: table reading, splits, the image cache and the atomic writer they share.
+Every converter is a `common.DatasetConverter` registered in `CONVERTERS` under its name:
 
-The command lines are `data_scripts/{embed,rsna,vindr}.py`; DESIGN.md "Dataset schema" lists the columns.
+- `embed.EmbedConverter` / `convert_embed(root, out, ...)`: EMBED (pre-training; BI-RADS, density).
+- `rsna.RsnaConverter` / `convert_rsna(root, out, ...)`: RSNA Screening Mammography (cancer).
+- `vindr.VindrConverter` / `convert_vindr(root, out, ...)`: VinDr-Mammo (BI-RADS, density).
+- `common`: the contract (`DatasetConverter`), table reading, splits, the image cache and the atomic
+  writer they share.
+
+The command lines are `data_scripts/<name>.py`; DESIGN.md "Dataset schema" lists the columns and
+"Add a dataset" the files a new converter touches.
 """
+
+from . import embed, rsna, vindr  # noqa: F401  (registers the converters)
+from .common import CONVERTERS, DatasetConverter, register_converter
+
+__all__ = ["CONVERTERS", "DatasetConverter", "register_converter"]

@@ -643,24 +643,8 @@ def _row_order(row_index) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line
+# The converter contract
 # ----------------------------------------------------------------------------------------------
-
-
-def add_common_arguments(parser) -> None:
-    """The options every converter has: --root, --out, --workers, --image-size, --limit, --seed."""
-    parser.add_argument("--root", required=True, help="the dataset folder as published")
-    parser.add_argument("--out", required=True,
-                        help="folder to write the DatasetDict into (created; re-running resumes)")
-    parser.add_argument("--workers", type=int, default=1, help="processes decoding DICOM files (default 1)")
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
-                        help=f"long side of the stored images in pixels (default {DEFAULT_IMAGE_SIZE})")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="read only the first N rows of the image table (a quick trial)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patient-level splits (default 0)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--delete-cache", action="store_true",
-                        help="delete <out>/.cache at the end (a re-run then decodes everything again)")
 
 
 def check_options(*, image_size: int, workers: int, limit: int | None) -> None:
@@ -672,7 +656,61 @@ def check_options(*, image_size: int, workers: int, limit: int | None) -> None:
         raise ConverterError(f"--limit {limit} must be at least 1 (or leave it out to convert everything).")
 
 
-def print_summary(out: Path, dataset_dict) -> None:
-    summary = json.loads((out / SUMMARY_FILE).read_text())
-    splits = ", ".join(f"{name} {len(split)}" for name, split in dataset_dict.items())
-    print(f"{out}: {splits} images; {summary['failures']} failures in {out / FAILURES_FILE}")
+class DatasetConverter:
+    """The contract every converter follows (DESIGN.md "Add a dataset").
+
+    A converter reads a dataset as published under `root` and writes the package's one schema. A
+    subclass sets
+
+    - `name`: the registry key (`CONVERTERS[name]`), recorded as `converter` in `conversion.json`;
+      the datasets' licence terms are looked up under it (`hub.DATASET_TERMS`);
+    - `description`: what the progress bar shows;
+    - `balanced`: `(source split, label column, new split)` for a class-balanced extra split, or None;
+
+    and implements `plan(limit=, seed=)`, which reads the tables (never an image) and returns the
+    planned rows (the schema columns except `image`, plus `split`, `table`, `row_index`) and the rows
+    refused with a reason. `split_names()` lists the splits written (default train/validation/test).
+    Options of the dataset (e.g. EMBED's `dicom_root`) are keyword arguments of `__init__`, kept in
+    `options` and recorded in `conversion.json`. `convert(out, ...)` does the rest: option checks, the
+    resumable image cache, `failures.csv`, the atomic `DatasetDict` and `conversion.json`.
+    Register a subclass with `@register_converter`; its command line is `data_scripts/<name>.py`.
+    """
+
+    name: str = ""
+    description: str = "images"
+    balanced: tuple[str, str, str] | None = None
+
+    def __init__(self, root, **options):
+        self.root = root
+        self.options = options
+
+    def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
+        raise NotImplementedError(f"{type(self).__name__} must implement plan(limit=, seed=).")
+
+    def split_names(self) -> tuple[str, ...]:
+        return tuple(SPLIT_FRACTIONS)
+
+    def convert(self, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
+                seed: int = 0, progress: bool = True, keep_cache: bool = True):
+        """Convert the dataset into a `DatasetDict` saved at `out`; returns it (loaded back)."""
+        check_options(image_size=image_size, workers=workers, limit=limit)
+        rows, refused = self.plan(limit=limit, seed=seed)
+        out = prepare_output(out, {"converter": self.name, "image_size": image_size})
+        options = {key: None if value is None else str(value) for key, value in self.options.items()}
+        return write_dataset(
+            out, rows, refused, split_names=self.split_names(), image_size=image_size, workers=workers,
+            progress=progress, description=self.description, balanced=self.balanced, seed=seed,
+            summary={"converter": self.name, "root": str(Path(self.root)), **options, "limit": limit},
+            keep_cache=keep_cache,
+        )
+
+
+CONVERTERS: dict[str, type[DatasetConverter]] = {}
+
+
+def register_converter(cls: type[DatasetConverter]) -> type[DatasetConverter]:
+    """Class decorator: make a converter reachable as `CONVERTERS[cls.name]`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a `name`.")
+    CONVERTERS[cls.name] = cls
+    return cls

@@ -35,21 +35,23 @@ Reads, as published, `tables/EMBED_OpenData_metadata.csv` (or `_reduced`), `tabl
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ...reports import ReportFields, load_embed_legend, parse_birads, parse_density, select_clinical_row
+from ...reports import (
+    ReportFields,
+    load_embed_legend,
+    parse_birads,
+    parse_density,
+    select_clinical_row,
+)
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
+    DatasetConverter,
     RowError,
-    add_common_arguments,
-    check_options,
     check_root,
     clean_text,
     duplicate_rows,
@@ -58,13 +60,11 @@ from .common import (
     normalize_id,
     parse_int,
     parse_laterality,
-    prepare_output,
-    print_summary,
     read_table,
+    register_converter,
     report_columns,
     row_error,
     split_patients,
-    write_dataset,
 )
 
 METADATA_TABLES = ["tables/EMBED_OpenData_metadata.csv", "tables/EMBED_OpenData_metadata_reduced.csv",
@@ -200,37 +200,31 @@ def plan_embed(root, *, dicom_root=None, limit: int | None = None, seed: int = 0
     return planned, refused
 
 
+@register_converter
+class EmbedConverter(DatasetConverter):
+    """EMBED; `dicom_root` is the folder holding `cohort_1/`, `cohort_2/` (default: `root`)."""
+
+    name = "embed"
+    description = "EMBED images"
+    balanced = ("test", "birads", BALANCED_SPLIT)
+
+    def __init__(self, root, *, dicom_root=None):
+        super().__init__(root, dicom_root=dicom_root)
+
+    def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
+        return plan_embed(self.root, dicom_root=self.options["dicom_root"], limit=limit, seed=seed)
+
+    def convert(self, out, **kwargs):
+        if self.options["dicom_root"] is None:
+            self.options["dicom_root"] = self.root  # recorded in conversion.json as the folder actually read
+        return super().convert(out, **kwargs)
+
+
 def convert_embed(root, out, *, dicom_root=None, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1,
                   limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True):
     """Convert EMBED under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train, validation, test (70/10/20 by patient) and test_balanced (see the module docstring).
     """
-    check_options(image_size=image_size, workers=workers, limit=limit)
-    rows, refused = plan_embed(root, dicom_root=dicom_root, limit=limit, seed=seed)
-    out = prepare_output(out, {"converter": "embed", "image_size": image_size})
-    return write_dataset(
-        out, rows, refused, split_names=SPLITS, image_size=image_size, workers=workers, progress=progress,
-        description="EMBED images", balanced=("test", "birads", BALANCED_SPLIT), seed=seed,
-        summary={"converter": "embed", "root": str(Path(root)),
-                 "dicom_root": str(Path(dicom_root if dicom_root is not None else root)), "limit": limit},
-        keep_cache=keep_cache,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Convert EMBED (as published) into a datasets.DatasetDict.")
-    add_common_arguments(parser)
-    parser.add_argument("--dicom-root", default=None,
-                        help="folder holding cohort_1/, cohort_2/ (default: --root); anon_dicom_path is "
-                             "re-rooted there")
-    args = parser.parse_args(argv)
-    try:
-        dataset_dict = convert_embed(args.root, args.out, dicom_root=args.dicom_root, image_size=args.image_size,
-                                     workers=args.workers, limit=args.limit, seed=args.seed,
-                                     progress=not args.no_progress, keep_cache=not args.delete_cache)
-    except ConverterError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_summary(Path(args.out), dataset_dict)
-    return 0
+    return EmbedConverter(root, dicom_root=dicom_root).convert(
+        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache)

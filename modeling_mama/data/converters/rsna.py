@@ -22,19 +22,14 @@ published (most files are JPEG 2000 lossless; decoding needs pylibjpeg + pylibjp
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ...reports import RSNA_COLUMNS, ReportFields
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
+    DatasetConverter,
     RowError,
-    add_common_arguments,
-    check_options,
     check_root,
     clean_text,
     duplicate_rows,
@@ -43,13 +38,11 @@ from .common import (
     normalize_id,
     parse_int,
     parse_laterality,
-    prepare_output,
-    print_summary,
     read_table,
+    register_converter,
     report_columns,
     row_error,
     split_patients,
-    write_dataset,
 )
 
 SPLIT_SOURCES = ("train.csv", "test.csv")
@@ -129,6 +122,23 @@ def plan_rsna(root, *, split_source: str = "train.csv", limit: int | None = None
     return planned, refused
 
 
+@register_converter
+class RsnaConverter(DatasetConverter):
+    """RSNA-Mammo; `split_source` is train.csv (labels, 70/10/20 by patient) or test.csv (one test split)."""
+
+    name = "rsna"
+    description = "RSNA images"
+
+    def __init__(self, root, *, split_source: str = "train.csv"):
+        super().__init__(root, split_source=split_source)
+
+    def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
+        return plan_rsna(self.root, split_source=self.options["split_source"], limit=limit, seed=seed)
+
+    def split_names(self) -> tuple[str, ...]:
+        return ("train", "validation", "test") if self.options["split_source"] == "train.csv" else ("test",)
+
+
 def convert_rsna(root, out, *, split_source: str = "train.csv", image_size: int = DEFAULT_IMAGE_SIZE,
                  workers: int = 1, limit: int | None = None, seed: int = 0, progress: bool = True,
                  keep_cache: bool = True):
@@ -136,30 +146,5 @@ def convert_rsna(root, out, *, split_source: str = "train.csv", image_size: int 
 
     Splits: train/validation/test for `train.csv`, test only for `test.csv`.
     """
-    check_options(image_size=image_size, workers=workers, limit=limit)
-    rows, refused = plan_rsna(root, split_source=split_source, limit=limit, seed=seed)
-    settings = {"converter": "rsna", "image_size": image_size}
-    out = prepare_output(out, settings)
-    return write_dataset(
-        out, rows, refused, split_names=("train", "validation", "test") if split_source == "train.csv" else ("test",),
-        image_size=image_size, workers=workers, progress=progress, description="RSNA images", seed=seed,
-        summary={"converter": "rsna", "root": str(Path(root)), "split_source": split_source, "limit": limit},
-        keep_cache=keep_cache,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Convert RSNA-Mammo (as published) into a datasets.DatasetDict.")
-    add_common_arguments(parser)
-    parser.add_argument("--split-source", choices=SPLIT_SOURCES, default="train.csv",
-                        help="train.csv (labels; split 70/10/20 by patient) or test.csv (no labels; one test split)")
-    args = parser.parse_args(argv)
-    try:
-        dataset_dict = convert_rsna(args.root, args.out, split_source=args.split_source, image_size=args.image_size,
-                                    workers=args.workers, limit=args.limit, seed=args.seed,
-                                    progress=not args.no_progress, keep_cache=not args.delete_cache)
-    except ConverterError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_summary(Path(args.out), dataset_dict)
-    return 0
+    return RsnaConverter(root, split_source=split_source).convert(
+        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache)

@@ -27,34 +27,27 @@ Reads, as published, `breast-level_annotations.csv` (one row per image), `findin
 
 from __future__ import annotations
 
-import argparse
 import ast
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ...reports import VINDR_COLUMNS, ReportFields, parse_birads, parse_density
 from .common import (
     DEFAULT_IMAGE_SIZE,
-    ConverterError,
+    DatasetConverter,
     RowError,
-    add_common_arguments,
     assign_patients,
-    check_options,
     check_root,
     clean_text,
     duplicate_rows,
     failure,
     find_table,
     parse_laterality,
-    prepare_output,
-    print_summary,
     read_table,
+    register_converter,
     report_columns,
     row_error,
-    write_dataset,
 )
 
 BREAST_TABLE = "breast-level_annotations.csv"
@@ -177,32 +170,22 @@ def plan_vindr(root, *, limit: int | None = None, seed: int = 0) -> tuple[list[d
     return planned, refused
 
 
+@register_converter
+class VindrConverter(DatasetConverter):
+    """VinDr-Mammo: train and validation carved from VinDr's training studies, test VinDr's own."""
+
+    name = "vindr"
+    description = "VinDr images"
+
+    def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
+        return plan_vindr(self.root, limit=limit, seed=seed)
+
+
 def convert_vindr(root, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
                   seed: int = 0, progress: bool = True, keep_cache: bool = True):
     """Convert VinDr-Mammo under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train and validation (carved from VinDr's training studies) and test (VinDr's own).
     """
-    check_options(image_size=image_size, workers=workers, limit=limit)
-    rows, refused = plan_vindr(root, limit=limit, seed=seed)
-    out = prepare_output(out, {"converter": "vindr", "image_size": image_size})
-    return write_dataset(
-        out, rows, refused, split_names=SPLITS, image_size=image_size, workers=workers, progress=progress,
-        description="VinDr images", seed=seed,
-        summary={"converter": "vindr", "root": str(Path(root)), "limit": limit}, keep_cache=keep_cache,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Convert VinDr-Mammo (as published) into a datasets.DatasetDict.")
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        dataset_dict = convert_vindr(args.root, args.out, image_size=args.image_size, workers=args.workers,
-                                     limit=args.limit, seed=args.seed, progress=not args.no_progress,
-                                     keep_cache=not args.delete_cache)
-    except ConverterError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_summary(Path(args.out), dataset_dict)
-    return 0
+    return VindrConverter(root).convert(
+        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache)
