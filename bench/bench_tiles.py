@@ -1,11 +1,12 @@
 """Peak memory of a training step per item vs K, the number of tiles per item (`pretrain.py --max_tiles`).
 
-    python bench/bench_tiles.py [--ks 0,1,2,4] [--vision base|tiny] [--batch-size 2] [--checkpointing]
+    python bench/bench_tiles.py [--ks 0,1,2,4] [--vision base|tiny] [--batch-size 2] [--no-checkpointing]
 
 Each K runs in its own subprocess: build MaMA (the paper's ViT-B/14 image tower at 518 with `--vision
 base`, a tiny one with `--vision tiny`; the text tower is tiny either way, since nothing on the text
-side grows with K), one warm-up step (it allocates the AdamW state), then one measured step:
-forward + backward + AdamW with every loss term on, over a batch of items each holding the 518 global
+side grows with K; activation checkpointing on, as in the paper preset), one warm-up step (it
+allocates the AdamW state), then one measured step: forward + backward + AdamW with every loss
+term on, over a batch of items each holding the 518 global
 view, a second view, a 144-token budget report (8-11 sentences) and K tiles of 518 (K = 0: no tiles,
 SLA on the global view's patches). The step's peak is the RSS high-water mark above the RSS before
 the step (`/proc/self/clear_refs` resets the mark, Linux). Per item = step peak / batch size.
@@ -109,7 +110,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="at least 2 (BatchNorm of the heads)")
     parser.add_argument("--image-size", type=int, default=518)
     parser.add_argument("--tile-size", type=int, default=518)
-    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing (paper preset)")
+    parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                        help="no activation checkpointing (the paper preset has it)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -121,8 +123,9 @@ def main(argv=None) -> None:
     for k in ks:
         command = [sys.executable, __file__, "--child", str(k), "--vision", args.vision, "--batch-size",
                    str(args.batch_size), "--image-size", str(args.image_size), "--tile-size", str(args.tile_size),
-                   "--threads", str(args.threads)] + (["--checkpointing"] if args.checkpointing else [])
-        rows.append(json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]))
+                   "--threads", str(args.threads)] + ([] if args.checkpointing else ["--no-checkpointing"])
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(output.splitlines()[-1]))
     print(f"vision {args.vision} ({rows[0]['parameters_m']:.1f}M parameters), batch {args.batch_size}, views "
           f"{args.image_size}, tiles {args.tile_size}, checkpointing {'on' if args.checkpointing else 'off'}, "
           f"{args.threads} threads")

@@ -108,12 +108,13 @@ class DataArguments:
     mask_prob: float = 0.8
     augmentation: str = field(default="paper", metadata={"help": "paper | mild | none (training augmentation strength)."})
     max_length: int = field(default=144, metadata={"help": "Token budget of a report (saved with the processor)."})
-    truncation: str = field(default="error", metadata={"help": "A report over --max_length: error | warn (drop its "
-                                                               "last whole sentences)."})
-    tiles: bool = field(default=False, metadata={"help": "Multi-scale: add full-resolution tiles of the breast for SLA."})
-    max_tiles: int = field(default=4, metadata={"help": "Tiles per training item with --tiles (random, holding breast)."})
-    tile_grid: str | None = field(default=None, metadata={"help": "ROWS,COLS of the tile grid (default: covers the "
-                                                                  "dataset's stored image size)."})
+    truncation: str = field(default="error", metadata={
+        "help": "A report over --max_length: error | warn (drop its last whole sentences)."})
+    tiles: bool = field(default=False, metadata={
+        "help": "Multi-scale: add full-resolution tiles of the breast for SLA (off in the paper preset)."})
+    max_tiles: int = field(default=4, metadata={"help": "Tiles per training item with --tiles (random, with breast)."})
+    tile_grid: str | None = field(default=None, metadata={
+        "help": "ROWS,COLS of the tile grid (default: covers the dataset's stored image size)."})
     eval_tasks: str = field(default="density,birads", metadata={"help": "Zero-shot tasks run on the test split at the end."})
 
 
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_model_card(output_dir, model.config, training_args=training_args.to_dict(), results=results)
         print_table(zero_shot)
         if zero_shot_tiles:
-            print_table(zero_shot_tiles, title="zero-shot on the held-out test split, tiles (max for cancer, else mean)")
+            print_table(zero_shot_tiles, title="zero-shot on the held-out test split, tiles (cancer: max, else mean)")
         print(f"\nsaved to {training_args.output_dir} in {results['wall_time_seconds']} s")
     return results
 

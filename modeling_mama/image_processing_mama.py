@@ -10,9 +10,9 @@ The evaluation pipeline of `MamaImageProcessor` (METHOD.md section 5), per image
 
 In `tiles` mode the processor also cuts the breast into a fixed grid of full-resolution tiles (at
 evaluation every grid tile; in training, `augment=True`, up to `max_tiles` randomly drawn tiles that
-hold breast, each flipped and intensity-augmented). Work happens on previews and crops: Otsu runs on a strided
-preview (long side about 512), and only the breast box is calibrated and resized, so the pipeline
-costs little next to decoding a 3328x2560 DICOM.
+hold breast, each flipped and intensity-augmented). Work happens on previews and crops: Otsu runs on
+a strided preview (long side about 512), and only the breast box is calibrated and resized, so the
+pipeline costs little next to decoding a 3328x2560 DICOM.
 
 >>> import numpy as np
 >>> from modeling_mama.image_processing_mama import MamaImageProcessor
@@ -559,7 +559,8 @@ class MamaImageProcessor(BaseImageProcessor):
         lateralities = laterality if isinstance(laterality, (list, tuple)) else [laterality] * len(images)
         if len(lateralities) != len(images):
             raise ValueError(f"Got {len(lateralities)} lateralities for {len(images)} images.")
-        transform = cached_train_transform((height, width), mean, std, self.augmentation, do_normalize) if augment else None
+        transform = cached_train_transform((height, width), mean, std, self.augmentation, do_normalize) if augment \
+            else None
 
         # Outputs are filled in place with numpy: one small torch op per image (the resize), since
         # multi-threaded torch calls on small tensors cost more than the arithmetic on a busy machine.
@@ -623,6 +624,6 @@ class MamaImageProcessor(BaseImageProcessor):
 
 __all__ = [
     "MODES", "PAPER_AUGMENTATION", "PAPER_IMAGE_MEAN", "PAPER_IMAGE_SIZE", "PAPER_IMAGE_STD", "PIXEL_MASS_MARGIN",
-    "MamaImageProcessor", "MamaTrainTransform", "breast_bbox", "cached_train_transform", "crop_to_breast", "infer_laterality",
-    "load_mammogram", "orient_breast", "otsu_threshold", "to_unit_range",
+    "MamaImageProcessor", "MamaTrainTransform", "breast_bbox", "cached_train_transform", "crop_to_breast",
+    "infer_laterality", "load_mammogram", "orient_breast", "otsu_threshold", "to_unit_range",
 ]

@@ -43,6 +43,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from ..configuration_mama import MamaConfig
 from ..image_processing_mama import MamaImageProcessor
+from .converted import stored_image_options
 from .metrics import classification_metrics, softmax_scores
 from ..modeling_mama import MamaForImageClassification
 from .trainer import ConvertedCheckpointsTrainer
@@ -116,9 +117,12 @@ class ClassificationDataset(Dataset):
         processor: a `MamaImageProcessor` (or a `MamaProcessor`, whose image processor is used).
         task: `"birads"`, `"density"` or `"cancer"`.
         augment: apply the training augmentation.
+        image_options: image processor options for the stored images; default
+            `converted.stored_image_options(split)` (a converted dataset's images are already oriented
+            and cropped: neither is done again).
     """
 
-    def __init__(self, split, processor, task: str, *, augment: bool = False):
+    def __init__(self, split, processor, task: str, *, augment: bool = False, image_options: dict | None = None):
         _check_task(task)
         missing = {"image", task} - set(split.column_names)
         if missing:
@@ -127,6 +131,7 @@ class ClassificationDataset(Dataset):
         self.image_processor = getattr(processor, "image_processor", processor)
         self.task = task
         self.augment = augment
+        self.image_options = stored_image_options(split) if image_options is None else dict(image_options)
         classes = [label_to_class(task, value) for value in split[task]]
         self.rows = np.asarray([row for row, label in enumerate(classes) if label is not None], dtype=np.int64)
         self.labels = np.asarray([label for label in classes if label is not None], dtype=np.int64)
@@ -150,7 +155,7 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         image = self.images[int(self.rows[item])]["image"]
         pixel_values = self.image_processor.preprocess(
-            image, augment=self.augment, return_tensors="pt")["pixel_values"][0]
+            image, augment=self.augment, return_tensors="pt", **self.image_options)["pixel_values"][0]
         return {"pixel_values": pixel_values, "labels": torch.tensor(int(self.labels[item]))}
 
 

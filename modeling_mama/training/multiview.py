@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .converted import stored_image_options
+
 POLICIES = ("same_exam", "ipsilateral", "contralateral")
 
 
@@ -115,8 +117,6 @@ class MultiViewDataset(torch.utils.data.Dataset):
     def __init__(self, dataset, processor, *, policy: str = "same_exam", probability: float = 0.5,
                  mask_prob: float = 0.8, augment: bool = True, seed: int = 0, tiles: bool | None = None,
                  sample_tiles: bool | None = None, image_options: dict | None = None):
-        from .converted import stored_image_options
-
         if policy not in POLICIES:
             raise ValueError(f"Unknown multi-view policy {policy!r}; expected one of {POLICIES}.")
         missing = {"exam_id", "laterality", "image"} - set(dataset.column_names)
