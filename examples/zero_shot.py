@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no_metadata", action="store_true", help="Class-only prompts (no metadata prefix).")
     parser.add_argument("--prompt_variants", type=int, default=0, help="Extra phrasings per class to average.")
     parser.add_argument("--breast_level", action="store_true", help="Also aggregate views per breast (cancer).")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="Images per batch (with --tiles each image also brings its grid of tiles: use fewer).")
     parser.add_argument("--max_length", type=int, default=None,
                         help="Prompt token budget (default: the one saved with the model's processor).")
     parser.add_argument("--truncation", choices=TRUNCATION_MODES, default="error",
