@@ -9,7 +9,9 @@ allocates the AdamW state), then one measured step: forward + backward + AdamW w
 term on, over a batch of items each holding the 518 global
 view, a second view, a 144-token budget report (8-11 sentences) and K tiles of 518 (K = 0: no tiles,
 SLA on the global view's patches). The step's peak is the RSS high-water mark above the RSS before
-the step (`/proc/self/clear_refs` resets the mark, Linux). Per item = step peak / batch size.
+the step (`/proc/self/clear_refs` resets the mark, Linux); the children run with a fixed glibc mmap
+threshold and trim the heap before the step, so freed tensors leave the RSS and the mark measures
+what the step allocates. Per item = step peak / batch size.
 
 The table shows memory growing linearly with K (a tile costs about what a view costs), so `--max_tiles`
 bounds it whatever the stored resolution; the last lines show what the cap saves: how many tiles a
@@ -19,8 +21,10 @@ full-field breast has at native resolution (what evaluation scores) vs the K a t
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -78,6 +82,7 @@ def run_k(args: argparse.Namespace, k: int) -> dict:
 
     step()  # warm-up: AdamW state, allocator pools
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed memory back, so the RSS is what is alive
     before = _rss_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     seconds = step()
@@ -124,7 +129,10 @@ def main(argv=None) -> None:
         command = [sys.executable, __file__, "--child", str(k), "--vision", args.vision, "--batch-size",
                    str(args.batch_size), "--image-size", str(args.image_size), "--tile-size", str(args.tile_size),
                    "--threads", str(args.threads)] + ([] if args.checkpointing else ["--no-checkpointing"])
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        # A fixed mmap threshold: glibc would otherwise raise it as large tensors are freed and keep
+        # later ones on the heap, where a freed tensor stays in the RSS and hides the next step's peak.
+        environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        output = subprocess.run(command, capture_output=True, text=True, check=True, env=environment).stdout
         rows.append(json.loads(output.splitlines()[-1]))
     print(f"vision {args.vision} ({rows[0]['parameters_m']:.1f}M parameters), batch {args.batch_size}, views "
           f"{args.image_size}, tiles {args.tile_size}, checkpointing {'on' if args.checkpointing else 'off'}, "
