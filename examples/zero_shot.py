@@ -28,7 +28,7 @@ from modeling_mama.tokenization import TRUNCATION_MODES
 from modeling_mama.training.metrics import breast_level, classification_metrics, softmax_scores
 from modeling_mama.training.visualization import plot_confusion_matrix, plot_roc
 from modeling_mama.training.zero_shot import zero_shot_logits
-from modeling_mama.zero_shot_scoring import AGGREGATIONS, TILE_AGGREGATION
+from modeling_mama.zero_shot_scoring import AGGREGATIONS, default_tile_aggregation
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     # The processor's saved budget is the one the model was trained with (the report's; the paper's
     # cancer prompts alone fit 72 tokens, but with the metadata prefix they need the report's 144).
     max_length = args.max_length or processor.max_length
-    tile_aggregation = (args.tile_aggregation or TILE_AGGREGATION[args.task]) if args.tiles else None
+    tile_aggregation = (args.tile_aggregation or default_tile_aggregation(args.task)) if args.tiles else None
     logits, labels, rows = zero_shot_logits(
         model, processor, split, args.task, use_metadata=not args.no_metadata,
         prompt_variants=args.prompt_variants, batch_size=args.batch_size, max_length=max_length,

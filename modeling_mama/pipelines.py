@@ -41,7 +41,8 @@ from .image_processing_mama import _is_image_file
 from .processing_mama import MamaProcessor
 from .reports import CLASS_NAMES, DATASET_COLUMNS, ZERO_SHOT_TASKS, ReportFields
 from .tokenization import TRUNCATION_MODES
-from .zero_shot_scoring import AGGREGATIONS, aggregate_scores, zero_shot_batch, zero_shot_logits
+# ZeroShotScorer, aggregate_scores and normalized_image_features live in zero_shot_scoring (re-exported here).
+from .zero_shot_scoring import AGGREGATIONS, ZeroShotScorer, aggregate_scores, normalized_image_features
 
 TASK_NAME = "mammography-zero-shot"
 
@@ -105,6 +106,7 @@ class MammographyZeroShotPipeline(Pipeline):
                 raise ValueError("The mammography pipeline needs the model's MamaProcessor (or its image processor "
                                  "and tokenizer).")
             self.processor = MamaProcessor(self.image_processor, self.tokenizer)
+        self._scorers: dict[tuple, ZeroShotScorer] = {}  # per task and settings: they cache prompt embeddings
 
     def _sanitize_parameters(self, task=None, fields=None, use_metadata=None, aggregate=None, max_length=None,
                              tiles=None, tile_aggregation=None, truncation=None, **kwargs):
@@ -125,18 +127,25 @@ class MammographyZeroShotPipeline(Pipeline):
             preprocess["truncation"] = truncation
         if tiles is not None:
             preprocess["tiles"] = bool(tiles)
-        forward = {}
         if tile_aggregation is not None:
             if tile_aggregation not in AGGREGATIONS:
                 raise ValueError(f"tile_aggregation must be one of {AGGREGATIONS}, got {tile_aggregation!r}.")
-            forward["tile_aggregation"] = tile_aggregation
+            preprocess["tile_aggregation"] = tile_aggregation
         if aggregate is not None and aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}.")
         postprocess = {"aggregate": aggregate} if aggregate is not None else {}
-        return preprocess, forward, postprocess
+        return preprocess, {}, postprocess
+
+    def scorer(self, task: str, **settings) -> ZeroShotScorer:
+        """The `ZeroShotScorer` for a task and settings, kept between calls (it caches prompt embeddings)."""
+        key = (task, *sorted(settings.items()))
+        if key not in self._scorers:
+            self._scorers[key] = ZeroShotScorer(self.model, self.processor, task, **settings)
+        return self._scorers[key]
 
     def preprocess(self, inputs, task: str = "density", fields=None, use_metadata: bool = True,
-                   max_length: int | None = None, truncation: str = "error", tiles: bool = False):
+                   max_length: int | None = None, truncation: str = "error", tiles: bool = False,
+                   tile_aggregation: str | None = None):
         shared = _fields(fields)
         is_exam = isinstance(inputs, Mapping) and "views" in inputs
         if is_exam:
@@ -147,20 +156,20 @@ class MammographyZeroShotPipeline(Pipeline):
         else:
             items = [inputs]
         views = [_view(item, shared) for item in items]
-        batch = zero_shot_batch(
-            self.processor, [source for source, _ in views], task, fields=[view_fields for _, view_fields in views],
-            use_metadata=use_metadata, tiles=tiles, max_length=max_length, truncation=truncation,
-            laterality=[view_fields.laterality for _, view_fields in views],
-        )
+        scorer = self.scorer(task, use_metadata=use_metadata, max_length=max_length, truncation=truncation,
+                             tiles=tiles, tile_aggregation=tile_aggregation)
+        view_fields = [fields for _, fields in views]
         return {
-            "batch": batch, "task": task, "is_exam": is_exam,
-            "lateralities": [view_fields.laterality or "?" for _, view_fields in views],
-            "view_names": [view_fields.view for _, view_fields in views],
+            "inputs": scorer.preprocess([source for source, _ in views], view_fields), "fields": view_fields,
+            "scorer": scorer, "task": task, "is_exam": is_exam,
+            "lateralities": [fields.laterality or "?" for fields in view_fields],
+            "view_names": [fields.view for fields in view_fields],
         }
 
-    def _forward(self, model_inputs, tile_aggregation: str | None = None):
-        logits = zero_shot_logits(self.model, model_inputs["batch"], tile_aggregation=tile_aggregation)
-        return {**{key: value for key, value in model_inputs.items() if key != "batch"}, "logits": logits}
+    def _forward(self, model_inputs):
+        logits = model_inputs["scorer"].logits(model_inputs["inputs"], model_inputs["fields"])
+        kept = {key: value for key, value in model_inputs.items() if key not in ("inputs", "fields", "scorer")}
+        return {**kept, "logits": logits}
 
     def postprocess(self, model_outputs, aggregate: str = "mean"):
         names = CLASS_NAMES[model_outputs["task"]]
@@ -188,4 +197,6 @@ PIPELINE_REGISTRY.register_pipeline(
     type="multimodal",
 )
 
-__all__ = ["MammographyZeroShotPipeline", "TASK_NAME", "aggregate_scores"]  # aggregate_scores: from zero_shot_scoring
+__all__ = [
+    "MammographyZeroShotPipeline", "TASK_NAME", "ZeroShotScorer", "aggregate_scores", "normalized_image_features",
+]

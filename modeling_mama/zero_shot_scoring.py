@@ -1,31 +1,33 @@
-"""Zero-shot class scores of mammograms: the one scorer behind the pipeline and the dataset evaluation.
+"""Zero-shot class scores of mammograms: the one scorer behind the pipeline, batch prediction and the
+dataset evaluation.
 
 The paper's protocol (METHOD.md section 7): for each image and class, the prompt is the image's own
-metadata sections (procedure, reason, patient info, image info; from `fields`) followed by the
-class's sentences; the class logit is `s * image_embed . prompt_embed` (s the model's clamped
-`logit_scale`), the prediction its argmax. Without per-image fields (or with `use_metadata=False`)
-every image shares one class-only prompt per class. Extra phrasings per class (`prompt_variants`,
-prompt ensembling, 0 in the paper) are averaged in embedding space.
+metadata sections (procedure, reason, patient info, image info; from its `ReportFields`) followed by
+the class's sentences; the class logit is `s * image_embed . prompt_embed` (s the model's clamped
+`logit_scale`), the prediction its argmax. With `use_metadata=False` (or no fields) every image
+shares one class-only prompt per class. Extra phrasings per class (`prompt_variants`, prompt
+ensembling, 0 in the paper) are averaged in embedding space.
 
-Inputs come from the processor in one call, `processor(images=..., text=prompts)`: texts are
-independent of the images (CLIP-style), so N images and C classes need C prompts (class-only) or
-N * C (with each image's metadata).
+Images and prompts both go through the processor (`processor(images=...)`, `processor(text=...)`).
+The prompts of each distinct metadata prefix are encoded once and kept (up to `cache_size`
+prefixes, the least recently used dropped first): the views of a folder share few prefixes
+(procedure, age, side, view), and the text tower (a 2.7B-parameter LLM in the paper) costs more than
+the image tower.
 
 **Tiles** (the multi-scale extension; `tiles=True`): the processor also cuts each image's breast into
-full-resolution tiles, every tile holding breast is scored against the class prompts like a global
-view, and the image's class probabilities aggregate its tiles' (`TILE_AGGREGATION`, or
-`tile_aggregation=`):
+full-resolution tiles, every tile holding breast is scored against the image's class prompts like a
+global view, and the image's class probabilities aggregate its tiles' (`tile_aggregation`):
 
-- `"max"` for finding-present tasks (cancer): an image is as suspicious as its most suspicious tile,
-  P(positive) = max over its tiles, P(negative) = 1 - that; a finding too small for the 518 view
-  can drive the image score. Defined for binary tasks.
+- `"max"` for finding-present tasks (`labels.Task.finding_present`: cancer): an image is as suspicious
+  as its most suspicious tile, P(positive) = max over its tiles, P(negative) = 1 - that; a finding too
+  small for the 518 view can drive the image score. Defined for binary tasks.
 - `"mean"` otherwise (BI-RADS, density: properties of the whole breast): the mean of the tiles'
   class probabilities.
 
 Tiled logits are the log of the aggregated probabilities (a softmax gives them back). An image with no
 tile holding breast keeps its global-view logits.
 
->>> TILE_AGGREGATION["cancer"], TILE_AGGREGATION["density"]
+>>> default_tile_aggregation("cancer"), default_tile_aggregation("density")
 ('max', 'mean')
 >>> ids, breast_scores = aggregate_scores([0.2, 0.6, 0.9], ["p1_L", "p1_L", "p1_R"], how="max")
 >>> ids.tolist(), breast_scores.tolist()
@@ -34,8 +36,9 @@ tile holding breast keeps its global-view logits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,11 +46,16 @@ import torch
 import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 
-from .reports import DATASET_COLUMNS, ZERO_SHOT_TASKS, ReportFields, zero_shot_prompt_variants, zero_shot_prompts
+from .labels import get_task
+from .reports import ReportFields, zero_shot_prompt_variants, zero_shot_prompts
+from .tokenization import TRUNCATION_MODES
 
 AGGREGATIONS = ("mean", "max")
-# How an image's tile scores become its score, per task (module docstring).
-TILE_AGGREGATION = {"birads": "mean", "density": "mean", "cancer": "max"}
+
+
+def default_tile_aggregation(task: str) -> str:
+    """How an image's tile scores become its score: "max" for finding-present tasks, else "mean"."""
+    return "max" if get_task(task).finding_present else "mean"
 
 
 def aggregate_scores(scores: Any, group_ids: Any, how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
@@ -91,141 +99,150 @@ def _factorize(values: np.ndarray) -> tuple[list, np.ndarray]:
     return list(index), codes
 
 
-@dataclass
-class ZeroShotBatch:
-    """Processor outputs for zero-shot scoring, and how the prompts are laid out.
-
-    `inputs` holds `pixel_values` (and `tile_pixel_values` / `tile_mask` when tiled) for the N images,
-    and `input_ids` / `attention_mask` for the prompts, ordered [phrasing][image or 1][class].
-    """
-
-    inputs: BatchFeature
-    task: str
-    num_images: int
-    num_classes: int
-    num_phrasings: int
-    per_image_prompts: bool
-    tiles: bool
+def normalized_image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """L2-normalised global image embeddings [B, D]: where zero-shot scoring reads the image tower."""
+    return F.normalize(model.get_image_features(pixel_values).pooler_output, dim=-1)
 
 
-def _as_fields(value, index: int | None = None) -> ReportFields | None:
-    if value is None or isinstance(value, ReportFields):
-        return value
-    if isinstance(value, Mapping):
-        return ReportFields.from_mapping(value, DATASET_COLUMNS)
-    where = "fields" if index is None else f"fields[{index}]"
-    raise TypeError(f"{where} must be ReportFields, a mapping of report fields or None, got {type(value).__name__}.")
+def concatenate_inputs(batches: Sequence[Mapping[str, torch.Tensor]]) -> BatchFeature:
+    """Several `ZeroShotScorer.preprocess` outputs (e.g. one per file) as one batch."""
+    if not batches:
+        raise ValueError("concatenate_inputs got no batches.")
+    return BatchFeature(data={key: torch.cat([batch[key] for batch in batches]) for key in batches[0]})
 
 
-def zero_shot_batch(processor, images, task: str, *, fields=None, use_metadata: bool = True,
-                    prompt_variants: int = 0, tiles: bool = False, max_length: int | None = None,
-                    truncation: str = "error", **image_kwargs) -> ZeroShotBatch:
-    """The processor call for scoring `images` (one or a list) on `task`.
+class ZeroShotScorer:
+    """Zero-shot class logits / probabilities of mammograms for one task; see the module docstring.
 
     Args:
-        processor: a `MamaProcessor`.
-        fields: report fields for the prompts' metadata prefix: one `ReportFields` / mapping shared by
-            every image, or one per image (None entries: no prefix for that image).
-        use_metadata: prefix the prompts with the metadata (paper); False: class-only prompts.
-        prompt_variants: extra phrasings per class, averaged in embedding space.
-        tiles: also cut each image into tiles (`MamaImageProcessor` tiles mode) for tiled scoring.
+        model: a `MamaModel`.
+        processor: its `MamaProcessor` (images and prompts both go through it).
+        task: "birads", "density" or "cancer" (`labels.TASKS`).
+        use_metadata: prefix each image's prompts with its metadata sections (paper); False: class-only.
+        prompt_variants: extra phrasings per class, averaged in embedding space (0 in the paper).
+        tiles: score full-resolution tiles and aggregate them per image.
+        tile_aggregation: "max" or "mean" (default: max for finding-present tasks, else mean).
         max_length: the prompts' token budget (default: the processor's saved `max_length`).
-        truncation: "error" (default) or "warn" (see `MamaProcessor`).
-        image_kwargs: image processor options (`laterality=`, `do_orient=`, `do_crop_to_breast=`, ...).
+        truncation: "error" (default) or "warn" for a prompt over the budget (see `MamaProcessor`).
+        cache_size: prompt prefixes whose embeddings are kept.
+        chunk_size: prompts / tiles encoded per forward pass.
+
+    >>> scorer = ZeroShotScorer(model, processor, "density")                                  # doctest: +SKIP
+    >>> scorer([read_dicom("L-CC.dcm")], [ReportFields(laterality="L", view="CC", age=61)])  # doctest: +SKIP
+    array([[0.08, 0.61, 0.22, 0.09]], dtype=float32)
     """
-    if task not in ZERO_SHOT_TASKS:
-        raise ValueError(f"task must be one of {ZERO_SHOT_TASKS}, got {task!r}.")
-    if "mode" in image_kwargs:
-        raise TypeError("zero_shot_batch chooses the image mode from tiles=; do not pass mode=.")
-    images = list(images) if isinstance(images, (list, tuple)) else [images]
-    if not images:
-        raise ValueError("zero_shot_batch got no images.")
-    if isinstance(fields, (list, tuple)):
-        if len(fields) != len(images):
-            raise ValueError(f"Got {len(images)} images but {len(fields)} fields; give one per image, or one shared.")
-        per_image = [_as_fields(value, index) for index, value in enumerate(fields)]
-    else:
-        per_image = None
-        shared = _as_fields(fields)
-    if not use_metadata:
-        per_image, shared = None, None
-    prompt_sources = per_image if per_image is not None else [shared]
-    phrasings = [[zero_shot_prompts(task, image_fields) for image_fields in prompt_sources]]
-    if prompt_variants > 0:
-        variants = [zero_shot_prompt_variants(task, image_fields, prompt_variants) for image_fields in prompt_sources]
-        phrasings += [[image_variants[k] for image_variants in variants] for k in range(prompt_variants)]
-    prompts = [prompt for phrasing in phrasings for image_prompts in phrasing for prompt in image_prompts]
-    inputs = processor(images=images, text=prompts, mode="tiles" if tiles else "global",
-                       max_length=max_length, truncation=truncation, **image_kwargs)
-    return ZeroShotBatch(inputs=inputs, task=task, num_images=len(images), num_classes=len(phrasings[0][0]),
-                         num_phrasings=len(phrasings), per_image_prompts=per_image is not None, tiles=tiles)
 
+    def __init__(self, model, processor, task: str, *, use_metadata: bool = True, prompt_variants: int = 0,
+                 tiles: bool = False, tile_aggregation: str | None = None, max_length: int | None = None,
+                 truncation: str = "error", cache_size: int = 4096, chunk_size: int = 64):
+        self.task = task
+        self.class_names = list(get_task(task).class_names)
+        if tile_aggregation is not None and tile_aggregation not in AGGREGATIONS:
+            raise ValueError(f"tile_aggregation must be one of {AGGREGATIONS}, got {tile_aggregation!r}.")
+        self.tile_aggregation = default_tile_aggregation(task) if tile_aggregation is None else tile_aggregation
+        if self.tile_aggregation == "max" and len(self.class_names) != 2:
+            raise ValueError(f"tile_aggregation='max' is for finding-present (binary) tasks; the {task} task has "
+                             f"{len(self.class_names)} classes: use 'mean'.")
+        if truncation not in TRUNCATION_MODES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}.")
+        zero_shot_prompt_variants(task, None, prompt_variants)  # checks the count
+        self.model = model.eval()
+        self.processor = processor
+        self.use_metadata, self.prompt_variants, self.tiles = use_metadata, int(prompt_variants), bool(tiles)
+        self.max_length, self.truncation = max_length, truncation
+        self.cache_size, self.chunk_size = int(cache_size), int(chunk_size)
+        self._prompt_embeddings: OrderedDict[tuple | None, torch.Tensor] = OrderedDict()
 
-@torch.no_grad()
-def zero_shot_logits(model, batch: ZeroShotBatch, *, tile_aggregation: str | None = None,
-                     chunk_size: int = 64) -> torch.Tensor:
-    """Class logits [N, C] (float32, CPU) of a `ZeroShotBatch`; see the module docstring.
+    def preprocess(self, images: Sequence[Any], fields: Sequence[ReportFields | None] | None = None,
+                   **image_kwargs) -> BatchFeature:
+        """Image inputs of images (DICOM paths or `DicomImage`s, arrays, PIL images...): `pixel_values`
+        (and the tiles when tiled), each image oriented by its fields' laterality unless `laterality=`
+        is given. `image_kwargs` go to the image processor (e.g. `do_orient=False` for stored images)."""
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if "laterality" not in image_kwargs and fields is not None:
+            image_kwargs["laterality"] = [None if image_fields is None else image_fields.laterality
+                                          for image_fields in fields]
+        return self.processor(images=images, mode="tiles" if self.tiles else "global", **image_kwargs)
 
-    `tile_aggregation` ("mean" or "max"; default `TILE_AGGREGATION[task]`) applies to tiled batches.
-    Prompts and tiles are encoded `chunk_size` at a time.
-    """
-    how = TILE_AGGREGATION[batch.task] if tile_aggregation is None else tile_aggregation
-    if how not in AGGREGATIONS:
-        raise ValueError(f"tile_aggregation must be one of {AGGREGATIONS}, got {tile_aggregation!r}.")
-    if how == "max" and batch.num_classes != 2:
-        raise ValueError(f"tile_aggregation='max' is for finding-present (binary) tasks; the {batch.task} task has "
-                         f"{batch.num_classes} classes: use 'mean'.")
-    model.eval()
-    parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
-    inputs = batch.inputs
+    def prompts(self, fields: ReportFields | None) -> list[list[list[str]]]:
+        """The class prompts of one image, one set per phrasing: [phrasing][class] -> sentences."""
+        prefix = fields if self.use_metadata else None
+        return [zero_shot_prompts(self.task, prefix), *zero_shot_prompt_variants(self.task, prefix, self.prompt_variants)]
 
-    input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
-    text_embeds = torch.cat([
-        F.normalize(model.get_text_features(input_ids[start:start + chunk_size].to(device),
-                                            attention_mask[start:start + chunk_size].to(device)).pooler_output.float(),
-                    dim=-1)
-        for start in range(0, len(input_ids), chunk_size)
-    ])
-    prompt_images = batch.num_images if batch.per_image_prompts else 1
-    class_embeds = text_embeds.reshape(batch.num_phrasings, prompt_images, batch.num_classes, -1)
-    class_embeds = F.normalize(class_embeds.mean(dim=0), dim=-1).expand(batch.num_images, -1, -1)
+    @torch.no_grad()
+    def prompt_embeddings(self, fields: Sequence[ReportFields | None]) -> torch.Tensor:
+        """L2-normalised class prompt embeddings [N, C, D], one set per image's report fields (phrasings
+        averaged)."""
+        keys = [self._key(image_fields) for image_fields in fields]
+        new = {key: image_fields for key, image_fields in zip(keys, fields) if key not in self._prompt_embeddings}
+        if new:
+            prompts = [prompt for image_fields in new.values() for phrasing in self.prompts(image_fields)
+                       for prompt in phrasing]
+            text = self.processor(text=prompts, max_length=self.max_length, truncation=self.truncation)
+            device = next(self.model.parameters()).device
+            features = torch.cat([
+                F.normalize(self.model.get_text_features(
+                    text["input_ids"][start:start + self.chunk_size].to(device),
+                    text["attention_mask"][start:start + self.chunk_size].to(device)).pooler_output.float(), dim=-1)
+                for start in range(0, len(prompts), self.chunk_size)
+            ])
+            features = features.reshape(len(new), 1 + self.prompt_variants, len(self.class_names), -1)
+            for key, embeddings in zip(new, F.normalize(features.mean(dim=1), dim=-1)):
+                self._prompt_embeddings[key] = embeddings
+        for key in keys:
+            self._prompt_embeddings.move_to_end(key)
+        stacked = torch.stack([self._prompt_embeddings[key] for key in keys])
+        while len(self._prompt_embeddings) > max(self.cache_size, len(set(keys))):
+            self._prompt_embeddings.popitem(last=False)
+        return stacked
 
-    scale = model.clamped_scales()[0].exp().float()
-    image_embeds = _image_embeds(model, inputs["pixel_values"], device, dtype, chunk_size)
-    logits = scale * torch.einsum("nd,ncd->nc", image_embeds, class_embeds)
-    if batch.tiles:
-        tile_mask = inputs["tile_mask"].bool()
-        owners = tile_mask.nonzero()[:, 0].to(device)
-        if len(owners):
-            tile_embeds = _image_embeds(model, inputs["tile_pixel_values"][tile_mask], device, dtype, chunk_size)
-            tile_probabilities = (scale * torch.einsum("td,tcd->tc", tile_embeds, class_embeds[owners])).softmax(-1)
-            images, aggregated = aggregate_scores(tile_probabilities, owners.tolist(), how=how)
-            aggregated = torch.as_tensor(aggregated, dtype=torch.float32, device=device)
-            logits[torch.as_tensor(images.astype(np.int64), device=device)] = aggregated.clamp_min(1e-12).log()
-    return logits.cpu()
+    @torch.no_grad()
+    def logits(self, inputs: Mapping[str, torch.Tensor] | torch.Tensor,
+               fields: Sequence[ReportFields | None] | None) -> torch.Tensor:
+        """Class logits [N, C] (float32) of preprocessed images (`preprocess`'s output, or a bare
+        `pixel_values` tensor: global views only) and their report fields."""
+        if isinstance(inputs, torch.Tensor):
+            inputs = {"pixel_values": inputs}
+        pixel_values = inputs["pixel_values"]
+        fields = [None] * len(pixel_values) if fields is None else list(fields)
+        if len(pixel_values) != len(fields):
+            raise ValueError(f"Got {len(pixel_values)} images but {len(fields)} report fields; give one per image.")
+        parameter = next(self.model.parameters())
+        prompt_embeds = self.prompt_embeddings(fields).to(parameter.device)
+        scale = self.model.clamped_scales()[0].exp().float()
+        image_embeds = self._image_embeds(pixel_values, parameter)
+        logits = scale * torch.einsum("nd,ncd->nc", image_embeds, prompt_embeds)
+        if self.tiles and "tile_pixel_values" in inputs:
+            tile_mask = inputs["tile_mask"].bool()
+            owners = tile_mask.nonzero()[:, 0]
+            if len(owners):
+                tile_embeds = self._image_embeds(inputs["tile_pixel_values"][tile_mask], parameter)
+                tile_logits = scale * torch.einsum("td,tcd->tc", tile_embeds, prompt_embeds[owners.to(parameter.device)])
+                images, aggregated = aggregate_scores(tile_logits.softmax(-1), owners.tolist(), how=self.tile_aggregation)
+                aggregated = torch.as_tensor(aggregated, dtype=torch.float32, device=logits.device)
+                logits[torch.as_tensor(images.astype(np.int64), device=logits.device)] = aggregated.clamp_min(1e-12).log()
+        return logits
 
+    def _image_embeds(self, pixel_values: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
+        return torch.cat([
+            normalized_image_features(self.model, pixel_values[start:start + self.chunk_size].to(
+                parameter.device, dtype=parameter.dtype)).float()
+            for start in range(0, len(pixel_values), self.chunk_size)
+        ])
 
-def _image_embeds(model, pixel_values: torch.Tensor, device, dtype, chunk_size: int) -> torch.Tensor:
-    return torch.cat([
-        F.normalize(model.get_image_features(pixel_values[start:start + chunk_size].to(device, dtype)).pooler_output
-                    .float(), dim=-1)
-        for start in range(0, len(pixel_values), chunk_size)
-    ])
+    def __call__(self, images: Sequence[Any], fields: Sequence[ReportFields | None] | None = None,
+                 **image_kwargs) -> np.ndarray:
+        """Class probabilities [N, C] (float32; columns in `class_names` order) of images and their fields."""
+        logits = self.logits(self.preprocess(images, fields, **image_kwargs), fields)
+        return logits.float().softmax(dim=-1).cpu().numpy()
 
-
-def zero_shot_classify(model, processor, images, task: str, *, tile_aggregation: str | None = None,
-                       **kwargs) -> torch.Tensor:
-    """Class logits [N, C] of `images` on `task`: `zero_shot_logits(model, zero_shot_batch(...))`.
-
-    Keyword arguments are `zero_shot_batch`'s (`fields`, `use_metadata`, `prompt_variants`, `tiles`,
-    `max_length`, `truncation`, image options).
-    """
-    return zero_shot_logits(model, zero_shot_batch(processor, images, task, **kwargs),
-                            tile_aggregation=tile_aggregation)
+    def _key(self, fields: ReportFields | None) -> tuple | None:
+        if fields is not None and not isinstance(fields, ReportFields):
+            raise TypeError(f"fields must be ReportFields or None, got {type(fields).__name__}.")
+        return dataclasses.astuple(fields) if self.use_metadata and fields is not None else None
 
 
 __all__ = [
-    "AGGREGATIONS", "TILE_AGGREGATION", "ZeroShotBatch", "aggregate_scores", "zero_shot_batch",
-    "zero_shot_classify", "zero_shot_logits",
+    "AGGREGATIONS", "ZeroShotScorer", "aggregate_scores", "concatenate_inputs", "default_tile_aggregation",
+    "normalized_image_features",
 ]

@@ -1,4 +1,6 @@
-"""The one zero-shot scorer: the paper's formula, tiles aggregated per image, the pipeline on top of it."""
+"""The one zero-shot scorer (ZeroShotScorer): the paper's formula, tiles aggregated per image, the pipeline on it.
+
+The prompt cache and batch use are in test_pipelines.py (the scorer is re-exported there)."""
 
 import numpy as np
 import pytest
@@ -9,13 +11,7 @@ from modeling_mama import MamaConfig, MamaModel, MamaProcessor
 from modeling_mama.image_processing_mama import MamaImageProcessor
 from modeling_mama.pipelines import MammographyZeroShotPipeline
 from modeling_mama.reports import ReportFields, zero_shot_prompts
-from modeling_mama.zero_shot_scoring import (
-    TILE_AGGREGATION,
-    aggregate_scores,
-    zero_shot_batch,
-    zero_shot_classify,
-    zero_shot_logits,
-)
+from modeling_mama.zero_shot_scoring import ZeroShotScorer, aggregate_scores, default_tile_aggregation
 
 SIZE = 56
 
@@ -39,8 +35,12 @@ def model_and_processor(report_tokenizer):
 FIELDS = [ReportFields(age=61, laterality="L", view="CC"), ReportFields(age=47, laterality="R", view="MLO")]
 
 
-def class_embeddings(model, processor, task, fields):
-    text = processor(text=zero_shot_prompts(task, fields))
+def class_embeddings(model, processor, task, fields, variant=0):
+    """Normalised embeddings of the task's class prompts (variant 0: the standard ones)."""
+    from modeling_mama.reports import zero_shot_prompt_variants
+
+    prompts = zero_shot_prompts(task, fields) if variant == 0 else zero_shot_prompt_variants(task, fields, variant)[-1]
+    text = processor(text=prompts)
     with torch.no_grad():
         return F.normalize(model.get_text_features(text["input_ids"], text["attention_mask"]).pooler_output, dim=-1)
 
@@ -48,24 +48,33 @@ def class_embeddings(model, processor, task, fields):
 def test_global_scores_are_the_paper_formula(model_and_processor):
     model, processor = model_and_processor
     images = [breast(110, 70, 1), breast(90, 80, 2)]
-    logits = zero_shot_classify(model, processor, images, "density", fields=FIELDS)
+    scorer = ZeroShotScorer(model, processor, "density")
+    logits = scorer.logits(scorer.preprocess(images, FIELDS), FIELDS)
     assert logits.shape == (2, 4)
     for index, (image, fields) in enumerate(zip(images, FIELDS)):
         text = processor(text=zero_shot_prompts("density", fields))
+        pixel_values = processor(images=image, laterality=fields.laterality)["pixel_values"]
         with torch.no_grad():
-            expected = model(pixel_values=processor(images=image)["pixel_values"], **text).logits_per_image[0]
+            expected = model(pixel_values=pixel_values, **text).logits_per_image[0]
         torch.testing.assert_close(logits[index], expected, rtol=1e-4, atol=1e-4)
-    # Without metadata every image shares the class-only prompts.
-    shared = zero_shot_batch(processor, images, "density", fields=FIELDS, use_metadata=False)
-    assert shared.inputs["input_ids"].shape[0] == 4 and not shared.per_image_prompts
+    # Without metadata every image shares the class-only prompts (one cache entry).
+    class_only = ZeroShotScorer(model, processor, "density", use_metadata=False)
+    class_only(images, FIELDS)
+    assert list(class_only._prompt_embeddings) == [None]
+    # Prompt variants are averaged in embedding space.
+    ensembled = ZeroShotScorer(model, processor, "birads", prompt_variants=2)
+    expected = torch.stack([class_embeddings(model, processor, "birads", FIELDS[0], variant) for variant in range(3)])
+    torch.testing.assert_close(ensembled.prompt_embeddings(FIELDS[:1])[0],
+                               F.normalize(expected.mean(dim=0), dim=-1), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("task", ["cancer", "density"])
 def test_tiles_are_scored_and_aggregated_per_image(model_and_processor, task):
     model, processor = model_and_processor
     images = [breast(110, 70, 3), breast(60, 40, 4)]  # 4 and 2 tiles of 28 px hold breast
-    logits = zero_shot_classify(model, processor, images, task, fields=FIELDS, tiles=True)
-    tiles = processor(images=images, mode="tiles")
+    scorer = ZeroShotScorer(model, processor, task, tiles=True)
+    logits = scorer.logits(scorer.preprocess(images, FIELDS), FIELDS)
+    tiles = processor(images=images, mode="tiles", laterality=[fields.laterality for fields in FIELDS])
     scale = model.clamped_scales()[0].exp()
     for index, fields in enumerate(FIELDS):
         mask = tiles["tile_mask"][index]
@@ -74,7 +83,7 @@ def test_tiles_are_scored_and_aggregated_per_image(model_and_processor, task):
             tile_embeds = F.normalize(model.get_image_features(tiles["tile_pixel_values"][index][mask]).pooler_output,
                                       dim=-1)
         probabilities = (scale * tile_embeds @ class_embeddings(model, processor, task, fields).t()).softmax(-1)
-        if TILE_AGGREGATION[task] == "max":  # the most suspicious tile decides
+        if default_tile_aggregation(task) == "max":  # the most suspicious tile decides
             positive = probabilities[:, 1].max()
             expected = torch.stack([1 - positive, positive])
         else:
@@ -85,14 +94,13 @@ def test_tiles_are_scored_and_aggregated_per_image(model_and_processor, task):
 def test_tile_aggregation_is_an_explicit_option(model_and_processor):
     model, processor = model_and_processor
     images = [breast(110, 70, 5)]
-    batch = zero_shot_batch(processor, images, "cancer", tiles=True)
-    by_max = zero_shot_logits(model, batch).softmax(-1)
-    by_mean = zero_shot_logits(model, batch, tile_aggregation="mean").softmax(-1)
-    assert by_max[0, 1] >= by_mean[0, 1] - 1e-6 and not torch.allclose(by_max, by_mean)
+    by_max = ZeroShotScorer(model, processor, "cancer", tiles=True)(images)
+    by_mean = ZeroShotScorer(model, processor, "cancer", tiles=True, tile_aggregation="mean")(images)
+    assert by_max[0, 1] >= by_mean[0, 1] - 1e-6 and not np.allclose(by_max, by_mean)
     with pytest.raises(ValueError, match="tile_aggregation='max' is for finding-present"):
-        zero_shot_classify(model, processor, images, "density", tiles=True, tile_aggregation="max")
+        ZeroShotScorer(model, processor, "density", tiles=True, tile_aggregation="max")
     with pytest.raises(ValueError, match="tile_aggregation must be one of"):
-        zero_shot_logits(model, batch, tile_aggregation="median")
+        ZeroShotScorer(model, processor, "cancer", tiles=True, tile_aggregation="median")
 
 
 def test_an_image_without_breast_tiles_keeps_its_global_score(model_and_processor):
@@ -101,10 +109,10 @@ def test_an_image_without_breast_tiles_keeps_its_global_score(model_and_processo
     speck[60:63, 60:63] = 50000  # no tile holds 5% breast
     images = [speck, breast(110, 70, 6)]
     assert processor(images=images, mode="tiles")["tile_mask"][0].sum() == 0
-    tiled = zero_shot_classify(model, processor, images, "birads", tiles=True)
-    plain = zero_shot_classify(model, processor, images, "birads")
-    torch.testing.assert_close(tiled[0], plain[0])
-    assert not torch.allclose(tiled[1], plain[1])
+    tiled = ZeroShotScorer(model, processor, "birads", tiles=True)(images)
+    plain = ZeroShotScorer(model, processor, "birads")(images)
+    np.testing.assert_allclose(tiled[0], plain[0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(tiled[1], plain[1])
 
 
 def test_aggregate_scores():
@@ -123,18 +131,17 @@ def test_the_pipeline_is_the_processor_and_the_scorer(model_and_processor):
     image = breast(110, 70, 7)
     item = {"image": image, "laterality": "L", "view": "CC", "fields": {"age": 61}}
     prepared = classifier.preprocess(item, task="birads")
-    direct = processor(images=[image], text=zero_shot_prompts("birads", FIELDS[0]), laterality=["L"])
-    assert set(prepared["batch"].inputs) == set(direct)
+    assert prepared["fields"] == [FIELDS[0]]
+    direct = processor(images=[image], laterality=["L"])
+    assert set(prepared["inputs"]) == set(direct)
     for key, value in direct.items():
-        assert torch.equal(prepared["batch"].inputs[key], value), key
+        assert torch.equal(prepared["inputs"][key], value), key
     for tiles in (False, True):
         scores = classifier(item, task="cancer", tiles=tiles)
-        expected = zero_shot_classify(model, processor, [image], "cancer", fields=[FIELDS[0]], tiles=tiles,
-                                      laterality=["L"])[0].softmax(-1)
+        expected = ZeroShotScorer(model, processor, "cancer", tiles=tiles)([image], [FIELDS[0]])[0]
         by_label = {entry["label"]: entry["score"] for entry in scores}
         assert by_label["positive"] == pytest.approx(float(expected[1]), abs=1e-5)
     # The saved budget is the default; a caller's budget too small for a prompt is an error, not a cut.
-    assert classifier.preprocess(item, task="birads")["batch"].inputs["input_ids"].shape[1] <= processor.max_length
     with pytest.raises(ValueError, match="more than max_length=20"):
         classifier(item, task="birads", max_length=20)
     with pytest.warns(UserWarning, match="more than max_length=20"):

@@ -32,14 +32,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from ...reports import VINDR_COLUMNS, ReportFields, parse_birads, parse_density
+from ...labels import parse_birads, parse_density
+from ...reports import VINDR_COLUMNS, ReportFields
 from .common import (
     DEFAULT_IMAGE_SIZE,
     DatasetConverter,
     RowError,
+    Shard,
     assign_patients,
     check_root,
-    clean_text,
+    cell_text,
     duplicate_rows,
     failure,
     find_table,
@@ -75,7 +77,7 @@ def parse_categories(text) -> list[str]:
     >>> parse_categories("['Mass', 'Suspicious Calcification']"), parse_categories(None)
     (['Mass', 'Suspicious Calcification'], [])
     """
-    text = clean_text(text)
+    text = cell_text(text)
     if text is None:
         return []
     try:
@@ -182,10 +184,12 @@ class VindrConverter(DatasetConverter):
 
 
 def convert_vindr(root, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
-                  seed: int = 0, progress: bool = True, keep_cache: bool = True):
+                  seed: int = 0, progress: bool = True, keep_cache: bool = True,
+                  shard: Shard | None = None):
     """Convert VinDr-Mammo under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train and validation (carved from VinDr's training studies) and test (VinDr's own).
     """
     return VindrConverter(root).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache)
+        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
+        shard=shard)
