@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 
 from .labels import get_task
-from .reports import ReportFields, zero_shot_prompt_variants, zero_shot_prompts
+from .reports import ZERO_SHOT_TASKS, ReportFields, zero_shot_prompt_variants, zero_shot_prompts
 from .tokenization import TRUNCATION_MODES
 
 AGGREGATIONS = ("mean", "max")
@@ -135,6 +135,8 @@ class ZeroShotScorer:
     def __init__(self, model, processor, task: str, *, use_metadata: bool = True, prompt_variants: int = 0,
                  tiles: bool = False, tile_aggregation: str | None = None, max_length: int | None = None,
                  truncation: str = "error", cache_size: int = 4096, chunk_size: int = 64):
+        if task not in ZERO_SHOT_TASKS:
+            raise ValueError(f"task must be one of {ZERO_SHOT_TASKS}, got {task!r}.")
         self.task = task
         self.class_names = list(get_task(task).class_names)
         if tile_aggregation is not None and tile_aggregation not in AGGREGATIONS:
