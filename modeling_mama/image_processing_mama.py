@@ -8,10 +8,11 @@ The evaluation pipeline of `MamaImageProcessor` (METHOD.md section 5), per image
 3. crop to the breast: bounding box of the largest Otsu-foreground region,
 4. resize (paper: 518x518, aspect not kept), 3 channels, normalise (paper: mean 0.5, std 0.5).
 
-In `tiles` mode the processor also cuts the breast into a fixed grid of full-resolution tiles and
-returns where each tile came from. Work happens on previews and crops: Otsu runs on a strided
-preview (long side about 512), and only the breast box is calibrated and resized, so the pipeline
-costs little next to decoding a 3328x2560 DICOM.
+In `tiles` mode the processor also cuts the breast into a fixed grid of full-resolution tiles (at
+evaluation every grid tile; in training, `augment=True`, up to `max_tiles` randomly drawn tiles that
+hold breast, each flipped and intensity-augmented). Work happens on previews and crops: Otsu runs on
+a strided preview (long side about 512), and only the breast box is calibrated and resized, so the
+pipeline costs little next to decoding a 3328x2560 DICOM.
 
 >>> import numpy as np
 >>> from modeling_mama.image_processing_mama import MamaImageProcessor
@@ -27,6 +28,7 @@ costs little next to decoding a 3328x2560 DICOM.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import os
@@ -188,6 +190,14 @@ def _fit(pixels: torch.Tensor, height: int, width: int, mode: str = "bilinear") 
     return canvas
 
 
+def _check_max_tiles(max_tiles) -> int | None:
+    if max_tiles is None:
+        return None
+    if isinstance(max_tiles, bool) or int(max_tiles) != max_tiles or max_tiles < 1:
+        raise ValueError(f"max_tiles must be a positive number of tiles or None, got {max_tiles!r}.")
+    return int(max_tiles)
+
+
 def _size_pair(size, name: str) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
@@ -220,38 +230,87 @@ def _channel_values(values, channels: int, name: str) -> list[float]:
     return values
 
 
-def _cut_tiles(crop: torch.Tensor, located: _Located, tile_height: int, tile_width: int, rows: int, cols: int,
-               min_foreground: float, mode: str = "bilinear") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Full-resolution tiles of the oriented breast crop: pixels [T, h, w] in [0, 1], which grid cells
-    the breast reaches [T], which hold enough breast (the mask) [T], and source boxes [T, 4]."""
+def _fit_region(crop: torch.Tensor, tile_height: int, tile_width: int, rows: int, cols: int,
+                mode: str = "bilinear") -> torch.Tensor:
+    """The breast crop at full resolution, or scaled down (aspect kept) until the tile grid covers it."""
     crop_height, crop_width = crop.shape
     scale = min(1.0, rows * tile_height / crop_height, cols * tile_width / crop_width)
-    if scale < 1.0:
-        crop = _resize(crop, min(rows * tile_height, max(1, round(crop_height * scale))),
-                       min(cols * tile_width, max(1, round(crop_width * scale))), mode)
-    region = crop.numpy()
-    region_height, region_width = region.shape
-    # Region pixel -> crop pixel, per axis (exact even after rounding the scaled size).
-    step_y, step_x = crop_height / region_height, crop_width / region_width
-    tiles = np.zeros((rows * cols, tile_height, tile_width), dtype=np.float32)
-    present = np.zeros(rows * cols, dtype=bool)
-    mask = np.zeros(rows * cols, dtype=bool)
-    boxes = np.zeros((rows * cols, 4), dtype=np.float32)
-    box_x0, box_y0 = located.box[0], located.box[1]
+    if scale >= 1.0:
+        return crop
+    return _resize(crop, min(rows * tile_height, max(1, round(crop_height * scale))),
+                   min(cols * tile_width, max(1, round(crop_width * scale))), mode)
+
+
+def _grid_positions(region_height: int, region_width: int, tile_height: int, tile_width: int,
+                    cols: int) -> list[tuple[int, int, int]]:
+    """(grid index, top, left) of every grid tile the region reaches. The last row / column is shifted
+    back to end at the region's edge (overlap, not padding)."""
+    positions = []
     for i in range(math.ceil(region_height / tile_height)):
-        # The last row / column is shifted back to end at the region's edge (overlap, not padding).
         top = min(i * tile_height, max(region_height - tile_height, 0))
         for j in range(math.ceil(region_width / tile_width)):
             left = min(j * tile_width, max(region_width - tile_width, 0))
-            patch = region[top:top + tile_height, left:left + tile_width]
-            index = i * cols + j
-            tiles[index, :patch.shape[0], :patch.shape[1]] = patch
-            present[index] = True
-            mask[index] = np.count_nonzero(patch >= located.threshold) / (tile_height * tile_width) >= min_foreground
-            boxes[index] = located.source_box(
-                box_x0 + left * step_x, box_y0 + top * step_y,
-                box_x0 + (left + patch.shape[1]) * step_x, box_y0 + (top + patch.shape[0]) * step_y)
-    return tiles, present, mask, boxes
+            positions.append((i * cols + j, top, left))
+    return positions
+
+
+class _Tiles:
+    """Tiles of one oriented breast crop: pixels [T, h, w] in [0, 1], which slots hold a tile
+    (`present`), which hold enough breast (`mask`), and source boxes [T, 4]."""
+
+    def __init__(self, crop: torch.Tensor, located: _Located, tile_height: int, tile_width: int, rows: int,
+                 cols: int, min_foreground: float, mode: str = "bilinear"):
+        self.region = _fit_region(crop, tile_height, tile_width, rows, cols, mode).numpy()
+        self.located, self.tile_height, self.tile_width = located, tile_height, tile_width
+        self.min_foreground = min_foreground
+        # Region pixel -> crop pixel, per axis (exact even after rounding the scaled size).
+        self.step_y, self.step_x = crop.shape[0] / self.region.shape[0], crop.shape[1] / self.region.shape[1]
+        self.grid = _grid_positions(*self.region.shape, tile_height, tile_width, cols)
+
+    def foreground(self, top: int, left: int) -> float:
+        patch = self.region[top:top + self.tile_height, left:left + self.tile_width]
+        return np.count_nonzero(patch >= self.located.threshold) / (self.tile_height * self.tile_width)
+
+    def cut(self, positions: list[tuple[int, int, int]], slots: int, real: np.ndarray | None = None):
+        """Pixels, present, mask and boxes of the tiles at `positions` ((slot, top, left) each).
+        `real` overrides the foreground rule for the mask (one entry per position)."""
+        tiles = np.zeros((slots, self.tile_height, self.tile_width), dtype=np.float32)
+        present = np.zeros(slots, dtype=bool)
+        mask = np.zeros(slots, dtype=bool)
+        boxes = np.zeros((slots, 4), dtype=np.float32)
+        box_x0, box_y0 = self.located.box[0], self.located.box[1]
+        for number, (slot, top, left) in enumerate(positions):
+            patch = self.region[top:top + self.tile_height, left:left + self.tile_width]
+            tiles[slot, :patch.shape[0], :patch.shape[1]] = patch
+            present[slot] = True
+            mask[slot] = self.foreground(top, left) >= self.min_foreground if real is None else real[number]
+            boxes[slot] = self.located.source_box(
+                box_x0 + left * self.step_x, box_y0 + top * self.step_y,
+                box_x0 + (left + patch.shape[1]) * self.step_x, box_y0 + (top + patch.shape[0]) * self.step_y)
+        return tiles, present, mask, boxes
+
+    def sample(self, count: int) -> list[tuple[int, int, int]]:
+        """Training tiles: up to `count` distinct grid tiles holding enough breast, drawn at random
+        (torch RNG), each shifted by up to half a tile when the shifted tile still holds as much breast
+        as asked. A breast too small (or faint) for any such tile gives its most-breast tile, so every
+        item has at least one tile for the local alignment."""
+        fractions = [self.foreground(top, left) for _, top, left in self.grid]
+        candidates = [position for position, fraction in zip(self.grid, fractions) if fraction >= self.min_foreground]
+        if not candidates:
+            candidates = [self.grid[int(np.argmax(fractions))]]
+        order = torch.randperm(len(candidates))[:count].tolist()
+        max_top = max(self.region.shape[0] - self.tile_height, 0)
+        max_left = max(self.region.shape[1] - self.tile_width, 0)
+        chosen = []
+        for slot, pick in enumerate(order):
+            _, top, left = candidates[pick]
+            shift = torch.randint(-(self.tile_height // 2), self.tile_height // 2 + 1, (2,)).tolist()
+            shifted_top = min(max(top + shift[0], 0), max_top)
+            shifted_left = min(max(left + round(shift[1] * self.tile_width / self.tile_height), 0), max_left)
+            if self.foreground(shifted_top, shifted_left) >= min(self.min_foreground, self.foreground(top, left)):
+                top, left = shifted_top, shifted_left
+            chosen.append((slot, top, left))
+        return chosen
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,6 +327,13 @@ class MamaTrainTransform:
     [num_channels, H, W] (the augmentation works on 3 channels for the colour jitter; they stay grey, so
     one channel is exactly the first of them). `seed` makes one call reproducible without touching the
     global RNG; without it the torch RNG is used (seeded per worker by the DataLoader).
+
+    `augment_tile` applies everything but the crop to a full-resolution tile: flips and intensity
+    changes keep a tile a piece of breast at its stored scale, while a random resized crop would
+    zoom it by up to 3x.
+
+    The transforms are built once, here; `MamaImageProcessor` keeps one instance per setting and
+    process (`cached_train_transform`), so a DataLoader worker builds its pipeline once, not per item.
 
     >>> transform = MamaTrainTransform(size=(32, 32))
     >>> image = np.random.default_rng(0).integers(0, 65535, (80, 50)).astype(np.uint16)
@@ -294,9 +360,13 @@ class MamaTrainTransform:
             v2.RandomApply([v2.GaussianBlur(params["blur_kernel_size"], sigma=tuple(params["blur_sigma"]))],
                            p=params["blur_p"]),
         ]
-        if do_normalize:
-            steps.append(v2.Normalize(list(image_mean), list(image_std)))
-        self.transform = v2.Compose(steps)
+        normalize = v2.Normalize(list(image_mean), list(image_std)) if do_normalize else None
+        self.transform = v2.Compose(steps + ([normalize] if normalize else []))
+        # A mammogram's three channels are equal, so everything before the normalisation runs on one
+        # channel: torchvision leaves saturation, hue and grayscale unchanged on a one-channel image
+        # (they are no-ops on equal channels too, up to rounding), draws the same random numbers, and
+        # the costly steps (hue, blur) run once instead of three times.
+        self._crop, self._one_channel, self._normalize = steps[0], v2.Compose(steps[1:]), normalize
 
     def __call__(self, image, *, seed: int | None = None) -> torch.Tensor:
         if not isinstance(image, torch.Tensor) or image.dtype != torch.float32:
@@ -305,19 +375,48 @@ class MamaTrainTransform:
 
     def augment(self, pixels: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         """Augment float [H, W] (or [1, H, W] / [3, H, W]) pixels in [0, 1]."""
+        return self._seeded(self._augment, pixels, seed)
+
+    def augment_tile(self, pixels: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """Flips and intensity augmentation of a tile, float [h, w] in [0, 1] -> [3, h, w] (no crop, no resize)."""
+        return self._seeded(self._after_crop, pixels, seed)
+
+    @staticmethod
+    def _seeded(function, pixels: torch.Tensor, seed: int | None) -> torch.Tensor:
         if pixels.ndim == 2:
             pixels = pixels[None]
+        pixels = pixels[:1]  # one channel: the channels of a grayscale mammogram are equal
         if seed is None:
-            return self._augment(pixels)
+            return function(pixels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self._augment(pixels)
+            return function(pixels)
 
     def _augment(self, pixels: torch.Tensor) -> torch.Tensor:
-        # Crop and resize one channel, then replicate: colour jitter needs three.
-        first, *rest = self.transform.transforms
-        cropped = first(pixels[:1] if pixels.shape[0] == 3 else pixels)
-        return v2.Compose(rest)(cropped.repeat(3, 1, 1))[: self.num_channels]
+        return self._after_crop(self._crop(pixels))
+
+    def _after_crop(self, pixels: torch.Tensor) -> torch.Tensor:
+        channels = self._one_channel(pixels).repeat(self.num_channels, 1, 1)
+        return self._normalize(channels) if self._normalize is not None else channels
+
+
+def _hashable(value):
+    return tuple(_hashable(item) for item in value) if isinstance(value, (list, tuple)) else value
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_transform(size, mean, std, augmentation, do_normalize, num_channels) -> MamaTrainTransform:
+    augmentation = {key: list(value) if isinstance(value, tuple) else value for key, value in augmentation}
+    return MamaTrainTransform(size, list(mean), list(std), augmentation, do_normalize, num_channels)
+
+
+def cached_train_transform(size, image_mean, image_std, augmentation: dict | None,
+                           do_normalize: bool = True, num_channels: int = 3) -> MamaTrainTransform:
+    """The `MamaTrainTransform` for these settings, built once per process and reused (a DataLoader
+    worker is a process: it builds its augmentation once, not once per item)."""
+    items = tuple(sorted((key, _hashable(value)) for key, value in (augmentation or {}).items()))
+    return _cached_transform(_size_pair(size, "size"), _hashable(image_mean), _hashable(image_std), items,
+                             bool(do_normalize), int(num_channels))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,8 +431,10 @@ class MamaImageProcessorKwargs(ImagesKwargs, total=False):
     tile_size: Any
     tile_grid: Any
     min_tile_foreground: float
+    max_tiles: int
     augmentation: dict
     augment: bool
+    sample_tiles: bool
     seed: int
     laterality: Any
     return_geometry: bool
@@ -346,7 +447,8 @@ class MamaImageProcessor(BaseImageProcessor):
 
     Args:
         mode: `"global"` (paper) returns `pixel_values` [B, C, H, W]; `"tiles"` also returns
-            `tile_pixel_values` [B, T, C, h, w] and `tile_mask` bool [B, T].
+            `tile_pixel_values` [B, T, C, h, w] and `tile_mask` bool [B, T] (and, with
+            `return_geometry=True`, `tile_boxes` float [B, T, 4]).
         do_rescale: map intensities to [0, 1] (uint8 / uint16 by their maximum, floats outside [0, 1]
             min-max; DICOM pixels are always calibrated by `read_dicom`). `False` takes array / image
             values as they are (already in [0, 1]).
@@ -366,6 +468,10 @@ class MamaImageProcessor(BaseImageProcessor):
             Tiles are cut from the breast box at full resolution; a breast larger than the grid
             covers is scaled down (aspect kept) until it fits. Tile (i, j) is at index i * cols + j.
         min_tile_foreground: a tile whose share of Otsu-foreground pixels is below this is masked out.
+        max_tiles: training tiles per image (`sample_tiles`, on with `augment=True`): up to this many
+            grid tiles holding breast, drawn at random, each shifted by up to half a tile (T =
+            max_tiles, padded slots masked; with `augment` each tile is also flipped and
+            intensity-augmented). `None`: T = rows * cols. Evaluation returns every grid tile.
         augmentation: overrides of `PAPER_AUGMENTATION` for `preprocess(..., augment=True)`.
 
     Arguments are checked when the processor is built and at every call: a value the pipeline cannot
@@ -374,9 +480,11 @@ class MamaImageProcessor(BaseImageProcessor):
 
     Geometry (`return_geometry=True`): `crop_boxes` float [B, 4] (the breast box), `flipped` bool [B]
     and, in tiles mode, `tile_boxes` float [B, T, 4], all `(x0, y0, x1, y1)` in the pixel coordinates
-    of the original image (before orientation and cropping). Grid cells the breast does not reach have
-    `tile_mask=False` and zero pixels and boxes; cells it reaches keep their pixels and box, with
-    `tile_mask` telling whether they hold enough breast.
+    of the original image (before orientation and cropping). At evaluation, grid cells the breast does
+    not reach have `tile_mask=False` and zero pixels and boxes; cells it reaches keep their pixels and
+    box, with `tile_mask` telling whether they hold enough breast. Tiles are never upsampled: with stored images
+    of long side L (the converters' `--image-size`) a grid of `ceil(L / tile)` rows and columns keeps
+    every tile at the stored resolution.
 
     >>> processor = MamaImageProcessor(mode="tiles", size=28, tile_grid=[2, 2])
     >>> image = np.zeros((100, 60), dtype=np.uint8)
@@ -406,6 +514,7 @@ class MamaImageProcessor(BaseImageProcessor):
         tile_size: int | list | dict | None = None,
         tile_grid: list[int] | None = None,
         min_tile_foreground: float = 0.05,
+        max_tiles: int | None = None,
         augmentation: dict | None = None,
         **kwargs,
     ):
@@ -435,12 +544,13 @@ class MamaImageProcessor(BaseImageProcessor):
             self.tile_size = {"height": tile_height, "width": tile_width}
         self.tile_grid = [int(v) for v in (tile_grid if tile_grid is not None else [6, 3])]
         self.min_tile_foreground = float(min_tile_foreground)
+        self.max_tiles = _check_max_tiles(max_tiles)
         self.augmentation = dict(augmentation) if augmentation else None
         self._validate_preprocess_kwargs(
             mode=self.mode, size=self.size, do_resize=self.do_resize, resample=self.resample,
             do_convert_rgb=self.do_convert_rgb, do_normalize=self.do_normalize, image_mean=self.image_mean,
             image_std=self.image_std, tile_grid=self.tile_grid, min_tile_foreground=self.min_tile_foreground)
-        MamaTrainTransform(self.size, self.image_mean, self.image_std, self.augmentation)  # validates keys
+        self.train_transform()  # validates the augmentation keys
 
     def _validate_preprocess_kwargs(self, *, mode, size, do_resize, resample, do_convert_rgb, do_normalize,
                                     image_mean, image_std, tile_grid, min_tile_foreground,
@@ -450,8 +560,6 @@ class MamaImageProcessor(BaseImageProcessor):
                                       do_resize=do_resize, size=size, resample=resample)
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {MODES}.")
-        if augment and mode != "global":
-            raise ValueError("augment=True is the paper's global-view augmentation; use mode='global'.")
         if augment and not do_resize:
             raise ValueError("augment=True crops and resizes at random to `size`; it needs do_resize=True.")
         if resample not in RESAMPLING_MODES:
@@ -471,9 +579,11 @@ class MamaImageProcessor(BaseImageProcessor):
 
     def train_transform(self) -> MamaTrainTransform:
         """The training augmentation for images that are already oriented and cropped (e.g. the
-        converted datasets' 16-bit PNGs); use it in a torch Dataset's `__getitem__`."""
-        return MamaTrainTransform(self.size, self.image_mean, self.image_std, self.augmentation, self.do_normalize,
-                                  3 if self.do_convert_rgb else 1)
+        converted datasets' 16-bit PNGs), built once per process (`cached_train_transform`)."""
+        channels = 3 if self.do_convert_rgb else 1
+        return cached_train_transform(self.size, _channel_values(self.image_mean, channels, "image_mean"),
+                                      _channel_values(self.image_std, channels, "image_std"), self.augmentation,
+                                      self.do_normalize, channels)
 
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
@@ -497,8 +607,10 @@ class MamaImageProcessor(BaseImageProcessor):
         tile_size=None,
         tile_grid: list[int] | None = None,
         min_tile_foreground: float | None = None,
+        max_tiles: int | None = None,
         laterality: str | list[str | None] | None = None,
         augment: bool = False,
+        sample_tiles: bool | None = None,
         seed: int | None = None,
         return_geometry: bool = False,
         input_data_format: str | ChannelDimension | None = None,
@@ -511,12 +623,19 @@ class MamaImageProcessor(BaseImageProcessor):
             laterality: "L" / "R" per image (or one value for all), e.g. from a dataset table; it
                 takes precedence over DICOM tags and is still checked against the pixel mass.
             augment: apply the training augmentation (`train_transform`) to the breast crop instead
-                of the evaluation resize. Training only; global mode only.
+                of the evaluation resize; in tiles mode, also flip and intensity-augment each tile.
+                Training only.
+            sample_tiles: tiles mode: draw up to `max_tiles` random tiles holding breast (training)
+                instead of returning every grid tile (evaluation). Default: the same as `augment`.
             seed: makes an augmented call reproducible.
             return_geometry: also return `crop_boxes`, `flipped` and (tiles mode) `tile_boxes`, to map
                 outputs back onto the source image (see the class docstring).
             input_data_format: "channels_first" / "channels_last" for 3D array inputs (default: inferred).
             return_tensors: "pt" (default) or "np".
+
+        Images the converters wrote are already oriented and cropped: pass `do_orient=False,
+        do_crop_to_breast=False` for them (`modeling_mama.training.converted.stored_image_options`
+        reads that from the dataset), so the pixel-mass rule cannot flip a stored image.
         """
         if kwargs:
             self._reject_arguments(kwargs)
@@ -536,6 +655,8 @@ class MamaImageProcessor(BaseImageProcessor):
         tile_height, tile_width = _size_pair(tile_size, "tile_size")
         tile_grid = self.tile_grid if tile_grid is None else [int(v) for v in tile_grid]
         min_foreground = self.min_tile_foreground if min_tile_foreground is None else float(min_tile_foreground)
+        max_tiles = self.max_tiles if max_tiles is None else _check_max_tiles(max_tiles)
+        sample_tiles = augment if sample_tiles is None else bool(sample_tiles)
         if isinstance(input_data_format, ChannelDimension):
             input_data_format = input_data_format.value
         self._validate_preprocess_kwargs(
@@ -555,12 +676,13 @@ class MamaImageProcessor(BaseImageProcessor):
         lateralities = laterality if isinstance(laterality, (list, tuple)) else [laterality] * len(images)
         if len(lateralities) != len(images):
             raise ValueError(f"Got {len(lateralities)} lateralities for {len(images)} images.")
-        transform = (MamaTrainTransform((height, width), mean, std, self.augmentation, do_normalize, channels)
+        transform = (cached_train_transform((height, width), mean, std, self.augmentation, do_normalize, channels)
                      if augment else None)
 
         # Outputs are filled in place with numpy: one small torch op per image (the resize), since
         # multi-threaded torch calls on small tensors cost more than the arithmetic on a busy machine.
-        count, tile_count = len(images), rows * cols
+        count = len(images)
+        tile_count = (max_tiles or rows * cols) if sample_tiles else rows * cols
         pixel_values = None  # allocated at the first view's size (fixed unless do_resize=False)
         augmented = []
         if mode == "tiles":
@@ -594,10 +716,19 @@ class MamaImageProcessor(BaseImageProcessor):
                             f"resize (do_resize=True) or process the images one at a time.")
                     _write_channels(pixel_values[index], view.numpy(), do_normalize, mean, std)
                 if mode == "tiles":
-                    tiles, present, tile_mask[index], tile_boxes[index] = _cut_tiles(
-                        crop, located, tile_height, tile_width, rows, cols, min_foreground, interpolation)
+                    cutter = _Tiles(crop, located, tile_height, tile_width, rows, cols, min_foreground,
+                                    interpolation)
+                    if sample_tiles:
+                        sampled = cutter.sample(tile_count)
+                        tiles, present, tile_mask[index], tile_boxes[index] = cutter.cut(
+                            sampled, tile_count, real=np.ones(len(sampled), dtype=bool))
+                    else:
+                        tiles, present, tile_mask[index], tile_boxes[index] = cutter.cut(cutter.grid, tile_count)
                     for tile in np.flatnonzero(present):
-                        _write_channels(tile_values[index, tile], tiles[tile], do_normalize, mean, std)
+                        if transform is not None:
+                            tile_values[index, tile] = transform.augment_tile(torch.from_numpy(tiles[tile])).numpy()
+                        else:
+                            _write_channels(tile_values[index, tile], tiles[tile], do_normalize, mean, std)
                 crop_boxes[index], flipped[index] = located.source_box(*located.box), located.flipped
         data = {"pixel_values": torch.stack(augmented) if augment else torch.from_numpy(pixel_values)}
         if mode == "tiles":
@@ -634,6 +765,6 @@ class MamaImageProcessor(BaseImageProcessor):
 
 __all__ = [
     "MODES", "PAPER_AUGMENTATION", "PAPER_IMAGE_MEAN", "PAPER_IMAGE_SIZE", "PAPER_IMAGE_STD", "PIXEL_MASS_MARGIN",
-    "MamaImageProcessor", "MamaTrainTransform", "breast_bbox", "crop_to_breast", "infer_laterality",
-    "load_mammogram", "orient_breast", "otsu_threshold", "to_unit_range",
+    "MamaImageProcessor", "MamaTrainTransform", "breast_bbox", "cached_train_transform", "crop_to_breast",
+    "infer_laterality", "load_mammogram", "orient_breast", "otsu_threshold", "to_unit_range",
 ]

@@ -52,7 +52,7 @@ def main(out_dir: str) -> None:
     import datasets
     from transformers import TrainerCallback
 
-    from modeling_mama import MamaConfig, MamaImageProcessor, MamaModel, MultiViewDataset
+    from modeling_mama import MamaConfig, MamaImageProcessor, MamaModel, MamaProcessor, MultiViewDataset
     from modeling_mama.reports import build_report
     from modeling_mama.tokenization import train_report_tokenizer
     from modeling_mama.training.multiview import report_fields_from_row
@@ -65,7 +65,8 @@ def main(out_dir: str) -> None:
     dataset = datasets.Dataset.from_dict({key: [row[key] for row in rows] for key in rows[0]})
     torch.manual_seed(0)
     model = MamaModel(MamaConfig.tiny(vocab_size=len(tokenizer), sentence_separator_token_id=tokenizer.sep_token_id))
-    train = WithoutSomeExtraViews(MultiViewDataset(dataset, MamaImageProcessor(size=56), seed=0, augment=False),
+    processor = MamaProcessor(MamaImageProcessor(size=56), tokenizer)
+    train = WithoutSomeExtraViews(MultiViewDataset(dataset, processor, seed=0, augment=False),
                                   indices=range(0, len(dataset), 5))
 
     late_heads = {}
@@ -75,7 +76,7 @@ def main(out_dir: str) -> None:
             parameters = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
             late_heads[state.global_step] = {name: parameters[name].detach().clone() for name in LATE_HEADS}
 
-    trainer = pretrain.build_trainer(model, tokenizer, train, training_args, data_args)
+    trainer = pretrain.build_trainer(model, processor, train, training_args, data_args)
     train.trainer = trainer
     trainer.add_callback(RecordLateHeads())
     late_heads[0] = {name: value.detach().clone() for name, value in model.named_parameters() if name in LATE_HEADS}

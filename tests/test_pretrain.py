@@ -98,13 +98,14 @@ RUN_FLAGS = ["--report_to", "none", "--dataloader_num_workers", "0", "--disable_
 def tiny_run(tiny_dataset, tokenizer, argv):
     """Arguments and `MamaTrainer` built as `pretrain.main` builds them, around tiny towers (the paper
     preset's own towers need the Hub)."""
-    from modeling_mama import MamaConfig, MamaImageProcessor, MamaModel, MultiViewDataset
+    from modeling_mama import MamaConfig, MamaImageProcessor, MamaModel, MamaProcessor, MultiViewDataset
 
     pretrain = load_example("pretrain")
     model_args, data_args, training_args = pretrain.parse_arguments(argv)
     model = MamaModel(MamaConfig.tiny(vocab_size=len(tokenizer), sentence_separator_token_id=tokenizer.sep_token_id))
-    train = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=56), seed=0)
-    return training_args, pretrain.build_trainer(model, tokenizer, train, training_args, data_args)
+    processor = MamaProcessor(MamaImageProcessor(size=56), tokenizer)
+    train = MultiViewDataset(tiny_dataset, processor, seed=0)
+    return training_args, pretrain.build_trainer(model, processor, train, training_args, data_args)
 
 
 def test_paper_preset_reaches_the_accelerator(tiny_dataset, report_tokenizer, tmp_path):
@@ -206,3 +207,32 @@ def test_accelerate_configs_launch_the_paper_recipe(name):
         # The Trainer refuses a DeepSpeed config that disagrees with the run's arguments.
         assert int(environment["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"]) == PAPER_PRETRAINING["gradient_accumulation_steps"]
         assert float(environment["ACCELERATE_GRADIENT_CLIPPING"]) == PAPER_PRETRAINING["max_grad_norm"]
+def test_tiles_and_the_token_budget_from_the_command_line(synthetic_embed_dataset, tmp_path):
+    from modeling_mama import MamaProcessor
+
+    out = tmp_path / "tiled"
+    results = load_example("pretrain").main([
+        "--dataset", str(synthetic_embed_dataset), "--output_dir", str(out), "--preset", "tiny", "--image_size", "56",
+        "--hidden_size", "32", "--max_steps", "2", "--per_device_train_batch_size", "8", "--late_loss_step", "0",
+        "--tiles", "--max_tiles", "2", "--max_length", "200", "--truncation", "warn", "--augmentation", "paper",
+        "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0", "--disable_tqdm", "true",
+        "--eval_tasks", "cancer",
+    ])
+    processor = MamaProcessor.from_pretrained(out)
+    image_processor = processor.image_processor
+    assert processor.max_length == 200  # the budget travels with the model (issue 16.8)
+    assert (image_processor.mode, image_processor.max_tiles, image_processor.tile_grid) == ("tiles", 2, [3, 3])
+    assert image_processor.tile_size == {"height": 56, "width": 56}  # stored at 128 px: 3 x 3 tiles of 56
+    assert {"cancer"} == set(results["zero_shot"]) == set(results["zero_shot_tiles"])
+    scored = load_example("zero_shot").main([
+        "--model", str(out), "--dataset", str(synthetic_embed_dataset), "--task", "cancer", "--tiles",
+        "--output_dir", str(tmp_path / "zero_shot"),
+    ])
+    assert (scored["tiles"], scored["tile_aggregation"], scored["max_length"]) == (True, "max", 200)
+    assert scored["image_level"]["auc"] == pytest.approx(results["zero_shot_tiles"]["cancer"]["auc"])
+    with pytest.raises(ValueError, match="--truncation must be one of"):
+        load_example("pretrain").main(["--dataset", str(synthetic_embed_dataset), "--output_dir", str(tmp_path / "x"),
+                                       "--truncation", "cut", "--max_steps", "1"])
+    with pytest.raises(ValueError, match="--tile_grid must be ROWS,COLS"):
+        load_example("pretrain").main(["--dataset", str(synthetic_embed_dataset), "--output_dir", str(tmp_path / "x"),
+                                       "--tiles", "--tile_grid", "3x3", "--max_steps", "1"])

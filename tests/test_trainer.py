@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaTrainer
+from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaProcessor, MamaTrainer
 from modeling_mama import MamaTrainingArguments, MultiViewDataset
 from modeling_mama.training.trainer import retrieval_accuracy
 
@@ -22,14 +22,15 @@ def make_trainer(tiny_dataset, tokenizer, out_dir, *, late_loss_step=3, max_step
     torch.manual_seed(0)
     config = MamaConfig.tiny(vocab_size=len(tokenizer), sentence_separator_token_id=tokenizer.sep_token_id)
     model = MamaModel(config)
-    train = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=0)
+    processor = MamaProcessor(MamaImageProcessor(size=IMAGE), tokenizer)
+    train = MultiViewDataset(tiny_dataset, processor, seed=0)
     args = MamaTrainingArguments(
         output_dir=str(out_dir), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=2e-3,
         weight_decay=0.1, logging_steps=1, report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, disable_tqdm=True,
         late_loss_step=late_loss_step, **extra,
     )
-    return MamaTrainer(model=model, args=args, train_dataset=train, data_collator=MamaDataCollator(tokenizer))
+    return MamaTrainer(model=model, args=args, train_dataset=train, data_collator=MamaDataCollator(processor))
 
 
 def train_logs(trainer):
@@ -37,8 +38,9 @@ def train_logs(trainer):
 
 
 def test_collator_batches_views_and_reports(tiny_dataset, report_tokenizer):
-    dataset = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=0)
-    batch = MamaDataCollator(report_tokenizer)([dataset[i] for i in range(4)])
+    processor = MamaProcessor(MamaImageProcessor(size=IMAGE), report_tokenizer)
+    dataset = MultiViewDataset(tiny_dataset, processor, seed=0)
+    batch = MamaDataCollator(processor)([dataset[i] for i in range(4)])
     assert batch["pixel_values"].shape == batch["extra_pixel_values"].shape == (4, 3, IMAGE, IMAGE)
     ids, positions, mask = batch["input_ids"], batch["sentence_positions"], batch["sentence_mask"]
     assert ids.shape == batch["attention_mask"].shape and positions.shape == mask.shape
@@ -47,8 +49,8 @@ def test_collator_batches_views_and_reports(tiny_dataset, report_tokenizer):
     assert (mask.sum(dim=1) >= 8).all()
 
 
-def test_items_are_reproducible_per_epoch(tiny_dataset):
-    dataset = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=3)
+def test_items_are_reproducible_per_epoch(tiny_dataset, report_tokenizer):
+    dataset = MultiViewDataset(tiny_dataset, MamaProcessor(MamaImageProcessor(size=IMAGE), report_tokenizer), seed=3)
     first, again = dataset[5], dataset[5]
     assert torch.equal(first["pixel_values"], again["pixel_values"]) and first["report"] == again["report"]
     dataset.set_epoch(1)
@@ -57,6 +59,36 @@ def test_items_are_reproducible_per_epoch(tiny_dataset):
     # Masking is drawn per item: over the dataset, about 80% of the six metadata fields are "unknown".
     masked = sum(sentence.count("unknown") for i in range(len(dataset)) for sentence in dataset[i]["report"])
     assert 0.5 < masked / (6 * len(dataset)) < 1.0
+
+
+def test_tiled_training_run(tiny_dataset, report_tokenizer, tmp_path):
+    """Tiles + augmentation + SLA in one MamaTrainer run: SLA aligns the sentences with the tiles' patches."""
+    torch.manual_seed(0)
+    config = MamaConfig.tiny(vocab_size=len(report_tokenizer), sentence_separator_token_id=report_tokenizer.sep_token_id)
+    model = MamaModel(config)
+    processor = MamaProcessor(
+        MamaImageProcessor(mode="tiles", size=IMAGE, tile_size=28, tile_grid=[3, 2], max_tiles=2), report_tokenizer)
+    train = MultiViewDataset(tiny_dataset, processor, seed=0)  # augment=True: random tiles, augmented
+    encoded = []
+    original = model._run_vision_tower
+    model._run_vision_tower = lambda pixel_values, **kwargs: encoded.append(tuple(pixel_values.shape)) or original(
+        pixel_values, **kwargs)
+    args = MamaTrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=6, learning_rate=2e-3, logging_steps=1,
+        report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0, save_strategy="no", disable_tqdm=True,
+        late_loss_step=0,
+    )
+    trainer = MamaTrainer(model=model, args=args, train_dataset=train, data_collator=MamaDataCollator(processor))
+    before = model.patch_projection.fc1.weight.detach().clone()
+    trainer.train()
+    logs = train_logs(trainer)
+    assert [entry["step"] for entry in logs] == [1, 2, 3]
+    assert all(math.isfinite(entry["loss_local"]) and math.isfinite(entry["loss_multiview"]) for entry in logs)
+    # Per step: both views together, then the real tiles alone (1-2 per image, 28 px) for the local term.
+    views, tiles = encoded[0::2], encoded[1::2]
+    assert views == [(12, 3, IMAGE, IMAGE)] * 3
+    assert all(6 <= shape[0] <= 12 and shape[1:] == (3, 28, 28) for shape in tiles)
+    assert not torch.equal(before, model.patch_projection.fc1.weight)
 
 
 def test_retrieval_accuracy():

@@ -42,6 +42,7 @@ from transformers import TrainingArguments
 from ..configuration_mama import MamaConfig
 from ..labels import get_task
 from ..image_processing_mama import MamaImageProcessor
+from .converted import stored_image_options
 from .metrics import classification_metrics
 from ..modeling_mama import MamaForImageClassification
 from .recipes import PAPER_CLASSIFICATION
@@ -104,9 +105,12 @@ class ClassificationDataset(Dataset):
         processor: a `MamaImageProcessor` (or a `MamaProcessor`, whose image processor is used).
         task: `"birads"`, `"density"` or `"cancer"`.
         augment: apply the training augmentation.
+        image_options: image processor options for the stored images; default
+            `converted.stored_image_options(split)` (a converted dataset's images are already oriented
+            and cropped: neither is done again).
     """
 
-    def __init__(self, split, processor, task: str, *, augment: bool = False):
+    def __init__(self, split, processor, task: str, *, augment: bool = False, image_options: dict | None = None):
         check_task(task)
         missing = {"image", task} - set(split.column_names)
         if missing:
@@ -115,6 +119,7 @@ class ClassificationDataset(Dataset):
         self.image_processor = getattr(processor, "image_processor", processor)
         self.task = task
         self.augment = augment
+        self.image_options = stored_image_options(split) if image_options is None else dict(image_options)
         classes = [get_task(task).label_to_class(value) for value in split[get_task(task).label_column]]
         self.rows = np.asarray([row for row, label in enumerate(classes) if label is not None], dtype=np.int64)
         self.labels = np.asarray([label for label in classes if label is not None], dtype=np.int64)
@@ -138,7 +143,7 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         image = self.images[int(self.rows[item])]["image"]
         pixel_values = self.image_processor.preprocess(
-            image, augment=self.augment, return_tensors="pt")["pixel_values"][0]
+            image, augment=self.augment, return_tensors="pt", **self.image_options)["pixel_values"][0]
         return {"pixel_values": pixel_values, "labels": torch.tensor(int(self.labels[item]))}
 
 
