@@ -29,11 +29,9 @@ import numpy as np
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.reports import DATASET_COLUMNS, ReportFields, build_report
 from modeling_mama.tokenization import split_sentences
+from modeling_mama.training.converted import stored_image_options
 from modeling_mama.training.metrics import pointing_game, pointing_game_accuracy
-from modeling_mama.training.visualization import (
-    patch_sentence_similarity,
-    plot_heat_map,
-)
+from modeling_mama.training.visualization import plot_heat_map, sentence_heat_maps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,17 +99,17 @@ def main(argv=None) -> dict:
         sentences = build_report(ReportFields.from_mapping(row, DATASET_COLUMNS))
     if not sentences:
         raise SystemExit("error: the report has no sentence.")
-    image_inputs = processor.image_processor.preprocess(image, do_normalize=False, return_geometry=True,
-                                                        return_tensors="pt")
-    view = image_inputs["pixel_values"][0, 0].numpy()  # the preprocessed view in [0, 1], for display
-    source_width = int(np.asarray(image).shape[1]) if args.dataset is not None else _source_width(image)
-    boxes_in_view = view_boxes(boxes, image_inputs["crop_boxes"][0].tolist(), bool(image_inputs["flipped"][0]),
-                               source_width, view.shape)
-    pixel_values = processor.image_processor.preprocess(image, return_tensors="pt")["pixel_values"]
+    # A converted dataset's images are stored oriented and cropped (conversion.json): the processor
+    # only resizes them, and their lesion_boxes are in the stored pixels.
+    image_kwargs = stored_image_options(args.dataset) if args.dataset is not None else {}
     # A report longer than the token budget keeps its first sentences (with a warning): one map per kept sentence.
-    text = processor(text=[sentences], truncation="warn")
-    similarity = patch_sentence_similarity(model, pixel_values, text["input_ids"], text["attention_mask"],
-                                           text["sentence_positions"], text["sentence_mask"])
+    view, similarity = sentence_heat_maps(model, processor, image, sentences, truncation="warn", **image_kwargs)
+    boxes_in_view = []
+    if boxes:
+        geometry = processor.image_processor(image, return_geometry=True, **image_kwargs)
+        source_width = int(np.asarray(image).shape[1]) if args.dataset is not None else _source_width(image)
+        boxes_in_view = view_boxes(boxes, geometry["crop_boxes"][0].tolist(), bool(geometry["flipped"][0]),
+                                   source_width, view.shape)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = {"image": source_name, "model": args.model, "lesion_boxes": boxes_in_view, "sentences": []}

@@ -10,7 +10,8 @@ becomes an output row or a failure (with a reason), and hands the rows to `write
    table, row_index) without stopping the run; failures are retried on a re-run;
 3. saves the `datasets.DatasetDict` into `<out>/.partial/`, renames its split folders into `<out>`
    and replaces `<out>/dataset_dict.json` last: `load_from_disk(out)` sees the old dataset, no
-   dataset, or the complete new one, never a mix.
+   dataset, or the complete new one, never a mix. `conversion.json` records the options, the counts
+  and what was done to the stored images (`STORED_IMAGES`: oriented, cropped; `image_size`).
 
 Image preprocessing (`preprocess_image`): calibrated pixels from `read_dicom`, chest wall left
 (`orient_breast`, laterality from the table, checked against the pixels), cropped to the breast
@@ -93,6 +94,9 @@ FAILURES_FILE = "failures.csv"
 SHARD_FILE = "shard.json"
 # Only the cache format changes this; a cache written by another format version is refused.
 CACHE_FORMAT = 1
+# What `preprocess_image` did to every stored image, recorded in conversion.json so that training and
+# evaluation neither orient nor crop them again (modeling_mama.training.converted.stored_image_options).
+STORED_IMAGES = {"image_orientation": "chest_wall_left", "image_cropped_to_breast": True}
 
 
 class ConverterError(ValueError):
@@ -790,7 +794,7 @@ def write_dataset(
     # How many of the images decoded in this run were decoded at 1/2**r of their size, by r.
     reductions = Counter(str(result.reduction) for result in results.values() if result.reduction is not None)
     counts = {name: len(columns["image_id"]) for name, columns in by_split.items()}
-    info = {**(summary or {}), "image_size": image_size, "seed": seed}
+    info = {**(summary or {}), "image_size": image_size, **STORED_IMAGES, "seed": seed}
     if shard.count > 1:
         info["shard"] = {"index": shard.index, "count": shard.count}
         write_text_atomic(out / SHARD_FILE, json.dumps(
