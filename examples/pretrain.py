@@ -1,6 +1,6 @@
-"""Pre-train MaMA on a converted mammography dataset.
+"""Pre-train MaMA on one or several converted mammography datasets.
 
-    accelerate launch examples/pretrain.py --dataset DATA --output_dir OUT [--preset paper|tiny] [...]
+    accelerate launch examples/pretrain.py --dataset DATA [DATA ...] --output_dir OUT [--preset paper|tiny] [...]
 
 With **no arguments** it runs the offline demo: it generates (or reuses) a synthetic EMBED look-alike
 under `~/.cache/modeling_mama`, converts it with the EMBED converter, trains a byte-level BPE tokenizer
@@ -13,6 +13,13 @@ The preset's training recipe (`modeling_mama.training.recipes`) gives the defaul
 ...), as it does the loss knobs (`--late_loss_step`, `--local_loss_weight`, `--nt_xent_temperature`,
 `--gather_with_grad`, ...). The paper preset builds MaMA from `facebook/dinov2-with-registers-base` and
 `stanford-crfm/BioMedLM` (needs the Hub) with METHOD.md's recipe; see README for the multi-GPU launch configs.
+
+Several `--dataset` folders (e.g. `data/cbis data/cmmd`) are trained on together: their splits are
+concatenated, and their patient and exam ids are prefixed with the dataset's name (so two datasets'
+ids never pair as views of one exam). The config records each dataset's name (`training_datasets`,
+from its `conversion.json`; `--training_datasets` overrides it), so the Hub push applies each one's
+licence: CC BY data (CBIS-DDSM, CMMD) may be pushed and the model card carries its attribution;
+EMBED (and a local DICOM export) is refused without `acknowledge_data_license`.
 
 `--tiles` (off by default and in the paper preset) adds the multi-scale extension: each training item
 carries the global view (global and multi-view terms) plus up to `--max_tiles` tiles of the breast at
@@ -33,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import load_from_disk
+from datasets import DatasetDict, concatenate_datasets, load_from_disk
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from modeling_mama import (
@@ -47,9 +54,10 @@ from modeling_mama import (
     MultiViewDataset,
 )
 from modeling_mama.hub import write_model_card
+from modeling_mama.labels import get_task
 from modeling_mama.reports import build_report
 from modeling_mama.tokenization import TRUNCATION_MODES, add_special_tokens, train_report_tokenizer
-from modeling_mama.training.converted import tile_grid
+from modeling_mama.training.converted import conversion_record, dataset_name, stored_image_options, tile_grid
 from modeling_mama.training.multiview import report_fields_from_row
 from modeling_mama.training.recipes import pretraining_recipe, recipe_settings
 from modeling_mama.training.zero_shot import evaluate_zero_shot
@@ -89,12 +97,14 @@ class ModelArguments:
     local_loss_weight: float | None = None
     local_loss_symmetric: bool | None = None
     nt_xent_temperature: float | None = None
-    training_datasets: str | None = field(default=None, metadata={"help": "Comma-separated names recorded in the config."})
+    training_datasets: str | None = field(default=None, metadata={
+        "help": "Comma-separated names recorded in the config (default: the --dataset folders' converters)."})
 
 
 @dataclass
 class DataArguments:
-    dataset: str | None = field(default=None, metadata={"help": "A folder written by data_scripts/*.py; default: synthetic demo."})
+    dataset: list[str] | None = field(default=None, metadata={
+        "help": "One or more folders written by data_scripts/*.py, trained on together; default: synthetic demo."})
     synthetic_exams: int = field(default=120, metadata={"help": "Exams in the synthetic demo set."})
     cache_dir: str = field(default=os.path.join(os.path.expanduser("~"), ".cache", "modeling_mama"))
     multiview_policy: str = field(default="same_exam", metadata={"help": "same_exam | ipsilateral | contralateral"})
@@ -142,6 +152,66 @@ def synthetic_dataset(data_args: DataArguments, seed: int) -> Path:
     return converted
 
 
+@dataclass
+class TrainingData:
+    """The converted datasets of a run: their splits (concatenated), names and stored-image options."""
+
+    splits: DatasetDict
+    names: list[str]  # the datasets' names for the licence lookup (`converted.dataset_name`), once each
+    image_options: dict
+    record: dict  # what tile_grid reads: the largest stored image size
+
+
+def load_training_data(folders: list[str | Path]) -> TrainingData:
+    """Load the `--dataset` folders; several are concatenated split by split, ids prefixed by dataset.
+
+    Raises `ValueError` naming the folder when one has no train split, when the folders' columns
+    differ (converted by different versions: re-run the older converter, its cache makes it quick)
+    or when their images were stored differently (oriented and cropped or not).
+    """
+    folders = [Path(folder) for folder in folders]
+    loaded = []
+    for folder in folders:
+        if not (folder / "dataset_dict.json").is_file():
+            raise ValueError(f"--dataset {folder} is not a converted dataset (no dataset_dict.json); "
+                             f"convert it with data_scripts/<name>.py first.")
+        splits = load_from_disk(str(folder))
+        if "train" not in splits:
+            raise ValueError(f"--dataset {folder} has no train split (it has {sorted(splits)}).")
+        loaded.append(splits)
+    names = [dataset_name(folder) or folder.name for folder in folders]
+    options = [stored_image_options(folder) for folder in folders]
+    sizes = [int((conversion_record(folder) or {}).get("image_size") or 0) for folder in folders]
+    record = {"image_size": 0 if 0 in sizes else max(sizes)}  # 0: one is at native size, unknown long side
+    if len(folders) == 1:
+        return TrainingData(loaded[0], names, options[0], record)
+    for folder, splits, option in zip(folders[1:], loaded[1:], options[1:]):
+        if option != options[0]:
+            raise ValueError(f"--dataset {folders[0]} and {folder} store their images differently "
+                             f"({options[0] or 'not prepared'} vs {option or 'not prepared'}); convert both with "
+                             f"data_scripts/*.py.")
+        theirs, ours = set(splits["train"].column_names), set(loaded[0]["train"].column_names)
+        if theirs != ours or splits["train"].features != loaded[0]["train"].features:
+            raise ValueError(f"--dataset {folders[0]} and {folder} have different columns "
+                             f"(only in one: {sorted(theirs ^ ours) or 'none; the types differ'}); they were "
+                             f"converted by different versions: re-run the older one's converter (its image cache "
+                             f"makes that quick).")
+    # Ids are prefixed by converter (or folder) name, with the position when two folders share one.
+    labels = [str((conversion_record(folder) or {}).get("converter") or folder.name) for folder in folders]
+    prefixes = [f"{label}/" for label in labels]
+    if len(set(prefixes)) < len(prefixes):  # e.g. two hospitals' exports, both dicom_folder
+        prefixes = [f"{index}-{label}/" for index, label in enumerate(labels)]
+    combined = {}
+    for split in dict.fromkeys(name for splits in loaded for name in splits):
+        parts = [(prefix, splits[split]) for prefix, splits in zip(prefixes, loaded) if split in splits]
+        merged = concatenate_datasets([part for _, part in parts])
+        for column in ("patient_id", "exam_id"):
+            values = [prefix + str(value) for prefix, part in parts for value in part[column]]
+            merged = merged.remove_columns(column).add_column(column, values)
+        combined[split] = merged
+    return TrainingData(DatasetDict(combined), list(dict.fromkeys(names)), options[0], record)
+
+
 def build_tokenizer(model_args: ModelArguments, train_split):
     if model_args.tokenizer_name or model_args.preset == "paper":
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.text_backbone)
@@ -181,7 +251,8 @@ def build_model(model_args: ModelArguments, tokenizer, image_size: int, override
 
 
 def build_processor(data_args: DataArguments, tokenizer, image_size: int, dataset) -> MamaProcessor:
-    """The processor every data path of the run uses (training items, collator, evaluation), saved with the model."""
+    """`dataset` (a converted dataset or its conversion record) sizes the tile grid."""
+    # The processor every data path of the run uses (training items, collator, evaluation), saved with the model.
     if data_args.augmentation not in (*AUGMENTATIONS, "none"):
         raise ValueError(f"--augmentation must be one of {[*AUGMENTATIONS, 'none']}, got {data_args.augmentation!r}.")
     if data_args.truncation not in TRUNCATION_MODES:
@@ -259,23 +330,25 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
     started = time.time()
 
-    dataset_path = Path(data_args.dataset) if data_args.dataset else None
-    if dataset_path is None:
+    folders = list(data_args.dataset or [])
+    if not folders:
         with training_args.main_process_first(desc="synthetic data"):
-            dataset_path = synthetic_dataset(data_args, training_args.seed)
-    splits = load_from_disk(str(dataset_path))
-    train_split = splits["train"]
-    logger.info("dataset %s: %s", dataset_path, {name: len(split) for name, split in splits.items()})
+            folders = [synthetic_dataset(data_args, training_args.seed)]
+    data = load_training_data(folders)
+    splits, train_split = data.splits, data.splits["train"]
+    logger.info("datasets %s (%s): %s", [str(folder) for folder in folders], ", ".join(data.names),
+                {name: len(split) for name, split in splits.items()})
 
     image_size = model_args.image_size or (518 if model_args.preset == "paper" else 112)
     tokenizer = build_tokenizer(model_args, train_split)
-    overrides = build_config_overrides(model_args)
-    processor = build_processor(data_args, tokenizer, image_size, train_split)
+    # Each dataset's name goes into the config, so the Hub push applies its licence (modeling_mama.hub).
+    overrides = {"training_datasets": data.names, **build_config_overrides(model_args)}
+    processor = build_processor(data_args, tokenizer, image_size, data.record)
     model = build_model(model_args, tokenizer, image_size, overrides, training_args)
     train_dataset = MultiViewDataset(
         train_split, processor, policy=data_args.multiview_policy,
         probability=data_args.multiview_probability, mask_prob=data_args.mask_prob, seed=training_args.seed,
-        augment=data_args.augmentation != "none", sample_tiles=True,
+        augment=data_args.augmentation != "none", sample_tiles=True, image_options=data.image_options,
     )
     trainer = build_trainer(model, processor, train_dataset, training_args, data_args)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -286,12 +359,16 @@ def main(argv: list[str] | None = None) -> dict:
         test_split = splits["test"] if "test" in splits else splits[list(splits)[-1]]
         zero_shot, zero_shot_tiles = {}, {}
         for task in [t.strip() for t in data_args.eval_tasks.split(",") if t.strip()]:
-            if task in test_split.column_names:
-                zero_shot[task] = evaluate_zero_shot(model, processor, test_split, task,
-                                                     truncation=data_args.truncation)
-                if data_args.tiles:
-                    zero_shot_tiles[task] = evaluate_zero_shot(model, processor, test_split, task, tiles=True,
-                                                               truncation=data_args.truncation)
+            column = get_task(task).label_column
+            if column not in test_split.column_names or all(value is None for value in test_split[column]):
+                logger.info("zero-shot %s skipped: the test split has no %s labels", task, column)
+                continue
+            zero_shot[task] = evaluate_zero_shot(model, processor, test_split, task, truncation=data_args.truncation,
+                                                 image_options=data.image_options)
+            if data_args.tiles:
+                zero_shot_tiles[task] = evaluate_zero_shot(model, processor, test_split, task, tiles=True,
+                                                           truncation=data_args.truncation,
+                                                           image_options=data.image_options)
         results["zero_shot"] = zero_shot
         if data_args.tiles:
             results["zero_shot_tiles"] = zero_shot_tiles

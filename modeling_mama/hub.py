@@ -1,11 +1,15 @@
 """Sharing MaMA models: dataset licences, the release guard, and the model card (METHOD.md section 8).
 
-Licence facts are data, not code: `DATASET_TERMS` says, per training dataset, what its terms allow.
-EMBED's data use agreement forbids publicly releasing weights or embeddings trained on it without
-written permission from Emory (the MaMA authors withdrew their checkpoint for this reason), so
-`check_release_allowed` refuses such a push unless the caller acknowledges holding that permission.
+Licence facts are data, not code: `DATASET_TERMS` says, per training dataset (keyed by converter
+name, as `conversion.json` records it), what its terms allow. EMBED's data use agreement forbids
+publicly releasing weights or embeddings trained on it without written permission from Emory (the
+MaMA authors withdrew their checkpoint for this reason), so `check_release_allowed` refuses such a
+push unless the caller acknowledges holding that permission; so it does for a local DICOM export,
+whose owner's terms this package cannot know. CBIS-DDSM (CC BY 3.0) and CMMD (CC BY 4.0) allow
+sharing derived weights with attribution: the model card carries the citation each licence asks for.
 
 >>> check_release_allowed(["synthetic"])
+>>> check_release_allowed(["CBIS-DDSM", "cmmd"])
 >>> check_release_allowed(["EMBED"])
 Traceback (most recent call last):
 ...
@@ -46,6 +50,41 @@ DATASET_TERMS: dict[str, dict[str, Any]] = {
         "forbids_weight_release": False,
         "license": "other",
     },
+    "cbis_ddsm": {
+        "name": "CBIS-DDSM (Curated Breast Imaging Subset of DDSM, The Cancer Imaging Archive)",
+        "terms": "Creative Commons Attribution 3.0 (CC BY 3.0): derived weights may be shared, with attribution.",
+        "forbids_weight_release": False,
+        "license": "cc-by-3.0",
+        "attribution": (
+            "Sawyer-Lee, R., Gimenez, F., Hoogi, A., & Rubin, D. (2016). Curated Breast Imaging Subset of "
+            "Digital Database for Screening Mammography (CBIS-DDSM) [Data set]. The Cancer Imaging Archive. "
+            "https://doi.org/10.7937/K9/TCIA.2016.7O02S9CY; Lee, R. S., Gimenez, F., Hoogi, A., Miyake, K. K., "
+            "Gorovoy, M., & Rubin, D. L. (2017). A curated mammography data set for use in computer-aided "
+            "detection and diagnosis research. Scientific Data 4, 170177. https://doi.org/10.1038/sdata.2017.177; "
+            "Clark, K. et al. (2013). The Cancer Imaging "
+            "Archive (TCIA): Maintaining and Operating a Public Information Repository. Journal of Digital "
+            "Imaging 26(6), 1045-1057. https://doi.org/10.1007/s10278-013-9622-7"),
+    },
+    "cmmd": {
+        "name": "CMMD (The Chinese Mammography Database, The Cancer Imaging Archive)",
+        "terms": "Creative Commons Attribution 4.0 (CC BY 4.0): derived weights may be shared, with attribution.",
+        "forbids_weight_release": False,
+        "license": "cc-by-4.0",
+        "attribution": (
+            "Cui, C., Li, L., Cai, H., Fan, Z., Zhang, L., Dan, T., Li, J., & Wang, J. (2021). The Chinese "
+            "Mammography Database (CMMD): An online mammography database with biopsy confirmed types for "
+            "machine diagnosis of breast [Data set]. The Cancer Imaging Archive. "
+            "https://doi.org/10.7937/tcia.eqde-4b16; Clark, K. et al. (2013). The Cancer Imaging Archive "
+            "(TCIA): Maintaining and Operating a Public Information Repository. Journal of Digital Imaging "
+            "26(6), 1045-1057. https://doi.org/10.1007/s10278-013-9622-7"),
+    },
+    "dicom_folder": {
+        "name": "A local DICOM export (data_scripts/dicom_folder.py)",
+        "terms": "the data owner's terms, unknown to this package; releasing weights trained on patient data "
+                 "needs the data owner's permission.",
+        "forbids_weight_release": True,
+        "license": "other",
+    },
 }
 
 
@@ -54,8 +93,12 @@ class DatasetLicenseError(PermissionError):
 
 
 def dataset_key(name: str) -> str:
-    """Normalise a recorded dataset name ('EMBED', 'embed-open-data', 'RSNA-Mammo') to a `DATASET_TERMS` key."""
-    lowered = name.strip().lower()
+    """Normalise a recorded dataset name to a `DATASET_TERMS` key.
+
+    >>> [dataset_key(name) for name in ("EMBED", "embed-open-data", "RSNA-Mammo", "CBIS-DDSM", "my data")]
+    ['embed', 'embed', 'rsna', 'cbis_ddsm', 'my_data']
+    """
+    lowered = name.strip().lower().replace("-", "_").replace(" ", "_")
     for key in DATASET_TERMS:
         if lowered.startswith(key):
             return key
@@ -122,7 +165,9 @@ def render_model_card(config, *, repo_id: str = "path/to/this/folder", training_
         datasets=list(config.training_datasets) or None,
     )
     training_data = [
-        {"name": DATASET_TERMS.get(key, {}).get("name", name), "terms": DATASET_TERMS.get(key, {}).get("terms", "terms not recorded.")}
+        {"name": DATASET_TERMS.get(key, {}).get("name", name),
+         "terms": DATASET_TERMS.get(key, {}).get("terms", "terms not recorded."),
+         "attribution": DATASET_TERMS.get(key, {}).get("attribution")}
         for key, name in zip(keys, config.training_datasets)
     ]
     restricted = [entry["name"] for entry in known if entry["forbids_weight_release"]]

@@ -17,6 +17,23 @@ def test_release_guard_rules():
     check_release_allowed(["embed"], acknowledge_data_license=True)
 
 
+def test_open_data_is_released_with_its_attribution():
+    # CBIS-DDSM (CC BY 3.0) and CMMD (CC BY 4.0) may be shared; a local DICOM export may not, unasked.
+    check_release_allowed(["cbis_ddsm", "CMMD"])
+    with pytest.raises(DatasetLicenseError, match="dicom_folder.*data owner"):
+        check_release_allowed(["cmmd", "dicom_folder"])
+    check_release_allowed(["dicom_folder"], acknowledge_data_license=True)
+    card = ModelCard(str(render_model_card(MamaConfig.tiny(training_datasets=["cbis_ddsm", "cmmd"]))))
+    assert card.data.license == "other"  # two licences (cc-by-3.0, cc-by-4.0): the card lists both
+    assert "Creative Commons Attribution 3.0" in card.text and "Creative Commons Attribution 4.0" in card.text
+    attribution = card.text.split("### Attribution", 1)[1]
+    assert "10.7937/K9/TCIA.2016.7O02S9CY" in attribution and "10.7937/tcia.eqde-4b16" in attribution
+    assert "Release restriction" not in card.text
+    single = ModelCard(str(render_model_card(MamaConfig.tiny(training_datasets=["cmmd"]))))
+    assert single.data.license == "cc-by-4.0"
+    assert "### Attribution" not in str(render_model_card(MamaConfig.tiny(training_datasets=["EMBED"])))
+
+
 def test_push_to_hub_refuses_embed_before_any_upload(monkeypatch, tmp_path):
     model = MamaModel(MamaConfig.tiny(vocab_size=64, training_datasets=["EMBED"]))
     calls = []

@@ -4,6 +4,7 @@ hand the accelerator, bf16 autocast on the CPU."""
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +90,61 @@ def test_bad_arguments_are_reported(synthetic_embed_dataset, tmp_path):
     with pytest.raises(ValueError, match="--preset"):
         pretrain.main(["--dataset", str(synthetic_embed_dataset), "--output_dir", str(tmp_path),
                        "--preset", "huge", "--max_steps", "1"])
+
+
+# ------------------------------------------------------------------ several datasets at once
+@pytest.fixture(scope="module")
+def cmmd_converted(tmp_path_factory):
+    from modeling_mama.data.converters.cmmd import convert_cmmd
+    from modeling_mama.data.synthetic import generate_cmmd
+
+    folder = tmp_path_factory.mktemp("cmmd")
+    root = generate_cmmd(folder / "download", num_patients=4, image_size=(64, 52), seed=4, table_format="csv",
+                         progress=False)
+    convert_cmmd(root, folder / "converted", image_size=64, progress=False)
+    return folder / "converted"
+
+
+def test_several_datasets_train_together(synthetic_embed_dataset, cmmd_converted, tmp_path):
+    from datasets import load_from_disk
+
+    from modeling_mama import MamaModel
+
+    pretrain = load_example("pretrain")
+    data = pretrain.load_training_data([synthetic_embed_dataset, cmmd_converted])
+    embed, cmmd = load_from_disk(str(synthetic_embed_dataset)), load_from_disk(str(cmmd_converted))
+    for split in ("train", "validation", "test"):
+        combined = data.splits[split]
+        assert len(combined) == len(embed[split]) + len(cmmd[split])
+        # Ids keep their dataset: no EMBED exam can pair with a CMMD one.
+        assert combined["exam_id"] == ([f"embed/{value}" for value in embed[split]["exam_id"]]
+                                       + [f"cmmd/{value}" for value in cmmd[split]["exam_id"]])
+        assert combined["patient_id"][-1] == f"cmmd/{cmmd[split]['patient_id'][-1]}"
+        assert combined["cancer"] == embed[split]["cancer"] + cmmd[split]["cancer"]
+    assert data.names == ["synthetic"]  # both are look-alikes (their roots hold the generator's manifest)
+    assert data.image_options == {"do_orient": False, "do_crop_to_breast": False}
+
+    output_dir = tmp_path / "run"
+    pretrain.main(["--dataset", str(synthetic_embed_dataset), str(cmmd_converted), "--output_dir", str(output_dir),
+                   *RESUME_ARGUMENTS[:-2], "--max_steps", "2", "--save_strategy", "no", "--eval_tasks", "cancer"])
+    model = MamaModel.from_pretrained(output_dir)
+    assert model.config.training_datasets == ["synthetic"]
+    results = json.loads((output_dir / "results.json").read_text())
+    labelled = sum(value is not None for split in (embed, cmmd) for value in split["test"]["cancer"])
+    assert results["zero_shot"]["cancer"]["num_images"] == labelled
+
+
+def test_datasets_that_cannot_be_combined_are_named(synthetic_embed_dataset, cmmd_converted, tmp_path):
+    pretrain = load_example("pretrain")
+    with pytest.raises(ValueError, match=f"{tmp_path}.*not a converted dataset"):
+        pretrain.load_training_data([synthetic_embed_dataset, tmp_path])
+    older = tmp_path / "older"
+    from datasets import load_from_disk
+
+    load_from_disk(str(cmmd_converted)).remove_columns("lesion_boxes").save_to_disk(str(older))
+    shutil.copy(cmmd_converted / "conversion.json", older / "conversion.json")
+    with pytest.raises(ValueError, match="lesion_boxes.*re-run the older"):
+        pretrain.load_training_data([cmmd_converted, older])
 
 
 # ------------------------------------------------------------------ what the accelerator is built from
