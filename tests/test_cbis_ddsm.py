@@ -195,6 +195,30 @@ def test_command_line(cbis_root, tmp_path, capsys):
                                                           str(tmp_path / "x")]) == 2
 
 
+def test_shards_merge_into_the_single_run_with_their_boxes(cbis_root, converted, tmp_path):
+    """2 shards by patient + merge = the single run: same rows, order, official splits, lesion boxes and
+    failures (the missing full image is met by the shard holding its patient)."""
+    import datasets
+
+    single_out, single = converted
+    script, merge = load_script("data_scripts/cbis_ddsm.py"), load_script("data_scripts/merge.py")
+    shards = [tmp_path / f"shard{index}" for index in range(2)]
+    for index, out in enumerate(shards):
+        assert script.main(["--root", str(cbis_root), "--out", str(out), "--image-size", str(IMAGE_SIZE),
+                            "--num-shards", "2", "--shard-index", str(index), "--no-progress"]) == 0
+    patients = [{row["patient_id"] for row in rows_by_image(datasets.load_from_disk(str(out))).values()}
+                for out in shards]
+    assert all(patients) and not patients[0] & patients[1]
+    merged_out = tmp_path / "merged"
+    assert merge.main(["--shards", *map(str, shards), "--out", str(merged_out), "--no-progress"]) == 0
+    merged = datasets.load_from_disk(str(merged_out))
+    assert list(merged) == list(single)
+    for name in single:
+        assert merged[name].remove_columns("image").to_list() == single[name].remove_columns("image").to_list()
+    assert any(boxes for name in merged for boxes in merged[name]["lesion_boxes"])
+    assert read_failures(merged_out / "failures.csv") == read_failures(single_out / "failures.csv")
+
+
 def test_the_tables_uid_layout_is_matched_by_case_folder_too(cbis_root, tmp_path):
     """Files laid out as the tables' paths say (<case>/<StudyUID>/<SeriesUID>/000000.dcm) convert the same."""
     copy = tmp_path / "uid-layout"

@@ -117,10 +117,10 @@ def test_several_datasets_train_together(synthetic_embed_dataset, cmmd_converted
         combined = data.splits[split]
         assert len(combined) == len(embed[split]) + len(cmmd[split])
         # Ids keep their dataset: no EMBED exam can pair with a CMMD one.
-        assert combined["exam_id"] == ([f"embed/{value}" for value in embed[split]["exam_id"]]
-                                       + [f"cmmd/{value}" for value in cmmd[split]["exam_id"]])
-        assert combined["patient_id"][-1] == f"cmmd/{cmmd[split]['patient_id'][-1]}"
-        assert combined["cancer"] == embed[split]["cancer"] + cmmd[split]["cancer"]
+        assert list(combined["exam_id"]) == ([f"embed/{value}" for value in embed[split]["exam_id"]]
+                                             + [f"cmmd/{value}" for value in cmmd[split]["exam_id"]])
+        assert combined[-1]["patient_id"] == f"cmmd/{cmmd[split][-1]['patient_id']}"
+        assert list(combined["cancer"]) == list(embed[split]["cancer"]) + list(cmmd[split]["cancer"])
     assert data.names == ["synthetic"]  # both are look-alikes (their roots hold the generator's manifest)
     assert data.image_options == {"do_orient": False, "do_crop_to_breast": False}
 
