@@ -56,7 +56,12 @@ from modeling_mama import (
 from modeling_mama.hub import write_model_card
 from modeling_mama.labels import get_task
 from modeling_mama.reports import build_report
-from modeling_mama.tokenization import TRUNCATION_MODES, add_special_tokens, train_report_tokenizer
+from modeling_mama.tokenization import (
+    DEFAULT_MAX_LENGTH,
+    TRUNCATION_MODES,
+    add_special_tokens,
+    train_report_tokenizer,
+)
 from modeling_mama.training.converted import conversion_record, dataset_name, stored_image_options, tile_grid
 from modeling_mama.training.multiview import report_fields_from_row
 from modeling_mama.training.recipes import pretraining_recipe, recipe_settings
@@ -111,7 +116,8 @@ class DataArguments:
     multiview_probability: float = 0.5
     mask_prob: float = 0.8
     augmentation: str = field(default="paper", metadata={"help": "paper | mild | none (training augmentation strength)."})
-    max_length: int = field(default=144, metadata={"help": "Token budget of a report (saved with the processor)."})
+    max_length: int = field(default=DEFAULT_MAX_LENGTH,
+                            metadata={"help": "Token budget of a report (saved with the processor)."})
     truncation: str = field(default="error", metadata={
         "help": "A report over --max_length: error | warn (drop its last whole sentences)."})
     tiles: bool = field(default=False, metadata={
@@ -251,8 +257,8 @@ def build_model(model_args: ModelArguments, tokenizer, image_size: int, override
 
 
 def build_processor(data_args: DataArguments, tokenizer, image_size: int, dataset) -> MamaProcessor:
-    """`dataset` (a converted dataset or its conversion record) sizes the tile grid."""
-    # The processor every data path of the run uses (training items, collator, evaluation), saved with the model.
+    """The processor every data path of the run uses (training items, collator, evaluation), saved with the
+    model; `dataset` (a converted dataset or its conversion record) sizes the tile grid."""
     if data_args.augmentation not in (*AUGMENTATIONS, "none"):
         raise ValueError(f"--augmentation must be one of {[*AUGMENTATIONS, 'none']}, got {data_args.augmentation!r}.")
     if data_args.truncation not in TRUNCATION_MODES:
@@ -329,6 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
                         format="%(asctime)s %(name)s: %(message)s")
     set_seed(training_args.seed)
     started = time.time()
+    # Unknown task names stop the run now, not after training.
+    eval_tasks = [get_task(name.strip()).name for name in data_args.eval_tasks.split(",") if name.strip()]
 
     folders = list(data_args.dataset or [])
     if not folders:
@@ -358,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
         processor.save_pretrained(training_args.output_dir)
         test_split = splits["test"] if "test" in splits else splits[list(splits)[-1]]
         zero_shot, zero_shot_tiles = {}, {}
-        for task in [t.strip() for t in data_args.eval_tasks.split(",") if t.strip()]:
+        for task in eval_tasks:
             column = get_task(task).label_column
             if column not in test_split.column_names or all(value is None for value in test_split[column]):
                 logger.info("zero-shot %s skipped: the test split has no %s labels", task, column)

@@ -90,6 +90,9 @@ def test_bad_arguments_are_reported(synthetic_embed_dataset, tmp_path):
     with pytest.raises(ValueError, match="--preset"):
         pretrain.main(["--dataset", str(synthetic_embed_dataset), "--output_dir", str(tmp_path),
                        "--preset", "huge", "--max_steps", "1"])
+    with pytest.raises(ValueError, match="Unknown task 'densty'"):  # before any training
+        pretrain.main(["--dataset", str(synthetic_embed_dataset), "--output_dir", str(tmp_path),
+                       "--eval_tasks", "densty", "--max_steps", "1"])
 
 
 # ------------------------------------------------------------------ several datasets at once
