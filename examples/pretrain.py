@@ -16,7 +16,6 @@ The paper preset builds MaMA from `facebook/dinov2-with-registers-base` and `sta
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import load_from_disk
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from modeling_mama import (
@@ -38,7 +36,9 @@ from modeling_mama import (
     MamaTrainingArguments,
     MultiViewDataset,
 )
-from modeling_mama.hub import write_model_card
+from modeling_mama.hub import merge_datasets, write_model_card
+from modeling_mama.training.converted import load_converted
+from modeling_mama.training.finetuning import write_json
 from modeling_mama.training.multiview import report_fields_from_row
 from modeling_mama.reports import build_report
 from modeling_mama.tokenization import add_special_tokens, train_report_tokenizer
@@ -87,12 +87,16 @@ class ModelArguments:
     local_loss_weight: float | None = None
     local_loss_symmetric: bool | None = None
     nt_xent_temperature: float | None = None
-    training_datasets: str | None = field(default=None, metadata={"help": "Comma-separated names recorded in the config."})
+    training_datasets: str | None = field(default=None, metadata={
+        "help": "Comma-separated names added to the training data recorded in the config (what the datasets' "
+                "conversion.json says, and a continued model's record, are always kept)."})
 
 
 @dataclass
 class DataArguments:
-    dataset: str | None = field(default=None, metadata={"help": "A folder written by data_scripts/*.py; default: synthetic demo."})
+    dataset: list[str] | None = field(default=None, metadata={
+        "help": "One or more folders written by data_scripts/*.py (several are concatenated split by split); "
+                "default: the synthetic demo."})
     synthetic_exams: int = field(default=120, metadata={"help": "Exams in the synthetic demo set."})
     cache_dir: str = field(default=os.path.join(os.path.expanduser("~"), ".cache", "modeling_mama"))
     multiview_policy: str = field(default="same_exam", metadata={"help": "same_exam | ipsilateral | contralateral"})
@@ -134,8 +138,6 @@ def build_config_overrides(model_args: ModelArguments) -> dict:
                  "local_loss_symmetric", "nt_xent_temperature"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
-    if model_args.training_datasets:
-        overrides["training_datasets"] = [name.strip() for name in model_args.training_datasets.split(",")]
     return overrides
 
 
@@ -180,24 +182,30 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
     started = time.time()
 
-    dataset_path = Path(data_args.dataset) if data_args.dataset else None
-    if dataset_path is None:
+    dataset_paths = [Path(path) for path in data_args.dataset or []]
+    if not dataset_paths:
         with training_args.main_process_first(desc="synthetic data"):
-            dataset_path = synthetic_dataset(data_args, training_args.seed)
-    splits = load_from_disk(str(dataset_path))
+            dataset_paths = [synthetic_dataset(data_args, training_args.seed)]
+    splits, data_record = load_converted(dataset_paths)
     train_split = splits["train"]
-    logger.info("dataset %s: %s", dataset_path, {name: len(split) for name, split in splits.items()})
+    logger.info("datasets %s (%s): %s", [str(path) for path in dataset_paths], ", ".join(data_record),
+                {name: len(split) for name, split in splits.items()})
 
     image_size = model_args.image_size or (518 if model_args.preset == "paper" else 112)
     tokenizer = build_tokenizer(model_args, train_split)
     overrides = build_config_overrides(model_args)
     model = build_model(model_args, tokenizer, image_size, overrides)
+    # What the weights were trained on: a continued model's data, the datasets' own record, and any
+    # names given on the command line (which can only add). Every upload path checks it.
+    model.config.training_datasets = merge_datasets(model.config.training_datasets, data_record,
+                                                    model_args.training_datasets)
     if data_args.augmentation not in (*AUGMENTATIONS, "none"):
         raise ValueError(f"--augmentation must be one of {[*AUGMENTATIONS, 'none']}, got {data_args.augmentation!r}.")
     processor = MamaProcessor(
         image_processor=MamaImageProcessor(size={"height": image_size, "width": image_size},
-                                           augmentation=AUGMENTATIONS.get(data_args.augmentation)),
-        tokenizer=tokenizer,
+                                           augmentation=AUGMENTATIONS.get(data_args.augmentation),
+                                           training_datasets=model.config.training_datasets),
+        tokenizer=tokenizer, training_datasets=model.config.training_datasets,
     )
     train_dataset = MultiViewDataset(
         train_split, processor.image_processor, policy=data_args.multiview_policy,
@@ -214,16 +222,21 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
         test_split = splits["test"] if "test" in splits else splits[list(splits)[-1]]
-        zero_shot = {}
+        zero_shot, skipped = {}, {}
         for task in [t.strip() for t in data_args.eval_tasks.split(",") if t.strip()]:
-            if task in test_split.column_names:
-                zero_shot[task] = evaluate_zero_shot(model, processor, test_split, task)
+            if task not in test_split.column_names or all(label is None for label in test_split[task]):
+                # Said, not silently dropped: the user asked for this evaluation.
+                skipped[task] = f"the test split has no {task} labels"
+                logger.warning("Skipping the zero-shot %s evaluation: the test split of %s has no %r labels.", task,
+                               ", ".join(str(path) for path in dataset_paths), task)
+                continue
+            zero_shot[task] = evaluate_zero_shot(model, processor, test_split, task)
         results["zero_shot"] = zero_shot
+        if skipped:
+            results["zero_shot_skipped"] = skipped
         results["wall_time_seconds"] = round(time.time() - started, 1)
         output_dir = Path(training_args.output_dir)
-        temporary = output_dir / ".results.json.tmp"
-        temporary.write_text(json.dumps(results, indent=2, default=float))
-        temporary.replace(output_dir / "results.json")
+        write_json(results, output_dir / "results.json")  # strict JSON: nan is null
         # The card written by save_model predates the results: render it again with them.
         write_model_card(output_dir, model.config, training_args=training_args.to_dict(), results=results)
         print_table(zero_shot)

@@ -76,6 +76,9 @@ def test_saved_folder_is_complete(pretrained_tiny_mama):
     balanced_accuracy = results["zero_shot"]["density"]["balanced_accuracy"]
     assert f"| density | zero-shot | balanced_accuracy | {balanced_accuracy:.3f} |" in card
     assert "| learning_rate | 0.003 |" in card
+    # Trained on the synthetic look-alike: recorded from the data, whatever converter wrote it.
+    assert model.config.training_datasets == processor.training_datasets == ["synthetic"]
+    assert "trained only on synthetic images" in card
 
 
 def test_bad_arguments_are_reported(synthetic_embed_dataset, tmp_path):
@@ -86,3 +89,45 @@ def test_bad_arguments_are_reported(synthetic_embed_dataset, tmp_path):
     with pytest.raises(ValueError, match="--preset"):
         pretrain.main(["--dataset", str(synthetic_embed_dataset), "--output_dir", str(tmp_path),
                        "--preset", "huge", "--max_steps", "1"])
+
+
+def test_training_data_is_recorded_from_the_datasets(synthetic_embed_dataset, tmp_path, caplog):
+    """`--dataset A B`: both datasets are trained on (concatenated) and recorded from their own
+    conversion.json; --training_datasets only adds names; a requested evaluation that the data cannot
+    support is reported, not silently dropped."""
+    import shutil
+
+    from datasets import DatasetDict, load_from_disk
+
+    from modeling_mama import MamaModel, MamaProcessor
+    from modeling_mama.hub import DatasetLicenseError
+
+    embed = tmp_path / "embed"
+    shutil.copytree(synthetic_embed_dataset, embed, ignore=shutil.ignore_patterns(".*"))
+    (embed / "conversion.json").write_text(json.dumps({"converter": "embed", "dataset": "embed"}))
+    cbis = tmp_path / "cbis"
+    train = load_from_disk(str(synthetic_embed_dataset))["train"]
+    DatasetDict(train=train.select(range(8)).remove_columns("density"),
+                test=train.select(range(8, 12)).remove_columns("density")).save_to_disk(str(cbis))
+    (cbis / "conversion.json").write_text(json.dumps({"converter": "cbis_ddsm", "dataset": "cbis_ddsm"}))
+
+    out = tmp_path / "out"
+    arguments = ["--dataset", str(embed), str(cbis), "--output_dir", str(out), "--training_datasets", "lab notes",
+                 "--preset", "tiny", "--image_size", "56", "--hidden_size", "32", "--max_steps", "1",
+                 "--per_device_train_batch_size", "8", "--report_to", "none", "--save_strategy", "no",
+                 "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--eval_tasks", "density"]
+    with caplog.at_level("WARNING"):
+        results = load_example("pretrain").main(arguments)
+    assert "Skipping the zero-shot density evaluation" in caplog.text
+    assert results["zero_shot"] == {} and results["zero_shot_skipped"] == {"density": "the test split has no density labels"}
+    model = MamaModel.from_pretrained(out)
+    assert model.config.training_datasets == ["embed", "cbis_ddsm", "lab notes"]
+    assert MamaProcessor.from_pretrained(out).training_datasets == ["embed", "cbis_ddsm", "lab notes"]
+    with pytest.raises(DatasetLicenseError):
+        model.push_to_hub("me/mama")
+    assert "EMBED (Emory Breast Imaging Dataset)" in (out / "README.md").read_text()
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["zero_shot_skipped"] == {"density": "the test split has no density labels"}
+
+    with pytest.raises(ValueError, match="--max_steps 0 trains nothing"):
+        load_example("pretrain").main([*arguments[:-4], "--max_steps", "0"])

@@ -30,6 +30,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +43,11 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from ..configuration_mama import MamaConfig
+from ..hub import merge_datasets, recorded_datasets
 from ..image_processing_mama import MamaImageProcessor
 from .metrics import classification_metrics, softmax_scores
 from ..modeling_mama import MamaForImageClassification
-from .trainer import ConvertedCheckpointsTrainer
+from .trainer import ConvertedCheckpointsTrainer, check_max_steps
 from .visualization import plot_confusion_matrix, plot_roc
 from .zero_shot import label_to_class
 
@@ -214,8 +216,12 @@ class ClassificationTrainingArguments(TrainingArguments):
     warmup_steps: float = field(default=100, metadata={"help": "Linear warm-up steps (paper 100)."})
     max_steps: int = field(default=8000, metadata={"help": "Optimizer steps (paper 8000)."})
     per_device_train_batch_size: int = field(default=36, metadata={"help": "Batch size per device (paper 36)."})
+    acknowledge_data_license: bool = field(
+        default=False, metadata={"help": "You hold written permission to release weights trained on data whose "
+                                         "licence needs it (EMBED, a hospital's own images)."})
 
     def __post_init__(self):
+        check_max_steps(self.max_steps)
         # min_lr belongs to cosine_with_min_lr: another scheduler would reject it.
         if self.lr_scheduler_type != "cosine_with_min_lr" and self.lr_scheduler_kwargs == {"min_lr": 1e-5}:
             self.lr_scheduler_kwargs = {}
@@ -235,6 +241,10 @@ class ClassificationArguments:
         default=True, metadata={"help": "The paper's training augmentation (--augment false: plain resize)."})
     test_split: str = field(
         default="test", metadata={"help": "Split scored at the end (EMBED BI-RADS: test_balanced)."})
+    training_datasets: str | None = field(
+        default=None, metadata={"help": "Comma-separated names added to the training data recorded in the saved "
+                                        "config (the dataset's own conversion.json and the pretrained model's "
+                                        "record are always kept)."})
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -356,9 +366,14 @@ def run_classification(argv: Sequence[str] | None, *, freeze_image_tower: bool) 
                          f"it has {sorted(splits)}.")
 
     model = build_classifier(args.model, args.task, random_init=args.random_init)
+    # The saved classifier is derived from the pretrained weights' data (unless random) and this dataset.
+    model.config.training_datasets = merge_datasets(
+        [] if args.random_init else model.config.training_datasets, recorded_datasets(args.dataset),
+        args.training_datasets)
     if freeze_image_tower:
         model.freeze_image_tower()
     image_processor = load_image_processor(args.model, model.config)
+    image_processor.training_datasets = list(model.config.training_datasets)
 
     train_full = ClassificationDataset(splits["train"], image_processor, args.task, augment=args.augment)
     test_dataset = ClassificationDataset(splits[args.test_split], image_processor, args.task)
@@ -371,6 +386,12 @@ def run_classification(argv: Sequence[str] | None, *, freeze_image_tower: bool) 
         eval_dataset = ClassificationDataset(splits["validation"], image_processor, args.task)
     logger.info("%s: %d of %d labelled train images (class counts %s)", args.task, len(train_dataset),
                 len(train_full), np.bincount(train_dataset.labels, minlength=model.config.num_labels).tolist())
+    present = np.unique(train_dataset.labels)
+    if present.size < 2:
+        warnings.warn(f"The train split of {args.dataset} has only one {args.task} class "
+                      f"({TASK_CLASS_NAMES[args.task][int(present[0])]}): the classifier can only learn to predict it, "
+                      "and its test metrics say nothing about the image tower. Use data with at least two classes.",
+                      UserWarning, stacklevel=2)
 
     trainer = BalancedTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,

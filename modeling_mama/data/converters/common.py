@@ -58,6 +58,8 @@ import pandas as pd
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
+from ...hub import CONVERSION_FILE
+
 DEFAULT_IMAGE_SIZE = 1024
 """Long side of the stored images (pixels)."""
 
@@ -78,7 +80,7 @@ COLUMNS = ["patient_id", "exam_id", "image_id", "laterality", "view", "source_pa
 CACHE_DIR = ".cache"
 PARTIAL_DIR = ".partial"
 SETTINGS_FILE = "settings.json"
-SUMMARY_FILE = "conversion.json"
+SUMMARY_FILE = CONVERSION_FILE  # its `dataset` key is what the training scripts record (hub.py)
 FAILURES_FILE = "failures.csv"
 # Only the cache format changes this; a cache written by another format version is refused.
 CACHE_FORMAT = 1
