@@ -13,6 +13,7 @@ the local (SLA) heads is upsampled onto the preprocessed view (oriented, breast-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,13 +23,34 @@ from modeling_mama.tokenization import split_sentences
 from modeling_mama.training.visualization import patch_sentence_similarity, plot_heat_map
 
 
+def report_fields(text: str) -> ReportFields:
+    """`--fields`: a JSON object of `ReportFields` values; argparse prints what is wrong with it."""
+    example = 'e.g. --fields \'{"density": 4, "birads": 1, "laterality": "L"}\' (in single quotes for the shell)'
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({error.msg} at character {error.pos}); "
+                                         f"{example}.") from None
+    if not isinstance(values, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object of report fields; {example}.")
+    names = [field.name for field in dataclasses.fields(ReportFields)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown report field(s) {', '.join(unknown)}; the fields are "
+                                         f"{', '.join(names)}.")
+    try:
+        return ReportFields(**values)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{error}; {example}.") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="A saved MaMA folder (model + processor).")
     parser.add_argument("--image", required=True, help="A DICOM file or an image file.")
     text = parser.add_mutually_exclusive_group(required=True)
     text.add_argument("--report", help="Report text; sentences end with '. '.")
-    text.add_argument("--fields", help="JSON object of report fields (ReportFields names).")
+    text.add_argument("--fields", type=report_fields, help="JSON object of report fields (ReportFields names).")
     parser.add_argument("--output_dir", required=True)
     return parser.parse_args(argv)
 
@@ -38,7 +60,7 @@ def main(argv=None) -> dict:
     model = MamaModel.from_pretrained(args.model).eval()
     processor = MamaProcessor.from_pretrained(args.model)
     if args.fields is not None:
-        sentences = build_report(ReportFields(**json.loads(args.fields)))
+        sentences = build_report(args.fields)
     else:
         sentences = split_sentences(args.report)
     if not sentences:

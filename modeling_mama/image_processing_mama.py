@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -41,9 +42,11 @@ from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
 
 from .dicom import DicomImage, read_dicom
+from .hub import ReleaseGuardMixin, normalize_datasets
 from .image_utils_mama import (  # noqa: F401  (re-exported: the processor's public pixel helpers)
     IMAGE_SUFFIXES,
     PIXEL_MASS_MARGIN,
+    NonFinitePixelsError,
     _box_from_mask,
     _breast_mask,
     _is_image_file,
@@ -77,6 +80,19 @@ PAPER_AUGMENTATION = {
     "blur_p": 0.4,
 }
 MODES = ("global", "tiles")
+NO_BREAST_ACTIONS = ("warn", "error", "ignore")
+# An image holds no breast when its calibrated values span less than this (blank, constant, 1x1) ...
+MIN_BREAST_CONTRAST = 0.02
+# ... or when the breast region found covers less than this share of it (e.g. black with a marker).
+MIN_BREAST_FRACTION = 0.01
+
+
+class NoBreastFoundError(ValueError):
+    """An image in which no breast was found (blank, constant, all background), with `no_breast="error"`."""
+
+
+class NoBreastWarning(UserWarning):
+    """An image in which no breast was found: its outputs (scores, embeddings) mean nothing."""
 
 
 def load_mammogram(source) -> tuple[np.ndarray, str | None]:
@@ -114,6 +130,15 @@ def _as_source(image, laterality: str | None) -> _Source:
     return _Source(array, _unit_scaler(array), laterality)
 
 
+def _image_name(image, index: int, count: int) -> str:
+    """How an error names one input image: its file, else its place in the batch."""
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    if isinstance(image, DicomImage) and image.path:
+        return image.path
+    return f"image {index} of the batch of {count}" if count > 1 else "the image"
+
+
 @dataclass
 class _Located:
     """Where the breast is: the (maybe flipped) stored view, its crop box in that view, and more."""
@@ -122,6 +147,7 @@ class _Located:
     flipped: bool
     box: tuple[int, int, int, int]
     threshold: float
+    no_breast: str | None = None  # why no breast was found, or None
 
     def source_box(self, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
         """A box of the oriented view in the coordinates of the original image."""
@@ -140,7 +166,25 @@ def _locate(source: _Source, do_orient: bool, do_crop: bool) -> _Located:
     if flipped:  # the sampled columns are mirror-symmetric, so the preview flips with the image
         stored, mask = stored[:, ::-1], mask[:, ::-1]
     box = _box_from_mask(mask, rows, cols, stored.shape) if do_crop else (0, 0, stored.shape[1], stored.shape[0])
-    return _Located(stored, flipped, box, threshold)
+    return _Located(stored, flipped, box, threshold, _no_breast_reason(preview, mask))
+
+
+def _no_breast_reason(preview: np.ndarray, mask: np.ndarray) -> str | None:
+    low, high = (float(preview.min()), float(preview.max())) if preview.size else (0.0, 0.0)
+    if high - low < MIN_BREAST_CONTRAST:
+        return f"its values only span {low:.3f}-{high:.3f} of the intensity range"
+    fraction = float(mask.mean())
+    if fraction < MIN_BREAST_FRACTION:
+        return f"the largest bright region covers only {fraction:.2%} of it"
+    return None
+
+
+def _report_no_breast(name: str, reason: str, action: str) -> None:
+    message = (f"{name}: no breast found ({reason}). Is it blank or all background? Its outputs mean nothing. "
+               "(no_breast='error' refuses such images, no_breast='ignore' silences this.)")
+    if action == "error":
+        raise NoBreastFoundError(message)
+    warnings.warn(message, NoBreastWarning, stacklevel=4)
 
 
 def _resize(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -298,7 +342,7 @@ class MamaImageProcessorKwargs(ImagesKwargs, total=False):
     return_geometry: bool
 
 
-class MamaImageProcessor(BaseImageProcessor):
+class MamaImageProcessor(ReleaseGuardMixin, BaseImageProcessor):
     r"""
     Turns mammograms (DICOM files, pydicom datasets, numpy arrays, torch tensors, PIL images in any
     mode including 16-bit I;16 / I; one image or a list) into MaMA model inputs.
@@ -318,6 +362,12 @@ class MamaImageProcessor(BaseImageProcessor):
             covers is scaled down (aspect kept) until it fits. Tile (i, j) is at index i * cols + j.
         min_tile_foreground: a tile whose share of Otsu-foreground pixels is below this is masked out.
         augmentation: overrides of `PAPER_AUGMENTATION` for `preprocess(..., augment=True)`.
+        training_datasets: the data of the model this processor ships with (saved in its config);
+            `push_to_hub` checks its licences (`hub.ReleaseGuardMixin`).
+        no_breast: what to do with an image in which no breast is found (blank, constant or all
+            background: its calibrated values span less than `MIN_BREAST_CONTRAST`, or the breast region
+            covers less than `MIN_BREAST_FRACTION` of it): "warn" (`NoBreastWarning`, default),
+            "error" (`NoBreastFoundError`) or "ignore".
 
     Tile outputs: `tile_boxes` are `(x0, y0, x1, y1)` in the pixel coordinates of the original
     image (before orientation and cropping). Grid cells the breast does not reach have
@@ -349,9 +399,15 @@ class MamaImageProcessor(BaseImageProcessor):
         tile_grid: list[int] | None = None,
         min_tile_foreground: float = 0.05,
         augmentation: dict | None = None,
+        training_datasets=None,
+        no_breast: str = "warn",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.training_datasets = normalize_datasets(training_datasets)
+        if no_breast not in NO_BREAST_ACTIONS:
+            raise ValueError(f"no_breast={no_breast!r} is not one of {NO_BREAST_ACTIONS}.")
+        self.no_breast = no_breast
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {MODES}.")
         height, width = _size_pair(PAPER_IMAGE_SIZE if size is None else size, "size")
@@ -402,6 +458,7 @@ class MamaImageProcessor(BaseImageProcessor):
         augment: bool = False,
         seed: int | None = None,
         return_geometry: bool = False,
+        no_breast: str | None = None,
         return_tensors: str | None = "pt",
         **kwargs,
     ) -> BatchFeature:
@@ -415,6 +472,7 @@ class MamaImageProcessor(BaseImageProcessor):
             seed: makes an augmented call reproducible.
             return_geometry: also return `crop_boxes` float [B, 4] (the breast box in original
                 coordinates) and `flipped` bool [B], to map outputs back onto the source image.
+            no_breast: "warn", "error" or "ignore" for an image in which no breast is found.
         """
         if kwargs:
             logger.warning_once(f"MamaImageProcessor ignores the arguments {sorted(kwargs)}.")
@@ -434,6 +492,9 @@ class MamaImageProcessor(BaseImageProcessor):
         tile_height, tile_width = _size_pair(tile_size, "tile_size")
         rows, cols = tile_grid if tile_grid is not None else self.tile_grid
         min_foreground = self.min_tile_foreground if min_tile_foreground is None else min_tile_foreground
+        no_breast = getattr(self, "no_breast", "warn") if no_breast is None else no_breast
+        if no_breast not in NO_BREAST_ACTIONS:
+            raise ValueError(f"no_breast={no_breast!r} is not one of {NO_BREAST_ACTIONS}.")
 
         images = self._as_list(images)
         lateralities = laterality if isinstance(laterality, (list, tuple)) else [laterality] * len(images)
@@ -455,8 +516,13 @@ class MamaImageProcessor(BaseImageProcessor):
             if seed is not None:
                 torch.manual_seed(seed)
             for index, (image, image_laterality) in enumerate(zip(images, lateralities)):
-                source = _as_source(image, image_laterality)
+                try:
+                    source = _as_source(image, image_laterality)
+                except NonFinitePixelsError as error:
+                    raise NonFinitePixelsError(f"{_image_name(image, index, count)}: {error}") from None
                 located = _locate(source, do_orient, do_crop)
+                if located.no_breast is not None and no_breast != "ignore":
+                    _report_no_breast(_image_name(image, index, count), located.no_breast, no_breast)
                 x0, y0, x1, y1 = located.box
                 crop = torch.from_numpy(np.ascontiguousarray(source.calibrate(located.stored[y0:y1, x0:x1])))
                 if transform is not None:
@@ -492,7 +558,7 @@ class MamaImageProcessor(BaseImageProcessor):
 
 
 __all__ = [
-    "MODES", "PAPER_AUGMENTATION", "PAPER_IMAGE_MEAN", "PAPER_IMAGE_SIZE", "PAPER_IMAGE_STD", "PIXEL_MASS_MARGIN",
-    "MamaImageProcessor", "MamaTrainTransform", "breast_bbox", "crop_to_breast", "infer_laterality",
+    "MODES", "NO_BREAST_ACTIONS", "PAPER_AUGMENTATION", "PAPER_IMAGE_MEAN", "PAPER_IMAGE_SIZE", "PAPER_IMAGE_STD",
+    "PIXEL_MASS_MARGIN", "MamaImageProcessor", "NoBreastFoundError", "NoBreastWarning", "MamaTrainTransform", "breast_bbox", "crop_to_breast", "infer_laterality",
     "load_mammogram", "orient_breast", "otsu_threshold", "to_unit_range",
 ]

@@ -18,6 +18,7 @@ little next to decoding a full-field mammogram.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +34,18 @@ PREVIEW_SIDE = 512
 # of the total intensity than the other (real mammograms: the chest-wall half holds 60-80%).
 PIXEL_MASS_MARGIN = 0.1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Bit depths a 16-bit container may really hold (mammography units store 10-14 bits; 8-bit data is
+# sometimes widened): a uint16 image whose values all fit in one of these is scaled by its maximum.
+# 14 bits is left out: a dark but genuine 16-bit image (e.g. a converted one) can stay below 2**14.
+LOW_BIT_DEPTHS = (8, 10, 12)
+
+
+class NonFinitePixelsError(ValueError):
+    """The image holds NaN or infinite values, which have no intensity (the message says how many)."""
+
+
+class LowBitDepthWarning(UserWarning):
+    """A 16-bit image used only 8-12 bits: it was scaled by that depth's maximum, not by 65535."""
 
 
 def to_unit_range(array) -> np.ndarray:
@@ -41,6 +54,9 @@ def to_unit_range(array) -> np.ndarray:
     uint8 / uint16 (and bool) are divided by their type's maximum, so a 16-bit PNG written from
     [0, 1] pixels reads back unchanged; floats already in [0, 1] are kept; anything else (other
     integer types, floats outside [0, 1]) is min-max scaled. A constant image becomes zeros.
+    A uint16 image whose values all fit in 8, 10 or 12 bits (12-bit data stored in a 16-bit PNG)
+    is divided by that depth's maximum instead, with a `LowBitDepthWarning`, so it is not near-black.
+    NaN or infinite values raise `NonFinitePixelsError`.
 
     >>> to_unit_range(np.array([0, 255], dtype=np.uint8)).tolist()
     [0.0, 1.0]
@@ -59,6 +75,8 @@ def otsu_threshold(values, bins: int = 256) -> float:
     """
     values = np.asarray(values, dtype=np.float32).ravel()
     low, high = float(values.min()), float(values.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise NonFinitePixelsError("otsu_threshold got NaN or infinite values; replace them first.")
     if high <= low:
         return low
     # np.histogram's bins (the last one closed), counted with bincount, which is several times faster.
@@ -141,14 +159,37 @@ def _unit_scaler(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     if array.dtype == np.bool_:
         return lambda part: part.astype(np.float32)
     if array.dtype in (np.uint8, np.uint16):
-        scale = np.float32(1.0 / np.iinfo(array.dtype).max)
+        maximum = np.iinfo(array.dtype).max
+        if array.dtype == np.uint16 and array.size:
+            maximum = _container_maximum(int(array.max()))
+        scale = np.float32(1.0 / maximum)
         return lambda part: part.astype(np.float32) * scale
+    if array.dtype.kind == "f" and array.size:
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - np.count_nonzero(finite))
+            raise NonFinitePixelsError(
+                f"the image has {bad} NaN or infinite pixel value(s) out of {array.size}: they have no intensity. "
+                "Replace them (e.g. numpy.nan_to_num(pixels, nan=0.0)) or check how the image was read.")
     low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 1.0)
     if array.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
         return lambda part: part.astype(np.float32)
     if high <= low:
         return lambda part: np.zeros(part.shape, dtype=np.float32)
     return lambda part: ((part.astype(np.float64) - low) / (high - low)).astype(np.float32)
+
+
+def _container_maximum(largest: int) -> int:
+    """The maximum of the bit depth a uint16 image really uses (65535 unless all values fit in
+    `LOW_BIT_DEPTHS`); warns when it is not 65535. An all-zero image keeps 65535."""
+    for bits in LOW_BIT_DEPTHS:
+        if 0 < largest < 2**bits:
+            warnings.warn(
+                f"A 16-bit image uses only {bits} bits (all values below {2**bits}): scaled by {2**bits - 1}, not "
+                "65535, so it is not near-black. Pass float pixels in [0, 1] to choose the scale yourself.",
+                LowBitDepthWarning, stacklevel=4)
+            return 2**bits - 1
+    return 65535
 
 
 def _preview_positions(shape) -> tuple[np.ndarray, np.ndarray]:
@@ -261,6 +302,7 @@ def _to_gray_array(image) -> np.ndarray:
 
 
 __all__ = [
-    "IMAGE_SUFFIXES", "PIXEL_MASS_MARGIN", "PREVIEW_SIDE", "breast_bbox", "crop_to_breast", "infer_laterality",
-    "orient_breast", "otsu_threshold", "to_unit_range",
+    "IMAGE_SUFFIXES", "LOW_BIT_DEPTHS", "PIXEL_MASS_MARGIN", "PREVIEW_SIDE", "LowBitDepthWarning",
+    "NonFinitePixelsError", "breast_bbox", "crop_to_breast", "infer_laterality", "orient_breast", "otsu_threshold",
+    "to_unit_range",
 ]

@@ -80,7 +80,9 @@ class MammographyZeroShotPipeline(Pipeline):
     """Zero-shot BI-RADS / density / cancer scores for mammograms and exams; see the module docstring.
 
     Call arguments: `task` ("birads", "density" or "cancer"), `fields` (report fields shared by every
-    view), `use_metadata` (paper: True), `aggregate` ("mean" or "max"), `max_length` (default 144).
+    view), `use_metadata` (paper: True), `aggregate` ("mean" or "max"), `max_length` (default 144),
+    `no_breast` ("warn": a `NoBreastWarning` names an image in which no breast is found, e.g. a blank
+    or all-background one, whose scores mean nothing; "error" refuses it; "ignore").
     """
 
     _load_processor = False
@@ -89,8 +91,10 @@ class MammographyZeroShotPipeline(Pipeline):
     _load_tokenizer = True
 
     def _sanitize_parameters(self, task=None, fields=None, use_metadata=None, aggregate=None, max_length=None,
-                             **kwargs):
+                             no_breast=None, **kwargs):
         preprocess: dict[str, Any] = {}
+        if no_breast is not None:
+            preprocess["no_breast"] = no_breast
         if task is not None:
             if task not in ZERO_SHOT_TASKS:
                 raise ValueError(f"task must be one of {ZERO_SHOT_TASKS}, got {task!r}.")
@@ -105,7 +109,7 @@ class MammographyZeroShotPipeline(Pipeline):
         return preprocess, {}, postprocess
 
     def preprocess(self, inputs, task: str = "density", fields=None, use_metadata: bool = True,
-                   max_length: int = 144):
+                   max_length: int = 144, no_breast: str | None = None):
         shared = _fields(fields)
         is_exam = isinstance(inputs, Mapping) and "views" in inputs
         if is_exam:
@@ -118,7 +122,7 @@ class MammographyZeroShotPipeline(Pipeline):
         views = [_view(item, shared) for item in items]
         pixel_values = self.image_processor.preprocess(
             [source for source, _ in views], laterality=[view_fields.laterality for _, view_fields in views],
-            return_tensors="pt",
+            no_breast=no_breast, return_tensors="pt",
         )["pixel_values"]
         prompts = [prompt for _, view_fields in views
                    for prompt in zero_shot_prompts(task, view_fields if use_metadata else None)]

@@ -65,3 +65,17 @@ def test_explain_script(pretrained_tiny_mama, synthetic_embed_dataset, tmp_path)
     plain = explain.main(["--model", str(pretrained_tiny_mama), "--image", str(dicom), "--output_dir",
                           str(tmp_path / "text"), "--report", "Findings: A mass is present. Overall Assessment: Benign."])
     assert [entry["file"] for entry in plain["sentences"]] == ["sentence_00.png", "sentence_01.png"]
+
+
+def test_explain_fields_errors_are_argument_errors(capsys):
+    explain = load_example("explain")
+    base = ["--model", "m", "--image", "x.dcm", "--output_dir", "out"]
+    for fields, message in (("{bad json", "is not valid JSON (Expecting property name enclosed in double quotes"),
+                            ("[4]", "is not a JSON object of report fields"),
+                            ('{"densty": 4}', "unknown report field(s) densty; the fields are procedure")):
+        with pytest.raises(SystemExit) as exit_info:
+            explain.main([*base, "--fields", fields])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.replace("\n", " ")
+        assert "argument --fields: " in error and message in error
+    explain.report_fields('{"density": 4}')  # a good one parses

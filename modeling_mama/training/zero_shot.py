@@ -73,6 +73,8 @@ def zero_shot_logits(model, processor, dataset, task: str, *, use_metadata: bool
         raise ValueError(f"The dataset has no {column!r} column, needed for the {task} task.")
     labels = [label_to_class(task, value) for value in dataset[column]]
     rows = [i for i, label in enumerate(labels) if label is not None]
+    if not rows:
+        raise ValueError(f"No row of the dataset has a {task} label: its {column!r} column is empty.")
     scale = model.clamped_scales()[0].exp()
     shared = None
     if not use_metadata:
