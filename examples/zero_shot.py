@@ -20,9 +20,11 @@ from datasets import load_from_disk
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.training.finetuning import write_json
 from modeling_mama.training.metrics import breast_level, classification_metrics, softmax_scores
-from modeling_mama.reports import CLASS_NAMES, ZERO_SHOT_MAX_LENGTH
+from modeling_mama.reports import CLASS_NAMES
+from modeling_mama.tokenization import DEFAULT_MAX_LENGTH
 from modeling_mama.training.visualization import plot_confusion_matrix, plot_roc
-from modeling_mama.training.zero_shot import TASK_LABEL_COLUMNS, label_to_class, zero_shot_logits
+from modeling_mama.labels import get_task
+from modeling_mama.training.zero_shot import zero_shot_logits
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,8 +48,9 @@ def main(argv=None) -> dict:
     if args.split not in splits:
         raise SystemExit(f"error: the dataset has no split {args.split!r}; it has {sorted(splits)}.")
     split = splits[args.split]
-    column = TASK_LABEL_COLUMNS[args.task]
-    if column not in split.column_names or not any(label_to_class(args.task, value) is not None
+    task = get_task(args.task)
+    column = task.label_column
+    if column not in split.column_names or not any(task.label_to_class(value) is not None
                                                    for value in split[column]):
         found = "has no" if column not in split.column_names else "has an empty"
         raise SystemExit(f"error: the {args.split!r} split of {args.dataset} {found} {column!r} column: no image "
@@ -55,7 +58,7 @@ def main(argv=None) -> dict:
     model = MamaModel.from_pretrained(args.model).eval()
     processor = MamaProcessor.from_pretrained(args.model)
     # The cancer prompts' own budget is 72 tokens in the paper; with a metadata prefix they need the report's 144.
-    max_length = args.max_length or max(ZERO_SHOT_MAX_LENGTH.values())
+    max_length = args.max_length or DEFAULT_MAX_LENGTH
     logits, labels, rows = zero_shot_logits(
         model, processor, split, args.task, use_metadata=not args.no_metadata,
         prompt_variants=args.prompt_variants, batch_size=args.batch_size, max_length=max_length,

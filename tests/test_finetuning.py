@@ -12,21 +12,24 @@ import torch
 from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
 from PIL import Image as PILImage
 
+from scripts import load_script
+
 from modeling_mama import MamaConfig, MamaForImageClassification, MamaImageProcessor, MamaModel
 from modeling_mama.training.finetuning import (
     BalancedSampler,
     BalancedTrainer,
-    ClassificationArguments,
     ClassificationDataset,
     ClassificationTrainingArguments,
     build_classifier,
     class_balanced_weights,
     evaluate_classifier,
-    main_finetune,
-    main_probe,
     stratified_fraction,
 )
 from modeling_mama.training.metrics import classification_metrics
+
+FINETUNE = load_script("examples/finetune.py")
+LINEAR_PROBE = load_script("examples/linear_probe.py")
+main_probe, main_finetune = LINEAR_PROBE.main, FINETUNE.main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_SIZE = 56
@@ -196,7 +199,7 @@ def test_classification_dataset_items(tiny_dataset):
 def test_paper_defaults_and_schedule(tmp_path):
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((ClassificationArguments, ClassificationTrainingArguments))
+    parser = HfArgumentParser((FINETUNE.ClassificationArguments, ClassificationTrainingArguments))
     _, args = parser.parse_args_into_dataclasses(["--model", "m", "--dataset", "d", "--output_dir", str(tmp_path)])
     assert (args.learning_rate, args.weight_decay, args.warmup_steps, args.max_steps) == (5e-4, 1e-3, 100, 8000)
     assert args.optim == "sgd" and args.optim_args == "momentum=0.9" and args.per_device_train_batch_size == 36
@@ -353,7 +356,7 @@ def test_one_class_probe_warns_and_data_records_merge(tmp_path):
     split = _split(12, 0).map(lambda row: {"density": 2})
     DatasetDict(train=split, test=split).save_to_disk(str(one_class))
     (one_class / "conversion.json").write_text(json.dumps({"converter": "cmmd", "dataset": "cmmd"}))
-    with pytest.warns(UserWarning, match=r"has only one density class \(B \(scattered\)\)"):
+    with pytest.warns(UserWarning, match=r"has only one density class \(B\)"):
         main_probe(["--model", str(pretrained), "--dataset", str(one_class), "--task", "density", "--output_dir",
                     str(tmp_path / "out"), "--max_steps", "1", "--per_device_train_batch_size", "4", *FAST_TRAINING])
     # A probe of an EMBED-pretrained model is still EMBED-derived.
