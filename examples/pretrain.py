@@ -107,12 +107,28 @@ class DataArguments:
     eval_tasks: str = field(default="density,birads", metadata={"help": "Zero-shot tasks run on the test split at the end."})
 
 
+def data_code_fingerprint() -> str:
+    """A short hash of the code that writes the demo data (generator, converter, DICOM reader, breast
+    geometry, reports), so a cached look-alike is only reused by the code that wrote it."""
+    import hashlib
+
+    import modeling_mama
+
+    package = Path(modeling_mama.__file__).parent
+    files = sorted((package / "data").rglob("*.py")) + [package / name for name in
+                                                       ("dicom.py", "image_utils_mama.py", "reports.py")]
+    digest = hashlib.sha1()
+    for path in files:
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def synthetic_dataset(data_args: DataArguments, seed: int) -> Path:
-    """Generate and convert the synthetic EMBED look-alike once; later runs reuse it."""
+    """Generate and convert the synthetic EMBED look-alike once; later runs of the same code reuse it."""
     from modeling_mama.data.converters.embed import convert_embed
     from modeling_mama.data.synthetic import generate_embed
 
-    name = f"synthetic-embed-{data_args.synthetic_exams}-seed{seed}"
+    name = f"synthetic-embed-{data_args.synthetic_exams}-seed{seed}-{data_code_fingerprint()}"
     raw = Path(data_args.cache_dir) / name
     converted = Path(data_args.cache_dir) / f"{name}-converted"
     if not (converted / "dataset_dict.json").exists():
