@@ -337,11 +337,8 @@ def _recipe_rows(config, training_args: dict | None) -> list[tuple[str, str]]:
     for term in ("clip", "multiview", "symmetric_clip", "local"):
         rows.append((f"{term} loss", f"weight {config.loss_weight(term)}"))
     rows.append(("NT-Xent temperature", str(config.nt_xent_temperature)))
-    for key in ("learning_rate", "weight_decay", "max_steps", "num_train_epochs", "per_device_train_batch_size",
-                "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "late_loss_step",
-                "gather_with_grad", "bf16", "seed"):
-        if training_args and key in training_args:
-            rows.append((key, str(training_args[key])))
+    # The caller picks the settings worth a row (examples/pretrain.py: those its recipe table names).
+    rows += [(key, str(value)) for key, value in (training_args or {}).items()]
     return rows
 
 
@@ -363,7 +360,8 @@ def _result_rows(results: dict | None) -> list[dict[str, str]]:
 def render_model_card(config, *, repo_id: str = "path/to/this/folder", training_args: dict | None = None,
                       results: dict | None = None, template_path: str | Path = TEMPLATE_PATH):
     """The model card (a `huggingface_hub.ModelCard`) of a MaMA model, from its config and, when known,
-    the training arguments and evaluation results (`{"zero_shot": {"density": {...}}}`).
+    the training settings to list (`{"learning_rate": 4e-5, ...}`, e.g. `training.recipes.recipe_settings`)
+    and evaluation results (`{"zero_shot": {"density": {...}}}`).
 
     The card lists each training dataset with its terms, carries the attribution and citations of
     the datasets whose licence asks for them (CC BY), and warns when a dataset forbids releasing weights.

@@ -746,14 +746,23 @@ def test_merge_refuses_incomplete_or_mixed_shards(rsna_root, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------
 
 
-def full_disk_after(images: int, cache: Path):
-    """A PNG writer that fails with ENOSPC once `images` PNGs are in the cache (in any process)."""
+def full_disk_after(images: int, slots: Path):
+    """A PNG writer that fails with ENOSPC once `images` PNGs were written (in any process).
+
+    Each write first claims one of `images` slot files in `slots` with O_EXCL, so two worker
+    processes can never both take the last one (counting the cache's PNGs instead would race).
+    """
     write_png = common.write_png
+    slots.mkdir(parents=True, exist_ok=True)
 
     def write(path, pixels, *, laterality):
-        if len(list(cache.glob("*.png"))) >= images:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        write_png(path, pixels, laterality=laterality)
+        for slot in range(images):
+            try:
+                os.close(os.open(slots / str(slot), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            return write_png(path, pixels, laterality=laterality)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     return write
 
@@ -765,7 +774,7 @@ def test_disk_full_stops_the_run_and_a_rerun_resumes(rsna_root, tmp_path, monkey
     arguments = ["--root", str(rsna_root), "--out", str(out), "--image-size", "64", "--no-progress",
                  "--workers", str(workers)]
     # Worker processes are forked, so they inherit the faulty writer.
-    monkeypatch.setattr(common, "write_png", full_disk_after(3, out / common.CACHE_DIR))
+    monkeypatch.setattr(common, "write_png", full_disk_after(3, tmp_path / "slots"))
     assert main(arguments) == 1
     error = capsys.readouterr().err
     assert f"error: Cannot write the converted dataset to {out}: No space left on device" in error

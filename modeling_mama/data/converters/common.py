@@ -12,7 +12,9 @@ becomes an output row or a failure (with a reason), and hands the rows to `write
    run with a `StorageError` that says what to do; the cache keeps what was finished;
 3. commits the `datasets.DatasetDict`, `failures.csv` and `conversion.json` as one new version
    (`commit_dataset`): `load_from_disk(out)` sees the old dataset or the complete new one at every
-   instant, also when the process is killed during the switch.
+   instant, also when the process is killed during the switch. `conversion.json` records the
+   options, the counts and what was done to the stored images (`STORED_IMAGES`: oriented, cropped;
+   `image_size`).
 
 Nothing is read from outside the dataset folder (a table id with `../` or an absolute path is a
 failure, `refuse_outside_roots`), and nothing is written, renamed or removed outside `<out>`
@@ -104,6 +106,9 @@ CACHE_FORMAT = 1
 FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # ... and, when writing into the output folder, a permission problem: each stops the run (StorageError).
 ENVIRONMENT_ERRNOS = FULL_OR_READ_ONLY | {errno.EACCES, errno.EPERM}
+# What `preprocess_image` did to every stored image, recorded in conversion.json so that training and
+# evaluation neither orient nor crop them again (modeling_mama.training.converted.stored_image_options).
+STORED_IMAGES = {"image_orientation": "chest_wall_left", "image_cropped_to_breast": True}
 
 
 class ConverterError(ValueError):
@@ -856,7 +861,7 @@ def write_dataset(
     # How many of the images decoded in this run were decoded at 1/2**r of their size, by r.
     reductions = Counter(str(result.reduction) for result in results.values() if result.reduction is not None)
     counts = {name: len(columns["image_id"]) for name, columns in by_split.items()}
-    info = {**(summary or {}), "image_size": image_size, "seed": seed}
+    info = {**(summary or {}), "image_size": image_size, **STORED_IMAGES, "seed": seed}
     files = {FAILURES_FILE: failures_csv(failures)}
     if shard.count > 1:
         info["shard"] = {"index": shard.index, "count": shard.count}
