@@ -30,6 +30,7 @@ from transformers.training_args import ParallelMode
 from transformers.trainer_pt_utils import get_parameter_names
 
 from ..hub import check_release_allowed, write_model_card
+from .metrics import retrieval_accuracy
 from .schedule import PAPER_LATE_LOSS_STEP, LossSchedule
 
 NO_DECAY_NAME_PARTS = ("bias", "layernorm", "layer_norm", "rmsnorm", "logit_scale", "local_scale")
@@ -74,15 +75,6 @@ def check_max_steps(max_steps: int) -> None:
     if max_steps == 0:
         raise ValueError("--max_steps 0 trains nothing: give a positive number of optimizer steps, or leave it out "
                          "(-1) to train for --num_train_epochs epochs.")
-
-
-def retrieval_accuracy(logits_per_image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k image->report and report->image accuracy in a batch whose pairs lie on the diagonal."""
-    k = min(k, logits_per_image.shape[0])
-    targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
-    image_to_text = (logits_per_image.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
-    text_to_image = (logits_per_image.t().topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
-    return image_to_text, text_to_image
 
 
 def _check_checkpointing_under_ddp(args: TrainingArguments) -> None:
