@@ -25,7 +25,11 @@ from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.training.finetuning import write_json
 from modeling_mama.reports import CLASS_NAMES
 from modeling_mama.tokenization import TRUNCATION_MODES
-from modeling_mama.training.metrics import breast_level, classification_metrics, softmax_scores
+from modeling_mama.training.metrics import (
+    breast_level,
+    classification_metrics,
+    softmax_scores,
+)
 from modeling_mama.training.visualization import plot_confusion_matrix, plot_roc
 from modeling_mama.labels import get_task
 from modeling_mama.training.zero_shot import zero_shot_logits

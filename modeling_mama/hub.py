@@ -34,6 +34,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .file_utils_mama import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).with_name("model_card.md")
@@ -416,11 +418,7 @@ def write_model_card(folder: str | Path, config, *, training_args: dict | None =
     if training_args is None and (folder / "training_args.json").exists():
         training_args = json.loads((folder / "training_args.json").read_text())
     card = render_model_card(config, repo_id=repo_id or folder.name, training_args=training_args, results=results)
-    target = folder / "README.md"
-    temporary = folder / ".README.md.tmp"
-    temporary.write_text(str(card), encoding="utf-8")
-    temporary.replace(target)
-    return target
+    return write_text_atomic(folder / "README.md", str(card))
 
 
 __all__ = [
