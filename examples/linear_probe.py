@@ -13,10 +13,21 @@ paper's recipe (SGD momentum 0.9, weight decay 1e-3, lr 5e-4 cosine to 1e-5, 100
 8000 steps, batch 36, class-balanced sampling); every `TrainingArguments` option overrides them
 (`--max_steps`, `--per_device_train_batch_size`, `--learning_rate`, `--bf16`, ...). The test split is
 scored at the end: `metrics.json`, `confusion_matrix.png` and `roc.png` land in `--output_dir` with
-the trained classifier. See `modeling_mama.training.finetuning`.
+the trained classifier. See examples/finetune.py (same arguments) and `modeling_mama.training.finetuning`.
 """
 
-from modeling_mama.training.finetuning import main_probe
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from finetune import run_classification
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Linear probe: frozen image tower, new linear head."""
+    return run_classification(argv, freeze_image_tower=True)
+
 
 if __name__ == "__main__":
-    main_probe()
+    main()

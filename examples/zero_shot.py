@@ -20,7 +20,8 @@ from datasets import load_from_disk
 
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.training.metrics import breast_level, classification_metrics, softmax_scores
-from modeling_mama.reports import CLASS_NAMES, ZERO_SHOT_MAX_LENGTH
+from modeling_mama.reports import CLASS_NAMES
+from modeling_mama.tokenization import DEFAULT_MAX_LENGTH
 from modeling_mama.training.visualization import plot_confusion_matrix, plot_roc
 from modeling_mama.training.zero_shot import zero_shot_logits
 
@@ -49,7 +50,7 @@ def main(argv=None) -> dict:
     model = MamaModel.from_pretrained(args.model).eval()
     processor = MamaProcessor.from_pretrained(args.model)
     # The cancer prompts' own budget is 72 tokens in the paper; with a metadata prefix they need the report's 144.
-    max_length = args.max_length or max(ZERO_SHOT_MAX_LENGTH.values())
+    max_length = args.max_length or DEFAULT_MAX_LENGTH
     logits, labels, rows = zero_shot_logits(
         model, processor, split, args.task, use_metadata=not args.no_metadata,
         prompt_variants=args.prompt_variants, batch_size=args.batch_size, max_length=max_length,

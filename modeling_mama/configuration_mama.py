@@ -25,13 +25,15 @@ CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
 # ln(100): the scales are clamped here so the softmax temperature never drops below 0.01.
 MAX_LOGIT_SCALE = math.log(100.0)
 
+# The paper's LoRA (METHOD.md section 1). Its target, GPT-2's fused QKV `c_attn` (a Conv1D, weight
+# [in, out]: fan_in_fan_out), is BioMedLM's; `lora` without `target_modules` takes the text tower's
+# own default from peft's table, so another tower needs no GPT-2 names (see `resolve_lora_config`).
 PAPER_LORA = {
     "r": 8,
     "lora_alpha": 32,
     "lora_dropout": 0.1,
     "target_modules": ["c_attn"],
     "bias": "none",
-    # GPT-2 stores c_attn as a Conv1D (weight is [in, out]).
     "fan_in_fan_out": True,
 }
 
@@ -65,7 +67,10 @@ class MamaConfig(PreTrainedConfig):
             sentence's tokens, right for bidirectional towers) or `"auto"` (picks by tower type).
         freeze_vision_final_norm: freeze the affine of the image tower's final LayerNorm (paper).
         freeze_text_tower: freeze the text tower except LoRA adapters (paper).
-        lora: peft `LoraConfig` arguments as a plain dict, or `None` for no adapters.
+        lora: peft `LoraConfig` arguments as a plain dict, or `None` for no adapters. Without
+            `target_modules` the text tower's default target modules (peft's table for its model type)
+            are used, and `fan_in_fan_out` follows the target layer type; the resolved values are
+            written back into the config when the model is built.
         {clip,multiview,symmetric_clip,local}_loss_weight: weight of each loss term (0 switches it off).
             *When* each term runs (the paper's late start at step 8000) and whether CLIP / SLA gather
             across processes are training decisions, passed to `forward` by the trainer

@@ -120,6 +120,38 @@ def _num_prefix_tokens(vision_model: nn.Module) -> int:
     return 1 + int(getattr(vision_model.config, "num_register_tokens", 0) or 0)
 
 
+def _is_adapter_parameter(name: str) -> bool:
+    """Whether a parameter belongs to a LoRA adapter, by peft's own names for its adapter layers."""
+    from peft.tuners.lora import LoraLayer
+
+    return any(f"{layer}." in name or name.endswith(layer) for layer in LoraLayer.adapter_layer_names)
+
+
+def resolve_lora_config(lora: dict, text_model: nn.Module):
+    """A peft `LoraConfig` for `text_model` from the config's `lora` dict.
+
+    Missing `target_modules` come from peft's default table for the tower's model type (GPT-2 /
+    BioMedLM: `c_attn`; BERT: `query`, `value`; Llama: `q_proj`, `v_proj`); missing `fan_in_fan_out`
+    is True exactly when the targets are transformers' `Conv1D` (weight stored [in, out], GPT-2 style).
+    """
+    from peft import LoraConfig
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    from transformers.pytorch_utils import Conv1D
+
+    values = dict(lora)
+    if not values.get("target_modules"):
+        model_type = getattr(text_model.config, "model_type", None)
+        if model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+            raise ValueError(f"No default LoRA target modules for a {model_type!r} text tower: set "
+                             f"MamaConfig.lora['target_modules'] (e.g. the attention projections' names).")
+        values["target_modules"] = list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
+    if "fan_in_fan_out" not in values:
+        targets = set(values["target_modules"])
+        layers = [module for name, module in text_model.named_modules() if name.split(".")[-1] in targets]
+        values["fan_in_fan_out"] = bool(layers) and all(isinstance(layer, Conv1D) for layer in layers)
+    return LoraConfig(**values)
+
+
 def _is_causal_text_config(text_config) -> bool:
     model_type = text_config.model_type
     if getattr(text_config, "is_decoder", False):
@@ -191,7 +223,7 @@ class MamaPreTrainedModel(PreTrainedModel):
         text_model = getattr(self, "text_model", None)
         if text_model is not None and self.config.freeze_text_tower:
             for name, parameter in text_model.named_parameters():
-                parameter.requires_grad_("lora_" in name)
+                parameter.requires_grad_(_is_adapter_parameter(name))
         final_norm = _final_norm(self.vision_model)
         if self.config.freeze_vision_final_norm and final_norm is not None:
             final_norm.requires_grad_(False)
@@ -241,9 +273,12 @@ class MamaModel(MamaPreTrainedModel):
             self._sentence_pooling = "separator" if _is_causal_text_config(config.text_config) else "mean"
 
         if config.lora:
-            from peft import LoraConfig, inject_adapter_in_model
+            from peft import inject_adapter_in_model
 
-            inject_adapter_in_model(LoraConfig(**config.lora), self.text_model)
+            lora_config = resolve_lora_config(config.lora, self.text_model)
+            config.lora = {**config.lora, "target_modules": sorted(lora_config.target_modules),
+                           "fan_in_fan_out": lora_config.fan_in_fan_out}
+            inject_adapter_in_model(lora_config, self.text_model)
         self.apply_frozen_parameters()
         self.post_init()
         if config.activation_checkpointing:
@@ -587,5 +622,6 @@ __all__ = [
     "MamaModel",
     "MamaOutput",
     "MamaPreTrainedModel",
+    "resolve_lora_config",
     "sentence_positions_from_ids",
 ]

@@ -49,7 +49,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import random
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,15 +56,25 @@ from typing import Any
 
 import numpy as np
 
+from .labels import (
+    TASKS,
+    clean_text,
+    is_missing,
+    normalize_ethnicity,
+    normalize_laterality,
+    parse_age,
+    parse_birads,
+    parse_density,
+    parse_view,
+    reason_from_text,
+)
+
 UNKNOWN = "unknown"
 
 # ---------------------------------------------------------------------------------------------
 # Label vocabularies (METHOD.md section 3)
 # ---------------------------------------------------------------------------------------------
 
-# EMBED's `asses` letters -> BI-RADS category.
-BIRADS_OF_LETTER = {"A": 0, "N": 1, "B": 2, "P": 3, "S": 4, "M": 5, "K": 6}
-LETTER_OF_BIRADS = {category: letter for letter, category in BIRADS_OF_LETTER.items()}
 # Indexed by BI-RADS category 0-6.
 BIRADS_DESCRIPTIONS = (
     "additional imaging required", "negative", "benign finding", "probably benign finding",
@@ -85,10 +94,7 @@ BIRADS_ASSESSMENTS = (
     "Highly suggestive of malignancy", "Known biopsy-proven malignancy",
 )
 
-# Density 1-4 = BI-RADS A-D; EMBED codes a male breast as 5.
-DENSITY_OF_LETTER = {"A": 1, "B": 2, "C": 3, "D": 4}
-LETTER_OF_DENSITY = {density: letter for letter, density in DENSITY_OF_LETTER.items()}
-MALE_DENSITY = 5
+# Density 1-4 = BI-RADS A-D (labels.DENSITY_OF_LETTER); EMBED codes a male breast as 5.
 DENSITY_DESCRIPTIONS = {
     1: "almost entirely fat",
     2: "scattered fibroglandular densities",
@@ -100,242 +106,9 @@ DENSE_BREAST_SENTENCE = "This may lower the sensitivity of mammography."
 DENSE_DENSITIES = (3, 4)
 
 LATERALITY_WORDS = {"L": "left", "R": "right", "B": "bilateral"}
-_LATERALITY_SPELLINGS = {
-    "L": "L", "LEFT": "L", "R": "R", "RIGHT": "R", "B": "B", "BOTH": "B", "BILATERAL": "B",
-}
-
-# Mammography view positions (DICOM CID 4014 codes and the extra ones EMBED uses).
-VIEW_POSITIONS = (
-    "CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "XCC", "FB", "SIO", "ISO", "AT", "CV", "RL", "RM", "TAN",
-)
-_VIEW_SYNONYMS = {
-    "CRANIOCAUDAL": "CC", "MEDIOLATERALOBLIQUE": "MLO", "MEDIOLATERAL": "ML", "LATEROMEDIAL": "LM",
-    "LATEROMEDIALOBLIQUE": "LMO", "AXILLARYTAIL": "AT", "CLEAVAGE": "CV",
-}
-
-REASONS = ("screening", "diagnostic")
-
 # The six fields metadata masking may hide (METHOD.md section 3); everything else is never masked.
 MASKABLE_FIELDS = ("age", "race", "ethnicity", "image_type", "laterality", "view")
 PAPER_MASK_PROB = 0.8
-
-# Values that mean "we do not know" in the real tables.
-_UNKNOWN_SPELLINGS = {
-    "", "nan", "none", "null", "na", "n/a", "unknown", "unknown, unavailable or unreported", "not reported",
-    "unavailable", "unreported",
-}
-
-# ---------------------------------------------------------------------------------------------
-# Parsing one value
-# ---------------------------------------------------------------------------------------------
-
-
-def is_missing(value: Any) -> bool:
-    """True for None, NaN, pandas NA / NaT and strings that say the value is unknown.
-
-    >>> [is_missing(v) for v in (None, float("nan"), "", "  ", "Unknown, Unavailable or Unreported", "2D", 0)]
-    [True, True, True, True, True, False, False]
-    """
-    if value is None or type(value).__name__ in ("NAType", "NaTType"):
-        return True
-    if isinstance(value, (float, np.floating)):
-        return bool(np.isnan(value))
-    if isinstance(value, str):
-        return " ".join(value.split()).lower() in _UNKNOWN_SPELLINGS
-    return False
-
-
-def clean_text(value: Any) -> str | None:
-    """A table value as text: whitespace runs collapsed, trailing periods dropped (the template adds
-    its own), None when missing.
-
-    >>> clean_text("  African American  or Black "), clean_text("MG Dx. Bilat."), clean_text(float("nan"))
-    ('African American or Black', 'MG Dx. Bilat', None)
-    """
-    if is_missing(value):
-        return None
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        value = int(value)  # a numeric code read as 61.0 by pandas
-    text = " ".join(str(value).split()).rstrip(". ")
-    return text or None
-
-
-def _integral(value: Any, what: str) -> int:
-    number = float(value)
-    if not number.is_integer():
-        raise ValueError(f"{what} {value!r} is not a whole number.")
-    return int(number)
-
-
-def parse_birads(value: Any) -> int | None:
-    """BI-RADS category 0-6 from an EMBED letter, a number or a "BI-RADS n" string (VinDr).
-
-    Subcategories 4A/4B/4C count as 4. EMBED's "X" (no assessment) and missing values give None.
-
-    >>> [parse_birads(v) for v in ("N", "K", 4, 3.0, "5", "BI-RADS 4", "bi-rads category 0", "4B", "X", None)]
-    [1, 6, 4, 3, 5, 4, 0, 4, None, None]
-    """
-    if is_missing(value):
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"BI-RADS value {value!r} is a boolean, not a category.")
-    if isinstance(value, (int, np.integer, float, np.floating)):
-        category = _integral(value, "BI-RADS")
-    else:
-        text = " ".join(str(value).split()).upper()
-        if text == "X":
-            return None
-        if text in BIRADS_OF_LETTER:
-            return BIRADS_OF_LETTER[text]
-        match = re.fullmatch(r"(?:BI-?\s?RADS\s*(?:CATEGORY\s*)?)?(\d+(?:\.0+)?)\s*[ABC]?", text)
-        if match is None:
-            raise ValueError(
-                f"Unrecognised BI-RADS value {value!r}: expected 0-6, an EMBED `asses` letter "
-                f"({' '.join(BIRADS_OF_LETTER)}) or 'BI-RADS n'."
-            )
-        category = int(float(match.group(1)))
-    if not 0 <= category <= 6:
-        raise ValueError(f"BI-RADS value {value!r} is outside 0-6.")
-    return category
-
-
-def parse_density(value: Any) -> int | None:
-    """Breast density 1-4 (= A-D) or 5 (EMBED's male breast) from a number, a letter or "DENSITY C".
-
-    >>> [parse_density(v) for v in (1, "4", 3.0, "C", "DENSITY A", "density d", "BI-RADS B", 5, "  ", None)]
-    [1, 4, 3, 3, 1, 4, 2, 5, None, None]
-    """
-    if is_missing(value):
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"Density value {value!r} is a boolean, not a density.")
-    if isinstance(value, (int, np.integer, float, np.floating)):
-        density = _integral(value, "Density")
-    else:
-        text = " ".join(str(value).split()).upper()
-        match = re.fullmatch(r"(?:(?:BREAST\s+)?DENSITY|BI-?\s?RADS|ACR)?\s*([A-D]|\d+(?:\.0+)?)", text)
-        if match is None:
-            raise ValueError(f"Unrecognised density value {value!r}: expected 1-4 (5 = male), A-D or 'DENSITY A'.")
-        code = match.group(1)
-        density = DENSITY_OF_LETTER[code] if code in DENSITY_OF_LETTER else int(float(code))
-    if not 1 <= density <= MALE_DENSITY:
-        raise ValueError(f"Density value {value!r} is outside 1-4 (5 = male).")
-    return density
-
-
-def parse_age(value: Any) -> int | None:
-    """Age in whole years from 61, 61.0, "61.0" or a DICOM age string such as "061Y" / "006M".
-
-    >>> [parse_age(v) for v in (61, 61.7, "61.0", "061Y", "018M", None, "nan")]
-    [61, 61, 61, 61, 1, None, None]
-    """
-    if is_missing(value):
-        return None
-    if isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, (bool, np.bool_)):
-        years = float(value)
-    else:
-        match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([YMWD]?)", str(value).strip().upper())
-        if match is None:
-            raise ValueError(f"Unrecognised age {value!r}: expected years (61, '61.0') or a DICOM age ('061Y').")
-        per_year = {"": 1, "Y": 1, "M": 12, "W": 52, "D": 365}[match.group(2)]
-        years = float(match.group(1)) / per_year
-    if not 0 <= years <= 150:
-        raise ValueError(f"Age {value!r} is outside 0-150 years.")
-    return int(years)
-
-
-def normalize_laterality(value: Any) -> str | None:
-    """"L", "R" or "B" from L/R/B, Left/Right/Both/Bilateral (any case); None when missing.
-
-    >>> [normalize_laterality(v) for v in ("L", "right", "Bilateral", None)]
-    ['L', 'R', 'B', None]
-    """
-    text = clean_text(value)
-    if text is None:
-        return None
-    code = _LATERALITY_SPELLINGS.get(text.upper())
-    if code is None:
-        raise ValueError(f"Unrecognised laterality {value!r}: expected L, R or B (or Left / Right / Both).")
-    return code
-
-
-def parse_view(value: Any, *, strict: bool = True) -> tuple[str | None, str | None]:
-    """(laterality, view position) from a view text such as "CC", "L-CC", "LCC", "R MLO" or "MLO_R".
-
-    A text that is a view position by itself wins over a laterality reading ("LM" is latero-medial,
-    "RL" is rolled lateral). With `strict=False` an unfamiliar view is returned as it was written
-    instead of raising (and no laterality is read from it).
-
-    >>> [parse_view(v) for v in ("CC", "L-CC", "LCC", "R MLO", "MLO_R", "LM", "left craniocaudal")]
-    [(None, 'CC'), ('L', 'CC'), ('L', 'CC'), ('R', 'MLO'), ('R', 'MLO'), (None, 'LM'), ('L', 'CC')]
-    """
-    text = clean_text(value)
-    if text is None:
-        return None, None
-    words = [word for word in re.split(r"[\s_\-/.,]+", text.upper()) if word]
-    laterality = None
-    rest = []
-    for word in words:
-        if word in ("L", "R", "LEFT", "RIGHT"):
-            laterality = word[0]
-        else:
-            rest.append(word)
-    code = "".join(rest)
-    code = _VIEW_SYNONYMS.get(code, code)
-    if code in VIEW_POSITIONS:
-        return laterality, code
-    if laterality is None and len(code) > 2:
-        head, tail = code[0], code[1:]
-        if head in "LR" and _VIEW_SYNONYMS.get(tail, tail) in VIEW_POSITIONS:
-            return head, _VIEW_SYNONYMS.get(tail, tail)
-        head, tail = code[:-1], code[-1]
-        if tail in "LR" and _VIEW_SYNONYMS.get(head, head) in VIEW_POSITIONS:
-            return tail, _VIEW_SYNONYMS.get(head, head)
-    if strict:
-        raise ValueError(
-            f"Unknown view {value!r}: expected one of {', '.join(VIEW_POSITIONS)}, optionally with a laterality "
-            f"such as 'L-CC', 'LCC' or 'R MLO'."
-        )
-    return None, text  # an unfamiliar view says nothing reliable about the side
-
-
-def normalize_view(value: Any, *, strict: bool = True) -> str | None:
-    """The view position alone: `normalize_view("L-CC") == "CC"`. See `parse_view`."""
-    return parse_view(value, strict=strict)[1]
-
-
-def reason_from_text(text: Any) -> str | None:
-    """"screening" if the text contains "screen", "diagnostic" if it contains "diag" (any case), else None.
-
-    >>> reason_from_text("MG Screening Bilateral"), reason_from_text("MG Diag Left"), reason_from_text("US Breast")
-    ('screening', 'diagnostic', None)
-    """
-    text = clean_text(text)
-    if text is None:
-        return None
-    lowered = text.lower()
-    if "screen" in lowered:
-        return "screening"
-    if "diag" in lowered:
-        return "diagnostic"
-    return None
-
-
-def normalize_ethnicity(value: Any) -> str | None:
-    """EMBED's two ethnicity values, whatever the spelling; other text is kept; unknown -> None.
-
-    >>> [normalize_ethnicity(v) for v in ("Hispanic or Latino", "Not Hispanic or Latino", "non-hispanic", None)]
-    ['Hispanic or Latino', 'Non-Hispanic or Latino', 'Non-Hispanic or Latino', None]
-    """
-    text = clean_text(value)
-    if text is None:
-        return None
-    lowered = text.lower()
-    if "hispanic" in lowered or "latino" in lowered:
-        negated = re.search(r"\b(non|not)\b", lowered) is not None
-        return "Non-Hispanic or Latino" if negated else "Hispanic or Latino"
-    return text
-
 
 # ---------------------------------------------------------------------------------------------
 # The fields of one report
@@ -695,16 +468,9 @@ def build_report(fields: ReportFields, *, mask_prob: float = 0.0, generator=None
 # Zero-shot prompts (METHOD.md section 7)
 # ---------------------------------------------------------------------------------------------
 
-ZERO_SHOT_TASKS = ("birads", "density", "cancer")
-CLASS_NAMES = {
-    "birads": [f"BI-RADS {category}" for category in range(7)],
-    "density": [LETTER_OF_DENSITY[density] for density in range(1, 5)],
-    "cancer": ["negative", "positive"],
-}
-# The reference's token budgets (bos and eos included): 144 like the reports, 72 for the RSNA prompts.
-# The reference cut longer prompts silently; here they raise. The RSNA positive prompt is long (about
-# 75-90 tokens with GPT-2-style BPEs), so it may need 144 too, and with the metadata prefix it always does.
-ZERO_SHOT_MAX_LENGTH = {"birads": 144, "density": 144, "cancer": 72}
+# The tasks and their classes are defined once, in `labels.TASKS`; these two names are views of it.
+ZERO_SHOT_TASKS = tuple(TASKS)
+CLASS_NAMES = {name: list(task.class_names) for name, task in TASKS.items()}
 
 # The RSNA cancer prompts of the reference: (finding, BI-RADS code, BI-RADS description) per class.
 RSNA_CANCER_PROMPTS = (
@@ -788,13 +554,10 @@ def zero_shot_prompt_variants(task: str, fields: ReportFields | None = None, cou
 
 
 __all__ = [
-    "BIRADS_ASSESSMENTS", "BIRADS_DESCRIPTIONS", "BIRADS_FINDING_PHRASES", "BIRADS_OF_LETTER", "CLASS_NAMES",
-    "DATASET_COLUMNS", "DENSE_BREAST_SENTENCE", "DENSITY_DESCRIPTIONS", "DENSITY_OF_LETTER", "EMBED_COLUMNS",
-    "FIELD_NAMES", "LATERALITY_WORDS", "LETTER_OF_BIRADS", "LETTER_OF_DENSITY", "MALE_DENSITY", "MASKABLE_FIELDS",
-    "PAPER_MASK_PROB", "REASONS", "RSNA_CANCER_PROMPTS", "RSNA_COLUMNS", "ReportFields", "UNKNOWN", "VIEW_POSITIONS",
-    "VINDR_COLUMNS", "ZERO_SHOT_MAX_LENGTH", "ZERO_SHOT_TASKS", "build_report", "clean_text", "density_sentences",
-    "findings_sentences", "impression_sentences", "is_missing", "load_embed_legend", "mask_metadata",
-    "metadata_sentences", "normalize_ethnicity", "normalize_laterality", "normalize_view", "parse_age",
-    "parse_birads", "parse_density", "parse_view", "reason_from_text", "select_clinical_row",
+    "BIRADS_ASSESSMENTS", "BIRADS_DESCRIPTIONS", "BIRADS_FINDING_PHRASES", "CLASS_NAMES", "DATASET_COLUMNS",
+    "DENSE_BREAST_SENTENCE", "DENSITY_DESCRIPTIONS", "EMBED_COLUMNS", "FIELD_NAMES", "LATERALITY_WORDS",
+    "MASKABLE_FIELDS", "PAPER_MASK_PROB", "RSNA_CANCER_PROMPTS", "RSNA_COLUMNS", "ReportFields", "UNKNOWN",
+    "VINDR_COLUMNS", "ZERO_SHOT_TASKS", "build_report", "density_sentences", "findings_sentences",
+    "impression_sentences", "load_embed_legend", "mask_metadata", "metadata_sentences", "select_clinical_row",
     "zero_shot_prompt_variants", "zero_shot_prompts",
 ]

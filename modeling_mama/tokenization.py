@@ -9,8 +9,10 @@ Two details of the token sequence:
 - The separator stands in for the sentence's final period, as in the reference captions (which
   replaced "." by the separator): a sentence's final "." or ";" is not tokenised, so "Negative."
   and "Negative" give the same tokens. Periods inside the sentence are kept.
-- Every sentence is tokenised with one leading space, as running text is for a GPT-2-style
-  byte-level BPE, so a sentence has the same tokens wherever it stands in the report.
+- For a byte-level BPE (GPT-2, BioMedLM) every sentence is tokenised with one leading space, as
+  running text is, so a sentence has the same tokens wherever it stands in the report. Other
+  tokenizers (WordPiece, SentencePiece) mark word starts themselves and get the sentence as is
+  (`uses_leading_space`).
 
 Too long a report raises (`truncation="error"`, the default) or, with `truncation="warn"`, warns and
 drops whole sentences from the end; it is never silently cut mid-sentence (METHOD.md **Fix**).
@@ -97,7 +99,22 @@ def _special_ids(tokenizer) -> tuple[int, int, int, int]:
     return ids
 
 
-def _sentence_text(sentence, report_index: int) -> str:
+def uses_leading_space(tokenizer) -> bool:
+    """Whether `tokenizer` is a byte-level BPE that reads a word start from a preceding space (GPT-2
+    style: " Negative" and "Negative" are different tokens), so sentences get one leading space.
+
+    WordPiece (BERT) and SentencePiece (Llama, T5) tokenizers mark word starts themselves: for them a
+    leading space is at best ignored and at worst an extra token.
+    """
+    if hasattr(tokenizer, "byte_encoder"):  # the slow GPT-2 tokenizer
+        return not getattr(tokenizer, "add_prefix_space", False)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre_tokenizer = getattr(backend, "pre_tokenizer", None)
+    description = repr(pre_tokenizer) if pre_tokenizer is not None else ""
+    return "ByteLevel" in description and "add_prefix_space=True" not in description
+
+
+def _sentence_text(sentence, report_index: int, prefix: str = " ") -> str:
     if not isinstance(sentence, str):
         raise TypeError(f"Report {report_index} has a sentence of type {type(sentence).__name__}; "
                         f"sentences are strings.")
@@ -106,7 +123,7 @@ def _sentence_text(sentence, report_index: int) -> str:
         text = text[:-1].rstrip()  # the separator token stands in for the final period
     if not text:
         raise ValueError(f"Report {report_index} has an empty sentence {sentence!r}.")
-    return " " + text
+    return prefix + text
 
 
 def _check_reports(reports) -> list[list[str]]:
@@ -132,7 +149,8 @@ def _encode(reports: list[list[str]], tokenizer, max_length: int, truncation: st
     if max_length < 4:
         raise ValueError(f"max_length={max_length} cannot hold bos, one sentence, its separator and eos.")
     bos, eos, sep, _ = _special_ids(tokenizer)
-    texts = [_sentence_text(sentence, index) for index, report in enumerate(reports) for sentence in report]
+    prefix = " " if uses_leading_space(tokenizer) else ""
+    texts = [_sentence_text(sentence, index, prefix) for index, report in enumerate(reports) for sentence in report]
     # One call for every sentence of the batch: the Rust tokenizer batches it.
     token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     encoded, cursor = [], 0
@@ -271,4 +289,5 @@ def save_tokenizer(tokenizer, save_dir: str | os.PathLike) -> list[str]:
 __all__ = [
     "DEFAULT_MAX_LENGTH", "SENTENCE_SEPARATOR", "SPECIAL_TOKENS", "TRUNCATION_MODES", "add_special_tokens",
     "batch_tokenize_reports", "save_tokenizer", "split_sentences", "tokenize_report", "train_report_tokenizer",
+    "uses_leading_space",
 ]

@@ -124,3 +124,16 @@ def pretrained_tiny_mama(synthetic_embed_dataset, tmp_path_factory):
     load_example("pretrain").main(["--dataset", str(synthetic_embed_dataset), "--output_dir", str(out),
                                    *PRETRAIN_TEST_ARGUMENTS])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mama_folder(report_tokenizer, tmp_path_factory):
+    """An untrained tiny MaMA folder (model + processor, 56 px), saved in about a second."""
+    from modeling_mama import MamaConfig, MamaImageProcessor, MamaModel, MamaProcessor
+
+    folder = tmp_path_factory.mktemp("tiny-mama")
+    config = MamaConfig.tiny(vocab_size=len(report_tokenizer), image_size=56,
+                             sentence_separator_token_id=report_tokenizer.sep_token_id)
+    MamaModel(config).save_pretrained(folder)
+    MamaProcessor(MamaImageProcessor(size={"height": 56, "width": 56}), report_tokenizer).save_pretrained(folder)
+    return folder

@@ -256,7 +256,60 @@ def write_mammogram(path: str | os.PathLike, pixels: np.ndarray | None = None, *
     return write_dataset(encode(mammogram_dataset(pixels, **dataset_kwargs), transfer_syntax), path)
 
 
+# A small PACS-export-like folder: two four-view exams (file names without extension) and the files a
+# batch job must leave out, each with the reason it should give.
+FOLDER_EXAMS = {
+    "P1": {"study": "1.2.826.0.1.3680043.10.1", "age": "061Y", "description": "MG Screening Bilateral"},
+    "P2": {"study": "1.2.826.0.1.3680043.10.2", "age": "047Y", "description": "MG Diagnostic Left"},
+}
+FOLDER_REJECTS = {
+    "notes.txt": "not a DICOM file",
+    "ct.dcm": "not a mammogram (Modality CT)",
+    "tomo.dcm": "not 2D (3 frames)",
+    "cview.dcm": "synthesized 2D image",
+    "corrupt.dcm": "pixel data",
+}
+
+
+def write_dicom_folder(root: str | os.PathLike, *, rows: int = 96, cols: int = 64) -> dict[str, Path]:
+    """Write the folder described above under `root`; returns {name: path} of every file written.
+
+    Names: "P1-L-CC" ... "P2-R-MLO" for the mammograms (P2's R-CC has no laterality tag, so its side
+    comes from the pixels) and the keys of FOLDER_REJECTS for the others (the corrupt file has a
+    valid header and truncated pixel data).
+    """
+    root = Path(root)
+    written = {}
+    seed = 0
+    for patient, exam in FOLDER_EXAMS.items():
+        for laterality in ("L", "R"):
+            for view in ("CC", "MLO"):
+                seed += 1
+                untagged = patient == "P2" and laterality == "R" and view == "CC"
+                ds = mammogram_dataset(breast_pixels(rows, cols, laterality=laterality, seed=seed),
+                                       laterality=laterality, view_position=view, patient_id=patient,
+                                       study_instance_uid=exam["study"],
+                                       laterality_tags=() if untagged else ("ImageLaterality",))
+                ds.PatientAge, ds.StudyDescription = exam["age"], exam["description"]
+                name = f"{patient}-{laterality}-{view}"
+                written[name] = write_dataset(ds, root / patient / exam["study"] / f"IM{seed:04d}")
+    (root / "notes.txt").write_text("not an image\n")
+    written["notes.txt"] = root / "notes.txt"
+    written["ct.dcm"] = write_dataset(mammogram_dataset(breast_pixels(rows, cols), modality="CT"), root / "ct.dcm")
+    tomo = mammogram_dataset(breast_pixels(rows, cols))
+    tomo.NumberOfFrames = 3
+    written["tomo.dcm"] = write_dataset(tomo, root / "tomo.dcm")
+    cview = mammogram_dataset(breast_pixels(rows, cols))
+    cview.ImageType = ["DERIVED", "PRIMARY", "TOMOSYNTHESIS", "GENERATED_2D"]
+    written["cview.dcm"] = write_dataset(cview, root / "cview.dcm")
+    corrupt = write_dataset(mammogram_dataset(breast_pixels(rows, cols)), root / "corrupt.dcm")
+    data = corrupt.read_bytes()
+    corrupt.write_bytes(data[:len(data) - rows * cols])  # half of the 16-bit pixel data is missing
+    written["corrupt.dcm"] = corrupt
+    return written
+
+
 __all__ = [
-    "JPEG_LS_NEAR_ERROR", "LOSSY", "TRANSFER_SYNTAXES", "breast_pixels", "encode", "mammogram_dataset",
-    "missing_encoder", "write_dataset", "write_mammogram",
+    "FOLDER_EXAMS", "FOLDER_REJECTS", "JPEG_LS_NEAR_ERROR", "LOSSY", "TRANSFER_SYNTAXES", "breast_pixels", "encode",
+    "mammogram_dataset", "missing_encoder", "write_dataset", "write_dicom_folder", "write_mammogram",
 ]

@@ -12,21 +12,24 @@ import torch
 from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
 from PIL import Image as PILImage
 
+from scripts import load_script
+
 from modeling_mama import MamaConfig, MamaForImageClassification, MamaImageProcessor, MamaModel
 from modeling_mama.training.finetuning import (
     BalancedSampler,
     BalancedTrainer,
-    ClassificationArguments,
     ClassificationDataset,
     ClassificationTrainingArguments,
     build_classifier,
     class_balanced_weights,
     evaluate_classifier,
-    main_finetune,
-    main_probe,
     stratified_fraction,
 )
 from modeling_mama.training.metrics import classification_metrics
+
+FINETUNE = load_script("examples/finetune.py")
+LINEAR_PROBE = load_script("examples/linear_probe.py")
+main_probe, main_finetune = LINEAR_PROBE.main, FINETUNE.main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_SIZE = 56
@@ -196,7 +199,7 @@ def test_classification_dataset_items(tiny_dataset):
 def test_paper_defaults_and_schedule(tmp_path):
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((ClassificationArguments, ClassificationTrainingArguments))
+    parser = HfArgumentParser((FINETUNE.ClassificationArguments, ClassificationTrainingArguments))
     _, args = parser.parse_args_into_dataclasses(["--model", "m", "--dataset", "d", "--output_dir", str(tmp_path)])
     assert (args.learning_rate, args.weight_decay, args.warmup_steps, args.max_steps) == (5e-4, 1e-3, 100, 8000)
     assert args.optim == "sgd" and args.optim_args == "momentum=0.9" and args.per_device_train_batch_size == 36

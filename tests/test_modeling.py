@@ -313,3 +313,25 @@ def test_from_backbones_with_local_checkpoints(tmp_path):
     assert model.config.lora == base.lora
     out = model(**tiny_batch(), return_loss=True)
     assert torch.isfinite(out.loss)
+
+
+def test_a_bert_text_tower_gets_its_own_lora_targets_and_mean_sentence_pooling():
+    """Swapping the text tower needs no GPT-2 names: LoRA targets come from the tower's type."""
+    from transformers import BertConfig
+
+    bert = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64)
+    model = MamaModel(MamaConfig.tiny(text_config=bert.to_dict(), sentence_separator_token_id=SEP,
+                                      lora={"r": 4, "lora_alpha": 8}))
+    assert model.config.lora["target_modules"] == ["query", "value"] and model.config.lora["fan_in_fan_out"] is False
+    trainable = {name for name, p in model.text_model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
+    assert model._sentence_pooling == "mean"
+    out = model(**tiny_batch(), return_loss=True)
+    assert torch.isfinite(out.loss)
+    from types import SimpleNamespace
+
+    from modeling_mama.modeling_mama import resolve_lora_config
+
+    with pytest.raises(ValueError, match="No default LoRA target modules for a 'my_tower' text tower"):
+        resolve_lora_config({"r": 4}, SimpleNamespace(config=SimpleNamespace(model_type="my_tower")))

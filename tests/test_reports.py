@@ -8,28 +8,28 @@ import pandas as pd
 import pytest
 import torch
 
-from modeling_mama.reports import (
+from modeling_mama.labels import (
     BIRADS_OF_LETTER,
+    DENSITY_OF_LETTER,
+    LETTER_OF_BIRADS,
+    normalize_laterality,
+    parse_age,
+    parse_birads,
+    parse_density,
+    parse_view,
+)
+from modeling_mama.reports import (
     CLASS_NAMES,
     DATASET_COLUMNS,
-    DENSITY_OF_LETTER,
     EMBED_COLUMNS,
-    LETTER_OF_BIRADS,
     MASKABLE_FIELDS,
     RSNA_COLUMNS,
     VINDR_COLUMNS,
-    ZERO_SHOT_MAX_LENGTH,
     ReportFields,
     build_report,
     load_embed_legend,
     mask_metadata,
     metadata_sentences,
-    normalize_laterality,
-    normalize_view,
-    parse_age,
-    parse_birads,
-    parse_density,
-    parse_view,
     select_clinical_row,
     zero_shot_prompt_variants,
     zero_shot_prompts,
@@ -253,12 +253,14 @@ def test_parsers_reject_nonsense_with_clear_messages():
         parse_density("E")
     with pytest.raises(ValueError, match=r"Density value 0 is outside 1-4"):
         parse_density(0)
-    with pytest.raises(ValueError, match=r"Unrecognised age 'sixty'"):
+    with pytest.raises(ValueError, match=r"bad value in column age: 'sixty' is not an age"):
         parse_age("sixty")
+    with pytest.raises(ValueError, match=r"outside 0-130 years"):
+        parse_age(131)
     with pytest.raises(ValueError, match=r"Unrecognised laterality 'up'"):
         normalize_laterality("up")
     with pytest.raises(ValueError, match=r"Unknown view 'SIDEWAYS'"):
-        normalize_view("SIDEWAYS")
+        parse_view("SIDEWAYS")
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -409,7 +411,6 @@ def test_zero_shot_prompt_counts_and_wording():
          "Overall Assessment: Additional imaging required with biopsy-proven malignancy or suspicious abnormality "
          "found."],
     ]
-    assert ZERO_SHOT_MAX_LENGTH == {"birads": 144, "density": 144, "cancer": 72}
     with pytest.raises(ValueError, match=r"Unknown zero-shot task 'mass'"):
         zero_shot_prompts("mass")
 

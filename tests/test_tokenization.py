@@ -241,3 +241,23 @@ def test_training_is_fast_and_checks_its_arguments(report_sentences):
         train_report_tokenizer(report_sentences, vocab_size=100)
     with pytest.raises(ValueError, match="needs at least one non-empty sentence"):
         train_report_tokenizer(["", "  "])
+
+
+def test_leading_space_only_for_byte_level_tokenizers(report_tokenizer):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from modeling_mama.tokenization import SPECIAL_TOKENS, uses_leading_space
+
+    assert uses_leading_space(report_tokenizer)  # the GPT-2-style byte-level BPE of the tiny preset
+    # A SentencePiece-style (Metaspace) tokenizer marks word starts itself: no extra leading space.
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.train_from_iterator(["Overall Assessment: Negative", "Breast composition: fatty"] * 20,
+                                trainers.UnigramTrainer(vocab_size=60, special_tokens=list(SPECIAL_TOKENS.values()),
+                                                        unk_token=SPECIAL_TOKENS["unk_token"], show_progress=False))
+    sentencepiece = PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
+    assert not uses_leading_space(sentencepiece)
+    encoded = tokenize_report(["Overall Assessment: Negative."], sentencepiece)
+    expected = sentencepiece("Overall Assessment: Negative", add_special_tokens=False)["input_ids"]
+    assert encoded["input_ids"][1:-2] == expected

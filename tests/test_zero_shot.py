@@ -18,7 +18,7 @@ def test_label_to_class():
     assert [label_to_class("density", d) for d in (1, 4, 5, None)] == [0, 3, None, None]
     assert [label_to_class("birads", b) for b in (0, 6, 7)] == [0, 6, None]
     assert label_to_class("cancer", float("nan")) is None
-    with pytest.raises(ValueError, match="Unknown zero-shot task"):
+    with pytest.raises(ValueError, match="Unknown task"):
         label_to_class("mass", 1)
 
 

@@ -1,3 +1,3 @@
-"""Data tooling: dataset converters (`data.converters`) and the synthetic mammography generator
-(`data.synthetic`). Nothing here travels with a saved model folder; the command lines are in
-`data_scripts/`."""
+"""Data tooling: dataset converters (`data.converters`), the synthetic mammography generator
+(`data.synthetic`) and the header scan of DICOM folders (`data.dicom_scan`). Nothing here travels with
+a saved model folder; the command lines are in `data_scripts/` and `examples/`."""

@@ -27,8 +27,6 @@ import json
 import logging
 import math
 import os
-import sys
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,33 +37,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import TrainingArguments
 
 from ..configuration_mama import MamaConfig
+from ..labels import get_task
 from ..image_processing_mama import MamaImageProcessor
-from .metrics import classification_metrics, softmax_scores
+from .metrics import classification_metrics
 from ..modeling_mama import MamaForImageClassification
 from .trainer import ConvertedCheckpointsTrainer
-from .visualization import plot_confusion_matrix, plot_roc
-from .zero_shot import label_to_class
 
 logger = logging.getLogger(__name__)
 
-# Class names in class-index order (the index is `label_to_class(task, label)`).
-TASK_CLASS_NAMES = {
-    "birads": [f"BI-RADS {category}" for category in range(7)],
-    "density": ["A (fatty)", "B (scattered)", "C (heterogeneous)", "D (extremely dense)"],
-    "cancer": ["negative", "positive"],
-}
-TASKS = tuple(TASK_CLASS_NAMES)
+def check_task(task: str) -> None:
+    """Raise a ValueError naming the known tasks (`labels.TASKS`) unless `task` is one of them."""
+    get_task(task)
 
 
-def _check_task(task: str) -> None:
-    if task not in TASK_CLASS_NAMES:
-        raise ValueError(f"Unknown task {task!r}; expected one of {list(TASKS)}.")
-
-
-# --------------------------------------------------------------------------------- sampling rules
 def stratified_fraction(labels: Sequence[int], fraction: float, seed: int) -> np.ndarray:
     """Positions (sorted) of a seeded, class-stratified subsample of `labels`.
 
@@ -107,7 +94,7 @@ class ClassificationDataset(Dataset):
     """One converted split (DESIGN.md schema) as `{"pixel_values", "labels"}` items for one task.
 
     Rows without a label for the task are skipped; `labels` holds the class index of every item
-    (`label_to_class`: BI-RADS 0-6 -> 0-6, density 1-4 -> 0-3, cancer 0/1). With `augment=True`
+    (`labels.TASKS[task].label_to_class`: BI-RADS 0-6 -> 0-6, density 1-4 -> 0-3, cancer 0/1). With `augment=True`
     each item gets the processor's training augmentation (METHOD.md section 5), else the evaluation
     resize.
 
@@ -119,7 +106,7 @@ class ClassificationDataset(Dataset):
     """
 
     def __init__(self, split, processor, task: str, *, augment: bool = False):
-        _check_task(task)
+        check_task(task)
         missing = {"image", task} - set(split.column_names)
         if missing:
             raise ValueError(f"The dataset split lacks column(s) {sorted(missing)} needed for the {task} task; "
@@ -127,7 +114,7 @@ class ClassificationDataset(Dataset):
         self.image_processor = getattr(processor, "image_processor", processor)
         self.task = task
         self.augment = augment
-        classes = [label_to_class(task, value) for value in split[task]]
+        classes = [get_task(task).label_to_class(value) for value in split[get_task(task).label_column]]
         self.rows = np.asarray([row for row, label in enumerate(classes) if label is not None], dtype=np.int64)
         self.labels = np.asarray([label for label in classes if label is not None], dtype=np.int64)
         # Decode only the image when an item is drawn.
@@ -135,7 +122,7 @@ class ClassificationDataset(Dataset):
 
     @property
     def num_classes(self) -> int:
-        return len(TASK_CLASS_NAMES[self.task])
+        return get_task(self.task).num_classes
 
     def select(self, positions: Sequence[int]) -> "ClassificationDataset":
         """The items at `positions` (e.g. `stratified_fraction(dataset.labels, ...)`), as a new dataset."""
@@ -222,21 +209,6 @@ class ClassificationTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-@dataclass
-class ClassificationArguments:
-    model: str = field(metadata={"help": "A saved MaMA folder (MamaModel or MamaForImageClassification)."})
-    dataset: str = field(metadata={"help": "A converted dataset folder (data_scripts/*.py): train and test splits."})
-    task: str = field(default="density", metadata={"help": "birads | density | cancer"})
-    train_fraction: float = field(
-        default=1.0, metadata={"help": "Share of the train split (stratified, seeded): 0.01, 0.1, 1.0."})
-    random_init: bool = field(
-        default=False, metadata={"help": "Same architecture as --model, random weights (baseline)."})
-    augment: bool = field(
-        default=True, metadata={"help": "The paper's training augmentation (--augment false: plain resize)."})
-    test_split: str = field(
-        default="test", metadata={"help": "Split scored at the end (EMBED BI-RADS: test_balanced)."})
-
-
 # ------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def evaluate_classifier(model, processor, split, task: str, *, batch_size: int = 32,
@@ -261,7 +233,7 @@ def evaluate_classifier(model, processor, split, task: str, *, batch_size: int =
     return metrics, logits, dataset.labels.copy()
 
 
-def _compute_metrics(num_classes: int):
+def compute_metrics_for(num_classes: int):
     """`Trainer` callback for evaluation during training (`--eval_strategy steps`): bACC and AUC."""
 
     def compute(prediction) -> dict[str, float]:
@@ -285,7 +257,7 @@ def load_image_processor(model_dir: str | os.PathLike, config: MamaConfig) -> Ma
 def build_classifier(model_dir: str | os.PathLike, task: str, *,
                      random_init: bool = False) -> MamaForImageClassification:
     """`MamaForImageClassification` for `task` from a saved MaMA folder (or its architecture only)."""
-    class_names = TASK_CLASS_NAMES[task]
+    class_names = list(get_task(task).class_names)
     labels = dict(num_labels=len(class_names), id2label=dict(enumerate(class_names)),
                   label2id={name: index for index, name in enumerate(class_names)})
     if random_init:
@@ -318,105 +290,8 @@ def write_json(data: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def print_table(results: dict[str, Any]) -> None:
-    test = results["test"]
-    print(f"\n{results['setting']} on {results['task']}: trained on {results['num_train_images']} images "
-          f"({100 * results['train_fraction']:g}% of train), tested on {test['num_images']} "
-          f"({results['test_split']} split)")
-    rows = [("balanced accuracy", test["balanced_accuracy"]), ("AUC", test["auc"]), ("accuracy", test["accuracy"])]
-    if "sensitivity" in test:
-        rows += [("sensitivity", test["sensitivity"]), ("specificity", test["specificity"]),
-                 ("spec @ 80% sens", test["specificity_at_80_sensitivity"]), ("pF1", test["pf1"])]
-    for name, value in rows:
-        print(f"  {name:18s} {value:7.3f}")
-
-
-def run_classification(argv: Sequence[str] | None, *, freeze_image_tower: bool) -> dict[str, Any]:
-    """Train, test and report one probe (`freeze_image_tower=True`) or fine-tune run; returns the results."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ClassificationArguments, ClassificationTrainingArguments))
-    args, training_args = parser.parse_args_into_dataclasses(argv)
-    _check_task(args.task)
-    if not 0.0 < args.train_fraction <= 1.0:
-        raise ValueError(f"--train_fraction must be in (0, 1], got {args.train_fraction}.")
-    logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s")
-    set_seed(training_args.seed)
-    started = time.time()
-
-    from datasets import load_from_disk
-
-    if not (Path(args.dataset) / "dataset_dict.json").exists():
-        raise ValueError(f"{args.dataset} is not a converted dataset folder (no dataset_dict.json); "
-                         "write one with data_scripts/*.py.")
-    splits = load_from_disk(args.dataset)
-    missing = {"train", args.test_split} - set(splits)
-    if missing:
-        raise ValueError(f"The dataset at {args.dataset} lacks the split(s) {sorted(missing)}; "
-                         f"it has {sorted(splits)}.")
-
-    model = build_classifier(args.model, args.task, random_init=args.random_init)
-    if freeze_image_tower:
-        model.freeze_image_tower()
-    image_processor = load_image_processor(args.model, model.config)
-
-    train_full = ClassificationDataset(splits["train"], image_processor, args.task, augment=args.augment)
-    test_dataset = ClassificationDataset(splits[args.test_split], image_processor, args.task)
-    for name, dataset in (("train", train_full), (args.test_split, test_dataset)):
-        if len(dataset) == 0:
-            raise ValueError(f"The {name} split of {args.dataset} has no image with a {args.task} label.")
-    train_dataset = train_full.select(stratified_fraction(train_full.labels, args.train_fraction, training_args.seed))
-    eval_dataset = None
-    if "validation" in splits and training_args.eval_strategy != "no":
-        eval_dataset = ClassificationDataset(splits["validation"], image_processor, args.task)
-    logger.info("%s: %d of %d labelled train images (class counts %s)", args.task, len(train_dataset),
-                len(train_full), np.bincount(train_dataset.labels, minlength=model.config.num_labels).tolist())
-
-    trainer = BalancedTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        compute_metrics=_compute_metrics(model.config.num_labels),
-    )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-
-    results: dict[str, Any] = {}
-    if trainer.is_world_process_zero():
-        output_dir = Path(training_args.output_dir)
-        image_processor.save_pretrained(output_dir)
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        test, logits, labels = evaluate_classifier(model, image_processor, test_dataset, args.task,
-                                                   batch_size=training_args.per_device_eval_batch_size)
-        class_names = TASK_CLASS_NAMES[args.task]
-        results = {
-            "setting": "linear probe" if freeze_image_tower else "fine-tune",
-            "task": args.task, "model": str(args.model), "random_init": args.random_init,
-            "dataset": str(args.dataset), "test_split": args.test_split, "train_fraction": args.train_fraction,
-            "num_train_images": len(train_dataset), "class_names": class_names,
-            "test": test, "train": train_result.metrics,
-            "wall_time_seconds": round(time.time() - started, 1),
-        }
-        write_json(results, output_dir / "metrics.json")
-        plot_confusion_matrix(test["confusion_matrix"], class_names, output_dir / "confusion_matrix.png",
-                              title=f"{results['setting']}, {args.task} ({args.test_split})")
-        plot_roc(softmax_scores(logits), labels, class_names, output_dir / "roc.png")
-        print_table(results)
-        print(f"\nsaved to {output_dir}")
-    return results
-
-
-def main_probe(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Linear probe: frozen image tower, new linear head (see the module docstring for arguments)."""
-    return run_classification(argv, freeze_image_tower=True)
-
-
-def main_finetune(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Full fine-tune: image tower and head train together."""
-    return run_classification(argv, freeze_image_tower=False)
-
-
 __all__ = [
-    "TASKS", "TASK_CLASS_NAMES", "BalancedSampler", "BalancedTrainer", "ClassificationArguments",
-    "ClassificationDataset", "ClassificationTrainingArguments", "build_classifier", "class_balanced_weights",
-    "evaluate_classifier", "load_image_processor", "main_finetune", "main_probe", "run_classification",
-    "stratified_fraction", "write_json",
+    "BalancedSampler", "check_task", "compute_metrics_for", "BalancedTrainer", "ClassificationDataset",
+    "ClassificationTrainingArguments", "build_classifier", "class_balanced_weights", "evaluate_classifier",
+    "load_image_processor", "stratified_fraction", "write_json",
 ]

@@ -6,9 +6,9 @@ For each test image and each class, the prompt is the image's own unmasked metad
 shares one class-only prompt per class. Several phrasings per class (prompt ensembling, an extension)
 are averaged in embedding space (`prompt_variants`, 0 in the paper protocol).
 
->>> from modeling_mama.training.zero_shot import TASK_LABEL_COLUMNS, label_to_class
->>> TASK_LABEL_COLUMNS["density"], label_to_class("density", 3), label_to_class("birads", 0)
-('density', 2, 0)
+>>> from modeling_mama.training.zero_shot import label_to_class
+>>> label_to_class("density", 3), label_to_class("birads", 0)
+(2, 0)
 """
 
 from __future__ import annotations
@@ -22,24 +22,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .multiview import report_fields_from_row
+from ..labels import get_task
 from ..reports import zero_shot_prompts
 from ..tokenization import batch_tokenize_reports
 
-TASK_LABEL_COLUMNS = {"birads": "birads", "density": "density", "cancer": "cancer"}
-
-
 def label_to_class(task: str, label: Any) -> int | None:
-    """Dataset label -> class index: BI-RADS 0-6 -> 0-6, density 1-4 -> 0-3, cancer 0/1 -> 0/1."""
-    if label is None or (isinstance(label, float) and np.isnan(label)):
-        return None
-    label = int(label)
-    if task == "density":
-        return label - 1 if 1 <= label <= 4 else None
-    if task == "birads":
-        return label if 0 <= label <= 6 else None
-    if task == "cancer":
-        return label if label in (0, 1) else None
-    raise ValueError(f"Unknown zero-shot task {task!r}; expected one of {sorted(TASK_LABEL_COLUMNS)}.")
+    """Dataset label -> class index (`labels.TASKS[task].label_to_class`): BI-RADS 0-6 -> 0-6,
+    density 1-4 -> 0-3, cancer 0/1 -> 0/1."""
+    return get_task(task).label_to_class(label)
 
 
 @torch.no_grad()
@@ -66,9 +56,7 @@ def zero_shot_logits(model, processor, dataset, task: str, *, use_metadata: bool
     """
     model.eval()
     device = next(model.parameters()).device
-    column = TASK_LABEL_COLUMNS.get(task)
-    if column is None:
-        raise ValueError(f"Unknown zero-shot task {task!r}; expected one of {sorted(TASK_LABEL_COLUMNS)}.")
+    column = get_task(task).label_column
     if column not in dataset.column_names:
         raise ValueError(f"The dataset has no {column!r} column, needed for the {task} task.")
     labels = [label_to_class(task, value) for value in dataset[column]]
@@ -127,4 +115,4 @@ def evaluate_zero_shot(model, processor, dataset, task: str, **kwargs) -> dict[s
     return metrics
 
 
-__all__ = ["TASK_LABEL_COLUMNS", "encode_prompts", "evaluate_zero_shot", "label_to_class", "zero_shot_logits"]
+__all__ = ["encode_prompts", "evaluate_zero_shot", "label_to_class", "zero_shot_logits"]

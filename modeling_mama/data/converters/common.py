@@ -24,8 +24,8 @@ published; empty cells (and "nan", "NaN", "None", "NULL", "N/A", "<NA>") become 
 
 >>> split_patients(["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10"], seed=0).count("train")
 7
->>> parse_int("61.0"), parse_int(""), parse_bool("False")
-(61, None, False)
+>>> parse_int("61.0"), parse_int("")
+(61, None)
 """
 
 from __future__ import annotations
@@ -50,11 +50,18 @@ import pandas as pd
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
+from ...labels import cell_text, normalize_id, normalize_laterality, parse_age, parse_int, parse_number  # noqa: F401
+
+
+def parse_laterality(value) -> str | None:
+    """An image's side, "L" / "R", from a table cell; None for anything else (the DICOM tags or the
+    pixels decide then)."""
+    return normalize_laterality(value, allow_bilateral=False, strict=False)
+
 DEFAULT_IMAGE_SIZE = 1024
 """Long side of the stored images (pixels)."""
 
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
-MISSING_TOKENS = frozenset({"", "nan", "NaN", "NAN", "None", "none", "NULL", "null", "N/A", "n/a", "<NA>", "NaT"})
 FAILURE_COLUMNS = ["image_id", "source_path", "reason", "table", "row_index"]
 
 # The output schema (DESIGN.md "Dataset schema"): identity, image, report fields, labels.
@@ -143,86 +150,8 @@ def read_table(path, required: Iterable[str], *, sep: str = ",") -> list[dict[st
         raise ConverterError(
             f"Table {path} lacks the column(s) {', '.join(repr(c) for c in missing)} "
             f"(it has {', '.join(frame.columns)}). Is this the file as published?")
-    return [{column: clean_text(value) for column, value in record.items()}
+    return [{column: cell_text(value) for column, value in record.items()}
             for record in frame.to_dict(orient="records")]
-
-
-def clean_text(value) -> str | None:
-    """Stripped text, or None for an empty / NaN-like cell."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    text = str(value).strip()
-    return None if text in MISSING_TOKENS else text
-
-
-def normalize_id(value) -> str | None:
-    """An identifier as text; "123.0" (an integer id written as a float) becomes "123".
-
-    >>> normalize_id("10234.0"), normalize_id(" 00A7 "), normalize_id("")
-    ('10234', '00A7', None)
-    """
-    text = clean_text(value)
-    if text is not None and re.fullmatch(r"-?\d+\.0+", text):
-        text = text.split(".")[0]
-    return text
-
-
-def parse_number(value, column: str = "value") -> float | None:
-    """A float from a cell ("61.0", "61"), None when empty; `RowError` for anything else."""
-    text = clean_text(value)
-    if text is None:
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        raise RowError(f"bad value in column {column}: {text!r} is not a number") from None
-    if math.isnan(number):
-        return None
-    return number
-
-
-def parse_int(value, column: str = "value") -> int | None:
-    """An integer from a cell written "2", "2.0" or " 2 ", None when empty; `RowError` for "2.5" or text."""
-    number = parse_number(value, column)
-    if number is None:
-        return None
-    if not number.is_integer():
-        raise RowError(f"bad value in column {column}: {clean_text(value)!r} is not a whole number")
-    return int(number)
-
-
-def parse_bool(value, column: str = "value") -> bool | None:
-    """True / False from "True", "false", "1", "0.0", ...; None when empty; `RowError` otherwise."""
-    text = clean_text(value)
-    if text is None:
-        return None
-    lowered = text.lower()
-    if lowered in ("true", "t", "yes", "y"):
-        return True
-    if lowered in ("false", "f", "no", "n"):
-        return False
-    number = parse_int(text, column)
-    if number in (0, 1):
-        return bool(number)
-    raise RowError(f"bad value in column {column}: {text!r} is not a boolean")
-
-
-def parse_age(value, column: str = "age") -> int | None:
-    """Age in completed years from "61", "61.0" or "61.73" (EMBED's fractional ages are floored)."""
-    number = parse_number(value, column)
-    if number is None:
-        return None
-    if number < 0 or number > 130:
-        raise RowError(f"bad value in column {column}: {clean_text(value)!r} is not an age in years")
-    return int(math.floor(number))
-
-
-def parse_laterality(value) -> str | None:
-    """"L" / "R" from "L", "R", "left", "right" (any case); None for anything else."""
-    text = clean_text(value)
-    if text is None:
-        return None
-    return {"L": "L", "R": "R", "LEFT": "L", "RIGHT": "R"}.get(text.upper())
 
 
 def duplicate_rows(records: Sequence[Mapping], keys: Sequence, *, name: str = "image_id") -> dict[int, str]:
@@ -265,7 +194,8 @@ def report_columns(fields) -> dict[str, Any]:
 
 def row_error(error: ValueError) -> str:
     """The failure reason of a row that raised: RowError's own text, other ValueErrors prefixed."""
-    return str(error) if isinstance(error, RowError) else f"bad value: {error}"
+    message = str(error)
+    return message if isinstance(error, RowError) or message.startswith("bad value") else f"bad value: {message}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,20 +40,15 @@ from collections import defaultdict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ...reports import (
-    ReportFields,
-    load_embed_legend,
-    parse_birads,
-    parse_density,
-    select_clinical_row,
-)
+from ...labels import MALE_DENSITY, parse_birads, parse_density
+from ...reports import ReportFields, load_embed_legend, select_clinical_row
 from .common import (
     DEFAULT_IMAGE_SIZE,
     ConverterError,
     DatasetConverter,
     RowError,
     check_root,
-    clean_text,
+    cell_text,
     duplicate_rows,
     failure,
     find_table,
@@ -78,7 +73,6 @@ METADATA_COLUMNS = [
 CLINICAL_COLUMNS = ["acc_anon", "side", "asses", "tissueden", "path_severity"]
 
 IMAGE_TYPE_2D = "2D"
-MALE_DENSITY = 5
 CANCER_SEVERITIES = (0, 1)  # invasive, non-invasive (in situ) cancer
 KNOWN_SEVERITIES = range(0, 7)
 SPLITS = ("train", "validation", "test")
@@ -108,7 +102,7 @@ def cancer_from_severity(value) -> int | None:
     if severity is None:
         return None
     if severity not in KNOWN_SEVERITIES:
-        raise RowError(f"bad value in column path_severity: {clean_text(value)!r} is not 0-6")
+        raise RowError(f"bad value in column path_severity: {cell_text(value)!r} is not 0-6")
     return int(severity in CANCER_SEVERITIES)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...labels import DENSITY_OF_LETTER
 from ...reports import RSNA_COLUMNS, ReportFields
 from .common import (
     DEFAULT_IMAGE_SIZE,
@@ -31,7 +32,7 @@ from .common import (
     DatasetConverter,
     RowError,
     check_root,
-    clean_text,
+    cell_text,
     duplicate_rows,
     failure,
     find_table,
@@ -48,7 +49,6 @@ from .common import (
 SPLIT_SOURCES = ("train.csv", "test.csv")
 TRAIN_COLUMNS = ["patient_id", "image_id", "laterality", "view", "age", "cancer", "BIRADS", "density"]
 TEST_COLUMNS = ["patient_id", "image_id", "laterality", "view"]
-DENSITY_OF_LETTER = {"A": 1, "B": 2, "C": 3, "D": 4}
 BIRADS_OF_CODE = {0: 0, 1: 1, 2: 2}  # RSNA's 0 is a recall, i.e. BI-RADS 0
 
 
@@ -64,7 +64,7 @@ def rsna_labels(record: dict[str, Any]) -> dict[str, int | None]:
     code = parse_int(record.get("BIRADS"), "BIRADS")
     if code is not None and code not in BIRADS_OF_CODE:
         raise RowError(f"bad value in column BIRADS: {record.get('BIRADS')!r} is not 0, 1 or 2")
-    letter = clean_text(record.get("density"))
+    letter = cell_text(record.get("density"))
     if letter is not None and letter.upper() not in DENSITY_OF_LETTER:
         raise RowError(f"bad value in column density: {letter!r} is not A, B, C or D")
     return {
@@ -95,7 +95,7 @@ def plan_rsna(root, *, split_source: str = "train.csv", limit: int | None = None
     for index, record in enumerate(records):
         row: dict[str, Any] = {
             "patient_id": record["patient_id"], "exam_id": record["patient_id"], "image_id": record["image_id"],
-            "laterality": parse_laterality(record["laterality"]), "view": clean_text(record["view"]),
+            "laterality": parse_laterality(record["laterality"]), "view": cell_text(record["view"]),
             "source_path": None, "table": table.name, "row_index": index,
         }
         if row["patient_id"] and row["image_id"]:

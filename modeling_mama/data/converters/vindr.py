@@ -32,14 +32,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from ...reports import VINDR_COLUMNS, ReportFields, parse_birads, parse_density
+from ...labels import parse_birads, parse_density
+from ...reports import VINDR_COLUMNS, ReportFields
 from .common import (
     DEFAULT_IMAGE_SIZE,
     DatasetConverter,
     RowError,
     assign_patients,
     check_root,
-    clean_text,
+    cell_text,
     duplicate_rows,
     failure,
     find_table,
@@ -75,7 +76,7 @@ def parse_categories(text) -> list[str]:
     >>> parse_categories("['Mass', 'Suspicious Calcification']"), parse_categories(None)
     (['Mass', 'Suspicious Calcification'], [])
     """
-    text = clean_text(text)
+    text = cell_text(text)
     if text is None:
         return []
     try:
