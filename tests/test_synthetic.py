@@ -507,10 +507,13 @@ def test_command_line(tmp_path, capsys):
 # ------------------------------------------------------------------------------- micro-calcifications
 
 
-def dot_response(pixels, sigma=0.7):
-    """A dot detector: difference of Gaussians (sigma, 2.5 sigma), in units of its robust spread."""
-    response = ndimage.gaussian_filter(pixels, sigma) - ndimage.gaussian_filter(pixels, 2.5 * sigma)
-    return response / np.median(np.abs(response - np.median(response)))
+def blobness(pixels, sigma=1.0):
+    """A dot detector: minus the larger Hessian eigenvalue (positive where the image curves down in
+    every direction, as on a bright dot and not on an edge), scale-normalised."""
+    h_xx = ndimage.gaussian_filter(pixels, sigma, order=(0, 2))
+    h_yy = ndimage.gaussian_filter(pixels, sigma, order=(2, 0))
+    h_xy = ndimage.gaussian_filter(pixels, sigma, order=(1, 1))
+    return np.maximum(-((h_xx + h_yy) / 2 + np.sqrt(((h_xx - h_yy) / 2) ** 2 + h_xy**2)), 0.0) * sigma**2
 
 
 def test_microcalcifications_are_clear_at_full_resolution_and_lost_at_518():
@@ -527,12 +530,12 @@ def test_microcalcifications_are_clear_at_full_resolution_and_lost_at_518():
                                            findings=[lesion])
     dots = np.array([(y, x) for y, x, _, _ in plan.lesions[0].dots])
     assert 8 <= len(dots) <= 18
-    # Drawn where the box says, nowhere else; 2-4 px dots (full width at half maximum) of contrast 0.1-0.15.
+    # Drawn where the box says, nowhere else; 2-3 px dots (full width at half maximum) of contrast 0.07-0.10.
     difference = shown - plain
     (y0, x0, y1, x1), = boxes
     inside = box_mask(difference.shape, [(y0, x0, y1, x1)], margin=1)
     assert np.abs(difference[~inside]).max() < 0.02  # the quantum noise differs a little
-    assert 0.08 < difference.max() < 0.16
+    assert 0.05 < difference.max() < 0.11
     assert y1 - y0 < 0.1 * 2048 and x1 - x0 < 0.1 * 1600
     for y, x in dots:
         row = difference[int(y), int(x) - 6:int(x) + 7]
@@ -540,8 +543,8 @@ def test_microcalcifications_are_clear_at_full_resolution_and_lost_at_518():
 
     # Full resolution: the typical dot stands far above anything the tissue texture makes at that scale.
     breast = ndimage.binary_erosion(plain > 0.2, iterations=30)  # away from the skin line
-    at_dots = dot_response(shown)[dots[:, 0].astype(int), dots[:, 1].astype(int)]
-    texture = np.quantile(dot_response(plain)[breast], 0.999)
+    at_dots = ndimage.maximum_filter(blobness(shown), size=3)[dots[:, 0].astype(int), dots[:, 1].astype(int)]
+    texture = np.quantile(blobness(plain)[breast], 0.999)
     assert np.median(at_dots) > 1.5 * texture
 
     # The 518 view (breast crop, antialiased resize as MamaImageProcessor does): lost in the texture.
@@ -553,9 +556,9 @@ def test_microcalcifications_are_clear_at_full_resolution_and_lost_at_518():
 
     small_dots = ((dots - [200, 0]) * [518 / 1650, 518 / 1300]).astype(int)
     small_shown, small_plain = view(shown), view(plain)
-    at_small_dots = dot_response(small_shown)[small_dots[:, 0], small_dots[:, 1]]
+    at_small_dots = ndimage.maximum_filter(blobness(small_shown, 0.7), size=3)[small_dots[:, 0], small_dots[:, 1]]
     small_breast = ndimage.binary_erosion(small_plain > 0.2, iterations=8)
-    small_texture = np.quantile(dot_response(small_plain)[small_breast], 0.999)
+    small_texture = np.quantile(blobness(small_plain, 0.7)[small_breast], 0.999)
     assert np.median(at_small_dots) < small_texture
 
 
@@ -582,7 +585,7 @@ def test_embed_microcalcification_benchmark(tmp_path):
             assert not lesion.any()
             continue
         # Faint dots of a few pixels, inside the ROI (the quantum noise differs a little elsewhere).
-        assert 0.06 < lesion.max() < 0.16
+        assert 0.04 < lesion.max() < 0.12
         inside = box_mask(lesion.shape, ast.literal_eval(row.ROI_coords))
         assert lesion[inside].max() == lesion.max() and np.abs(lesion[~inside]).max() < 0.02
         assert np.count_nonzero(lesion > 0.05) < 0.01 * lesion.size

@@ -500,7 +500,7 @@ def generate_embed(
     `microcalcifications=None` (default) writes the usual mix of exams and findings. A fraction p in
     [0, 1] writes the **micro-calcification benchmark** instead: one bilateral 2D screening exam per
     patient (all four standard views, mostly), no mass or other finding anywhere, and a cluster of
-    8-20 micro-calcifications (2-4 px dots, see `rendering`) on exactly round(p x 2 x num_exams)
+    8-20 micro-calcifications (2-3 px dots, see `rendering`) on exactly round(p x 2 x num_exams)
     breasts drawn at random. Each affected breast has its own clinical row: BI-RADS 4 (`asses` S),
     `calcfind` I / A / P (fine pleomorphic, amorphous, punctate), `calcdistri` C / G (clustered,
     grouped), so its report says e.g. "A Clustered Fine pleomorphic calcification is present.", a

@@ -4,7 +4,7 @@ findings say.
 
 Two kinds of calcification cluster are drawn. ``calcifications`` scale with the image (dots about
 0.25% of the image height wide, contrast 0.5): visible at any resolution. ``microcalcifications``
-have a fixed size in pixels (`MICROCALCIFICATION_DIAMETER`, 2-4 px) and a lower contrast
+have a fixed size in pixels (`MICROCALCIFICATION_DIAMETER`, 2-3 px) and a lower contrast
 (`MICROCALCIFICATION_CONTRAST`): on a full-resolution image (a breast about 2000 px tall) each dot
 is sharper and brighter than anything the tissue texture makes at that scale, but in a view about
 4x smaller (the paper's 518 x 518 input) it shrinks to a sub-pixel bump no stronger than the
@@ -28,8 +28,8 @@ from .tables import _CC_LIKE_VIEWS, _MLO_LIKE_VIEWS, DENSE_FRACTION, GLAND_CONTR
 # Micro-calcifications: dot diameter (full width at half maximum) in pixels of the full view, and
 # peak contrast over the tissue as a fraction of the detector range (regular calcifications: 0.5;
 # gland over fat: 0.24-0.36; quantum noise about 0.004 + 0.01 x signal, see `_render_plan`).
-MICROCALCIFICATION_DIAMETER = (2.0, 4.0)
-MICROCALCIFICATION_CONTRAST = (0.10, 0.15)
+MICROCALCIFICATION_DIAMETER = (2.0, 3.0)
+MICROCALCIFICATION_CONTRAST = (0.07, 0.10)
 
 _LESION_CHOICES = {
     "kind": ("mass", "calcifications", "microcalcifications", "asymmetry", "distortion"),
@@ -47,7 +47,7 @@ class Lesion:
 
     `size` is the radius of a mass, or of the area a calcification cluster spreads over, as a
     fraction of the image height. ``kind="microcalcifications"`` is a cluster of faint dots of a
-    fixed 2-4 pixel size (`MICROCALCIFICATION_DIAMETER`), whatever the image size: visible on a
+    fixed 2-3 pixel size (`MICROCALCIFICATION_DIAMETER`), whatever the image size: visible on a
     full-resolution mammogram, lost when it is shrunk to a model's input size. `position` is (depth, across): depth 0 at the chest wall to 1
     at the nipple, across -1 to 1 over the breast's height; None draws one at random. Giving the
     same position to the CC and MLO views of a breast puts the finding at the same place.
@@ -291,7 +291,7 @@ def _calcification_dots(rng, geometry: _Geometry, lesion: Lesion, centre, spread
 
 
 def _microcalcification_dots(rng, geometry: _Geometry, lesion: Lesion, centre, spread):
-    """A cluster of faint dots of 2-4 pixels (sizes in pixels, not in fractions of the image).
+    """A cluster of faint dots of 2-3 pixels (sizes in pixels, not in fractions of the image).
 
     `spread` is the cluster's radius in pixels; the dots are scattered uniformly over that disc
     (a "grouped" / "clustered" distribution; a "linear" or "segmental" one lines them up along a
