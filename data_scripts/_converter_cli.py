@@ -1,7 +1,8 @@
 """What every converter's command line shares: the common options, running a converter, the summary.
 
     python data_scripts/<name>.py --root DATASET --out FOLDER [--workers N] [--image-size 1024]
-        [--limit N] [--seed 0] [--no-progress] [--delete-cache] [dataset options]
+        [--limit N] [--seed 0] [--no-progress] [--delete-cache] [--num-shards N --shard-index i]
+        [dataset options]
 """
 
 from __future__ import annotations
@@ -18,24 +19,33 @@ from modeling_mama.data.converters.common import (
     FAILURES_FILE,
     SUMMARY_FILE,
     ConverterError,
+    Shard,
 )
 
 
 def common_parser(description: str) -> argparse.ArgumentParser:
-    """A parser with the options every converter has: --root, --out, --workers, --image-size, --limit, --seed."""
+    """A parser with the options every converter has: --root, --out, --workers, --image-size, --limit, --seed,
+    --no-progress, --delete-cache, --num-shards, --shard-index."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--root", required=True, help="the dataset folder as published")
     parser.add_argument("--out", required=True,
                         help="folder to write the DatasetDict into (created; re-running resumes)")
     parser.add_argument("--workers", type=int, default=1, help="processes decoding DICOM files (default 1)")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
-                        help=f"long side of the stored images in pixels (default {DEFAULT_IMAGE_SIZE})")
+                        help=f"long side of the stored images in pixels (default {DEFAULT_IMAGE_SIZE}; 0 = the native "
+                             "size, decoded fully); JPEG 2000 files are decoded at reduced resolution when that "
+                             "still gives a breast crop at least this long")
     parser.add_argument("--limit", type=int, default=None,
                         help="read only the first N rows of the image table (a quick trial)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient-level splits (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--delete-cache", action="store_true",
                         help="delete <out>/.cache at the end (a re-run then decodes everything again)")
+    parser.add_argument("--num-shards", type=int, default=1,
+                        help="split the conversion into this many parts by patient (one per machine or job); "
+                             "assemble them with data_scripts/merge.py (default 1: no sharding)")
+    parser.add_argument("--shard-index", type=int, default=0,
+                        help="which part this run converts, 0 .. --num-shards - 1 (e.g. $SLURM_ARRAY_TASK_ID)")
     return parser
 
 
@@ -61,7 +71,8 @@ def run_converter(name: str, argv: Sequence[str] | None, *, description: str,
     try:
         dataset_dict = converter.convert(args.out, image_size=args.image_size, workers=args.workers,
                                          limit=args.limit, seed=args.seed, progress=not args.no_progress,
-                                         keep_cache=not args.delete_cache)
+                                         keep_cache=not args.delete_cache,
+                                         shard=Shard(count=args.num_shards, index=args.shard_index))
     except ConverterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

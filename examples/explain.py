@@ -19,7 +19,7 @@ from pathlib import Path
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.reports import ReportFields, build_report
 from modeling_mama.tokenization import split_sentences
-from modeling_mama.training.visualization import patch_sentence_similarity, plot_heat_map
+from modeling_mama.training.visualization import plot_heat_map, sentence_heat_maps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,12 +43,7 @@ def main(argv=None) -> dict:
         sentences = split_sentences(args.report)
     if not sentences:
         raise SystemExit("error: the report has no sentence.")
-    image_inputs = processor.image_processor.preprocess(args.image, do_normalize=False, return_tensors="pt")
-    view = image_inputs["pixel_values"][0, 0].numpy()  # the preprocessed view in [0, 1], for display
-    pixel_values = processor.image_processor.preprocess(args.image, return_tensors="pt")["pixel_values"]
-    text = processor(text=[sentences])
-    similarity = patch_sentence_similarity(model, pixel_values, text["input_ids"], text["attention_mask"],
-                                           text["sentence_positions"], text["sentence_mask"])
+    view, similarity = sentence_heat_maps(model, processor, args.image, sentences)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = {"image": args.image, "model": args.model, "sentences": []}

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.data.dicom_scan import ScanFailure, group_by_exam, scan_dicoms
 from modeling_mama.dicom import DicomError, read_dicom
-from modeling_mama.pipelines import ZeroShotScorer, aggregate_scores
+from modeling_mama.zero_shot_scoring import ZeroShotScorer, aggregate_scores, concatenate_inputs
 from modeling_mama.reports import CLASS_NAMES, ZERO_SHOT_TASKS
 
 LEVELS = ("image", "breast", "exam")
@@ -229,12 +229,12 @@ class Journal:
 # ------------------------------------------------------------------------------------------ run
 def score_batch(scorer: ZeroShotScorer, records) -> tuple[list[dict], list[ScanFailure]]:
     """Decode, preprocess and score a batch of records; a file that fails is a failure, not an error."""
-    images, fields, pixel_values, kept, failures = [], [], [], [], []
+    images, fields, inputs, kept, failures = [], [], [], [], []
     for record in records:
         try:
             image = read_dicom(record.path, refuse_non_mg=True)
             image_fields = record.report_fields(image.laterality)
-            pixel_values.append(scorer.preprocess([image], [image_fields]))
+            inputs.append(scorer.preprocess([image], [image_fields]))
         except (DicomError, OSError, ValueError) as error:
             failures.append(ScanFailure(record.path, str(error).removeprefix(f"{record.path}: ")))
             continue
@@ -246,7 +246,7 @@ def score_batch(scorer: ZeroShotScorer, records) -> tuple[list[dict], list[ScanF
         kept.append(record)
     if not kept:
         return [], failures
-    probabilities = scorer.logits(torch.cat(pixel_values), fields).float().softmax(dim=-1).cpu().numpy()
+    probabilities = scorer.logits(concatenate_inputs(inputs), fields).float().softmax(dim=-1).cpu().numpy()
     rows = [image_row(record, image, scores, scorer.task, scorer.class_names)
             for record, image, scores in zip(kept, images, probabilities)]
     return rows, failures

@@ -6,7 +6,11 @@
 `test_balanced`) is scored image by image with prompts built from each image's own metadata
 (`--no_metadata` for class-only prompts; `--prompt_variants N` to average N extra phrasings per class).
 For the cancer task, `--breast_level` also reports breast-level results (mean of each breast's views,
-RSNA style). Writes `zero_shot_<task>.json`, a confusion matrix and a ROC curve into `--output_dir`.
+RSNA style). `--tiles` scores each image's full-resolution breast tiles against the class prompts and
+aggregates them per image (`--tile_aggregation`: default max for cancer, a finding-present task,
+and mean for BI-RADS and density). Prompts use the model processor's saved token budget (or
+`--max_length`); `--truncation warn` drops a too-long prompt's last sentences instead of stopping.
+Writes `zero_shot_<task>.json`, a confusion matrix and a ROC curve into `--output_dir`.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import numpy as np
 from datasets import load_from_disk
 
 from modeling_mama import MamaModel, MamaProcessor
-from modeling_mama.training.metrics import breast_level, classification_metrics, softmax_scores
 from modeling_mama.reports import CLASS_NAMES
-from modeling_mama.tokenization import DEFAULT_MAX_LENGTH
+from modeling_mama.tokenization import TRUNCATION_MODES
+from modeling_mama.training.metrics import breast_level, classification_metrics, softmax_scores
 from modeling_mama.training.visualization import plot_confusion_matrix, plot_roc
 from modeling_mama.training.zero_shot import zero_shot_logits
+from modeling_mama.zero_shot_scoring import AGGREGATIONS, default_tile_aggregation
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,8 +41,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no_metadata", action="store_true", help="Class-only prompts (no metadata prefix).")
     parser.add_argument("--prompt_variants", type=int, default=0, help="Extra phrasings per class to average.")
     parser.add_argument("--breast_level", action="store_true", help="Also aggregate views per breast (cancer).")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_length", type=int, default=None, help="Default: 144 (the report budget).")
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="Images per batch (with --tiles each image also brings its grid of tiles: use fewer).")
+    parser.add_argument("--max_length", type=int, default=None,
+                        help="Prompt token budget (default: the one saved with the model's processor).")
+    parser.add_argument("--truncation", choices=TRUNCATION_MODES, default="error",
+                        help="A prompt over the budget: error (default) or warn (drop its last whole sentences).")
+    parser.add_argument("--tiles", action="store_true", help="Score full-resolution tiles and aggregate per image.")
+    parser.add_argument("--tile_aggregation", choices=AGGREGATIONS, default=None,
+                        help="Tiles -> image (default: max for cancer, mean for birads / density).")
     return parser.parse_args(argv)
 
 
@@ -49,15 +61,19 @@ def main(argv=None) -> dict:
     split = splits[args.split]
     model = MamaModel.from_pretrained(args.model).eval()
     processor = MamaProcessor.from_pretrained(args.model)
-    # The cancer prompts' own budget is 72 tokens in the paper; with a metadata prefix they need the report's 144.
-    max_length = args.max_length or DEFAULT_MAX_LENGTH
+    # The processor's saved budget is the one the model was trained with (the report's; the paper's
+    # cancer prompts alone fit 72 tokens, but with the metadata prefix they need the report's 144).
+    max_length = args.max_length or processor.max_length
+    tile_aggregation = (args.tile_aggregation or default_tile_aggregation(args.task)) if args.tiles else None
     logits, labels, rows = zero_shot_logits(
         model, processor, split, args.task, use_metadata=not args.no_metadata,
         prompt_variants=args.prompt_variants, batch_size=args.batch_size, max_length=max_length,
+        truncation=args.truncation, tiles=args.tiles, tile_aggregation=tile_aggregation,
     )
     names = CLASS_NAMES[args.task]
     results = {"task": args.task, "split": args.split, "num_images": int(len(labels)),
                "use_metadata": not args.no_metadata, "prompt_variants": args.prompt_variants,
+               "max_length": max_length, "tiles": args.tiles, "tile_aggregation": tile_aggregation,
                "image_level": classification_metrics(logits, labels, num_classes=len(names))}
     if args.breast_level:
         subset = split.select(rows)

@@ -85,11 +85,8 @@ def _recipe_rows(config, training_args: dict | None) -> list[tuple[str, str]]:
     for term in ("clip", "multiview", "symmetric_clip", "local"):
         rows.append((f"{term} loss", f"weight {config.loss_weight(term)}"))
     rows.append(("NT-Xent temperature", str(config.nt_xent_temperature)))
-    for key in ("learning_rate", "weight_decay", "max_steps", "num_train_epochs", "per_device_train_batch_size",
-                "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "late_loss_step",
-                "gather_with_grad", "bf16", "seed"):
-        if training_args and key in training_args:
-            rows.append((key, str(training_args[key])))
+    # The caller picks the settings worth a row (examples/pretrain.py: those its recipe table names).
+    rows += [(key, str(value)) for key, value in (training_args or {}).items()]
     return rows
 
 
@@ -111,7 +108,8 @@ def _result_rows(results: dict | None) -> list[dict[str, str]]:
 def render_model_card(config, *, repo_id: str = "path/to/this/folder", training_args: dict | None = None,
                       results: dict | None = None, template_path: str | Path = TEMPLATE_PATH):
     """The model card (a `huggingface_hub.ModelCard`) of a MaMA model, from its config and, when known,
-    the training arguments and evaluation results (`{"zero_shot": {"density": {...}}}`)."""
+    the training settings to list (`{"learning_rate": 4e-5, ...}`, e.g. `training.recipes.recipe_settings`)
+    and evaluation results (`{"zero_shot": {"density": {...}}}`)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     keys = [dataset_key(name) for name in config.training_datasets]

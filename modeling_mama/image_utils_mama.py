@@ -273,8 +273,13 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def _to_gray_array(image) -> np.ndarray:
-    """A 2D array from a numpy array / torch tensor / PIL image / image file (channels averaged)."""
+def _to_gray_array(image, input_data_format: str | None = None, rescale: bool = True) -> np.ndarray:
+    """A 2D array from a numpy array / torch tensor / PIL image / image file (channels averaged).
+
+    `input_data_format` ("channels_first" / "channels_last") says where the channels of a 3D array
+    are; `None` infers it. Channels that differ are averaged after `to_unit_range` (`rescale=False`:
+    as float32 values).
+    """
     if _is_image_file(image):
         with Image.open(image) as opened:
             image = _pil_to_array(opened)
@@ -286,18 +291,18 @@ def _to_gray_array(image) -> np.ndarray:
     if array.ndim == 2:
         return array
     if array.ndim == 3:
-        if array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
+        if input_data_format == "channels_first" or (
+                input_data_format is None and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4)):
             array = np.moveaxis(array, 0, -1)
         if array.shape[-1] in (1, 3, 4):
             channels = array[..., :3] if array.shape[-1] == 4 else array
             if all(np.array_equal(channels[..., 0], channels[..., k]) for k in range(1, channels.shape[-1])):
                 return channels[..., 0]
-            return to_unit_range(channels).mean(axis=-1)
+            return (to_unit_range(channels) if rescale else channels.astype(np.float32)).mean(axis=-1)
+    layout = f" ({input_data_format})" if input_data_format else ""
     raise ValueError(
-        f"Expected a 2D grayscale image (or one with 1 / 3 / 4 channels), got an array of shape {array.shape}; "
-        "pass a list for a batch.")
-
-
+        f"Expected a 2D grayscale image (or one with 1 / 3 / 4 channels), got an array of shape {array.shape}"
+        f"{layout}; pass a list for a batch.")
 
 
 __all__ = [

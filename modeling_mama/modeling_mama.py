@@ -17,26 +17,65 @@ works) and, with `return_loss=True`, the MaMA loss and each of its named terms.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from collections.abc import Collection
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import ConversionOps, WeightConverter
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 from transformers.utils import ModelOutput
+from transformers.utils.generic import TransformersKwargs, can_return_tuple
 
 from .configuration_mama import LOSS_TERMS, MamaConfig
 from .hub import check_release_allowed, write_model_card
 from .losses import contrastive_loss, local_alignment_loss, nt_xent_loss
+
+
+class MamaTowerKwargs(TypedDict, total=False):
+    """Keyword arguments the MaMA models pass on to their towers.
+
+    `output_hidden_states` / `output_attentions` default to the MaMA config's values (then the tower's).
+    Attention weights need the eager attention implementation (`from_pretrained(...,
+    attn_implementation="eager")` or `model.set_attn_implementation("eager")`): under SDPA,
+    transformers warns and returns no weights.
+    """
+
+    output_hidden_states: bool | None
+    output_attentions: bool | None
+
+
+def _reject_unknown_kwargs(method: Callable, kwargs: dict[str, Any], accepted: Collection[str]) -> None:
+    """Raise the `TypeError` Python raises for an unexpected keyword argument, with a spelling hint."""
+    unknown = [name for name in kwargs if name not in accepted]
+    if not unknown:
+        return
+    known = [*inspect.signature(method).parameters, *accepted]
+    hint = difflib.get_close_matches(unknown[0], known, n=1)
+    raise TypeError(
+        f"{method.__qualname__}() got an unexpected keyword argument {unknown[0]!r}"
+        + (f"; did you mean {hint[0]!r}?" if hint else f"; it takes its named arguments and {sorted(accepted)}.")
+    )
+
+
+def _tower_output(outputs, pooler_output: torch.Tensor) -> BaseModelOutputWithPooling:
+    """A tower's output with `pooler_output` replaced by the projected features, as `CLIPModel` does."""
+    return BaseModelOutputWithPooling(
+        last_hidden_state=outputs.last_hidden_state, pooler_output=pooler_output,
+        hidden_states=getattr(outputs, "hidden_states", None), attentions=getattr(outputs, "attentions", None),
+    )
 
 
 @dataclass
@@ -44,24 +83,62 @@ class MamaOutput(ModelOutput):
     """Output of [`MamaModel`].
 
     Args:
-        loss: the weighted sum of the active loss terms (with `return_loss=True`).
-        loss_terms: each active term, unweighted, by name (`clip`, `multiview`, `symmetric_clip`, `local`).
+        loss: the weighted sum of the loss terms that ran (with `return_loss=True`).
         logits_per_image: `[n_images, n_texts]` scaled cosine similarities.
         logits_per_text: its transpose.
-        image_embeds, text_embeds: L2-normalised global embeddings.
-        patch_embeds, sentence_embeds, sentence_mask: the L2-normalised local embeddings used by SLA
-            (when the local term ran or `output_local_embeds=True`).
+        text_embeds, image_embeds: L2-normalised global embeddings.
+        loss_clip, loss_multiview, loss_symmetric_clip, loss_local: each term that ran, unweighted
+            (`loss_terms` gives them as a dict by name).
+        patch_embeds, sentence_embeds: the L2-normalised local embeddings used by SLA (when the local
+            term ran or `output_local_embeds=True`).
+        sentence_mask: long `[B, S]`, 1 for the real sentences of `sentence_embeds`.
+        text_model_output, vision_model_output: the towers' outputs (`BaseModelOutputWithPooling`, with
+            `pooler_output` the projected features, and hidden states / attentions when asked), as
+            `CLIPOutput` keeps them. `vision_model_output` covers `pixel_values` only, not the extra view.
     """
 
     loss: torch.FloatTensor | None = None
-    loss_terms: dict[str, torch.Tensor] | None = None
     logits_per_image: torch.FloatTensor | None = None
     logits_per_text: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    loss_clip: torch.FloatTensor | None = None
+    loss_multiview: torch.FloatTensor | None = None
+    loss_symmetric_clip: torch.FloatTensor | None = None
+    loss_local: torch.FloatTensor | None = None
     patch_embeds: torch.FloatTensor | None = None
     sentence_embeds: torch.FloatTensor | None = None
-    sentence_mask: torch.BoolTensor | None = None
+    sentence_mask: torch.LongTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    @property
+    def loss_terms(self) -> dict[str, torch.Tensor]:
+        """The loss terms that ran, unweighted, by name (`clip`, `multiview`, `symmetric_clip`, `local`)."""
+        terms = {term: getattr(self, f"loss_{term}") for term in LOSS_TERMS}
+        return {term: value for term, value in terms.items() if value is not None}
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        # The towers' outputs become tuples too, so the tuple holds only tensors (and tuples of them).
+        return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in self.values())
+
+
+class MamaBatchNorm1d(nn.BatchNorm1d):
+    """`BatchNorm1d` that also runs when its affine parameters arrive in a lower precision than its fp32
+    running statistics, as FSDP2 mixed precision hands them over (it casts parameters, not buffers, and
+    `batch_norm` rejects the mix): it then normalises in fp32 and returns the input's dtype."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        statistics = self.running_mean
+        if self.weight is None or statistics is None or self.weight.dtype == statistics.dtype:
+            return super().forward(input)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        output = F.batch_norm(input.to(statistics.dtype), self.running_mean, self.running_var,
+                              self.weight.to(statistics.dtype), self.bias.to(statistics.dtype),
+                              self.training, momentum, self.eps)
+        return output.to(input.dtype)
 
 
 class MamaLocalProjection(nn.Module):
@@ -74,9 +151,9 @@ class MamaLocalProjection(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__()
         self.fc1 = nn.Linear(in_dim, hidden_dim)
-        self.norm1 = nn.BatchNorm1d(hidden_dim)
+        self.norm1 = MamaBatchNorm1d(hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, out_dim)
-        self.norm2 = nn.BatchNorm1d(out_dim, affine=False)
+        self.norm2 = MamaBatchNorm1d(out_dim, affine=False)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, length, _ = tokens.shape
@@ -95,10 +172,10 @@ class MamaMultiViewHead(nn.Sequential):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__(
             nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
+            MamaBatchNorm1d(hidden_dim),
             nn.ReLU(),
             nn.Linear(hidden_dim, out_dim, bias=False),
-            nn.BatchNorm1d(out_dim),
+            MamaBatchNorm1d(out_dim),
         )
 
 
@@ -176,6 +253,17 @@ def sentence_positions_from_ids(input_ids: torch.Tensor, separator_id: int) -> t
     return torch.where(mask, order, torch.zeros_like(order)), mask
 
 
+def _unsharded_class(cls: type) -> type:
+    """The model class under FSDP2's dynamic `FSDP<Model>(FSDPModule, <Model>)` subclass (else `cls`)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return cls
+    if not issubclass(cls, FSDPModule):
+        return cls
+    return next(base for base in cls.__bases__ if not issubclass(base, FSDPModule))
+
+
 class MamaPreTrainedModel(PreTrainedModel):
     config_class = MamaConfig
     config: MamaConfig
@@ -184,6 +272,9 @@ class MamaPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    # The losses are means over the batch and take no `num_items_in_batch`: the Trainer must scale them
+    # for gradient accumulation itself (a forward with **kwargs would otherwise tell it not to).
+    accepts_loss_kwargs = False
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -199,6 +290,15 @@ class MamaPreTrainedModel(PreTrainedModel):
         When the classes are registered for auto classes (importing `modeling_mama` does it), the
         folder also carries the code, and `auto_map` names every Auto class that can load it.
         """
+        model_class = _unsharded_class(type(self))
+        if model_class is not type(self):
+            # FSDP2 turns the model into a subclass defined in torch (`FSDPMamaModel`); the folder must
+            # carry this package's code and name its class, so save as the class it wraps.
+            sharded_class, self.__class__ = type(self), model_class
+            try:
+                return self.save_pretrained(save_directory, *args, **kwargs)
+            finally:
+                self.__class__ = sharded_class
         if getattr(type(self), "_auto_class", None) is not None:
             # transformers records one Auto class per model class; add the others.
             self.config.auto_map = {
@@ -227,6 +327,15 @@ class MamaPreTrainedModel(PreTrainedModel):
         final_norm = _final_norm(self.vision_model)
         if self.config.freeze_vision_final_norm and final_norm is not None:
             final_norm.requires_grad_(False)
+
+    def _tower_kwargs(self, method: Callable, kwargs: dict[str, Any], accepted: Collection[str]) -> dict[str, Any]:
+        """`kwargs` checked against `accepted`, with the output flags this model's config switches on."""
+        _reject_unknown_kwargs(method, kwargs, accepted)
+        kwargs = dict(kwargs)
+        for name in MamaTowerKwargs.__annotations__:
+            if kwargs.get(name) is None and getattr(self.config, name, None):
+                kwargs[name] = getattr(self.config, name)
+        return kwargs
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -264,8 +373,10 @@ class MamaModel(MamaPreTrainedModel):
         self.multiview_head = MamaMultiViewHead(
             vision_dim, config.multiview_hidden_dim or vision_dim, config.multiview_projection_dim
         )
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-        self.local_scale = nn.Parameter(torch.tensor(float(config.local_scale_init_value)))
+        # One-element vectors rather than CLIP's 0-dim scalars: FSDP2 (`fully_shard`) cannot shard a
+        # 0-dim parameter. Checkpoints keep the 0-dim layout (`_SCALE_LAYOUT` reshapes on load and save).
+        self.logit_scale = nn.Parameter(torch.tensor([float(config.logit_scale_init_value)]))
+        self.local_scale = nn.Parameter(torch.tensor([float(config.local_scale_init_value)]))
 
         self._num_prefix_tokens = _num_prefix_tokens(self.vision_model)
         self._sentence_pooling = config.sentence_pooling
@@ -348,27 +459,33 @@ class MamaModel(MamaPreTrainedModel):
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return pooled, outputs
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor,
+                           **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPooling | tuple:
         """The image tower's output, with `pooler_output` holding the projected (not normalised) global
         image features [B, projection_dim], as `CLIPModel.get_image_features` returns them.
 
-        Keyword arguments (`output_hidden_states`, `output_attentions`) go to the image tower.
-        """
-        pooled, outputs = self._run_vision_tower(pixel_values, **kwargs)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state, pooler_output=self.visual_projection(pooled),
-            hidden_states=getattr(outputs, "hidden_states", None), attentions=getattr(outputs, "attentions", None),
-        )
+        Keyword arguments (`output_hidden_states`, `output_attentions`, `return_dict`) work as for any
+        transformers model and go to the image tower; an unknown one raises `TypeError`.
 
+        >>> model = MamaModel(MamaConfig.tiny(vocab_size=64))
+        >>> out = model.get_image_features(torch.randn(2, 3, 56, 56), output_hidden_states=True)
+        >>> out.pooler_output.shape, len(out.hidden_states)  # embeddings + 2 layers
+        (torch.Size([2, 32]), 3)
+        """
+        kwargs = self._tower_kwargs(self.get_image_features, kwargs, TransformersKwargs.__annotations__)
+        pooled, outputs = self._run_vision_tower(pixel_values, **kwargs)
+        return _tower_output(outputs, self.visual_projection(pooled))
+
+    @can_return_tuple
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                          **kwargs) -> BaseModelOutputWithPooling:
+                          **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPooling | tuple:
         """The text tower's output, with `pooler_output` holding the projected (not normalised) global
-        text features [B, projection_dim]. Keyword arguments go to the text tower."""
+        text features [B, projection_dim]. Keyword arguments go to the text tower, as for
+        `get_image_features`."""
+        kwargs = self._tower_kwargs(self.get_text_features, kwargs, TransformersKwargs.__annotations__)
         pooled, outputs = self._run_text_tower(input_ids, attention_mask, **kwargs)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state, pooler_output=self.text_projection(pooled),
-            hidden_states=getattr(outputs, "hidden_states", None), attentions=getattr(outputs, "attentions", None),
-        )
+        return _tower_output(outputs, self.text_projection(pooled))
 
     # ------------------------------------------------------------------------------------------ local
     def _patch_tokens_for_sla(self, patches: torch.Tensor, tile_pixel_values: torch.Tensor | None,
@@ -436,8 +553,9 @@ class MamaModel(MamaPreTrainedModel):
     def clamped_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`logit_scale` and `local_scale`, clamped at `config.max_logit_scale` (ln 100)."""
         limit = float(self.config.max_logit_scale)
-        return self.logit_scale.clamp(max=limit), self.local_scale.clamp(max=limit)
+        return self.logit_scale.clamp(max=limit).reshape(()), self.local_scale.clamp(max=limit).reshape(())
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -452,8 +570,7 @@ class MamaModel(MamaPreTrainedModel):
         loss_terms: Collection[str] | None = None,
         gather_with_grad: bool = False,
         output_local_embeds: bool = False,
-        return_dict: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[MamaTowerKwargs],
     ) -> MamaOutput | tuple:
         r"""
         Args:
@@ -472,8 +589,16 @@ class MamaModel(MamaPreTrainedModel):
             gather_with_grad: compute CLIP and SLA over the batch of every process (off in the paper).
                 NT-Xent always takes its negatives from every process (METHOD.md section 2).
             output_local_embeds: also return patch / sentence embeddings when the local term did not run.
+            output_hidden_states, output_attentions: passed to both towers; the results are in
+                `vision_model_output` / `text_model_output` (see `MamaTowerKwargs`).
+            return_dict: `False` returns `MamaOutput.to_tuple()`.
+
+        An unknown keyword argument raises `TypeError`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        tower_kwargs = self._tower_kwargs(self.forward, kwargs, MamaTowerKwargs.__annotations__)
+        if pixel_values is None:
+            raise ValueError("MamaModel.forward needs `pixel_values` (the images); for text alone use "
+                             "`get_text_features`.")
         config = self.config
         logit_scale, local_scale = self.clamped_scales()
         requested = config.weighted_loss_terms() if loss_terms is None else tuple(loss_terms)
@@ -485,19 +610,30 @@ class MamaModel(MamaPreTrainedModel):
         has_extra = extra_pixel_values is not None
         need_extra = has_extra and (want["multiview"] or want["symmetric_clip"])
 
-        # One tower pass over both views (the ViT has no batch statistics, so this is exact).
-        vision_input = torch.cat([pixel_values, extra_pixel_values]) if need_extra else pixel_values
-        pooled_all, patches_all = self.encode_image_tokens(vision_input)
         batch = pixel_values.shape[0]
-        pooled, patches = pooled_all[:batch], patches_all[:batch]
-        image_embeds = F.normalize(self.visual_projection(pooled), dim=-1)
+        if need_extra and not any(tower_kwargs.get(name) for name in MamaTowerKwargs.__annotations__):
+            # One tower pass over both views (the ViT has no batch statistics, so this is exact).
+            pooled_both, both = self._run_vision_tower(torch.cat([pixel_values, extra_pixel_values]))
+            pooled, extra_pooled = pooled_both[:batch], pooled_both[batch:]
+            vision_outputs = BaseModelOutput(last_hidden_state=both.last_hidden_state[:batch])
+        else:
+            # Hidden states / attentions are returned for `pixel_values`, and must be the tensors the loss
+            # is computed from (so that their gradients mean something): the extra view runs on its own.
+            pooled, vision_outputs = self._run_vision_tower(pixel_values, **tower_kwargs)
+            extra_pooled = self._run_vision_tower(extra_pixel_values)[0] if need_extra else None
+        patches = vision_outputs.last_hidden_state[:, self._num_prefix_tokens:]
+        image_features = self.visual_projection(pooled)
+        image_embeds = F.normalize(image_features, dim=-1)
 
-        text_embeds = logits_per_text = logits_per_image = hidden = None
+        text_embeds = logits_per_text = logits_per_image = hidden = text_model_output = None
         if input_ids is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            text_pooled, hidden = self.encode_text_tokens(input_ids, attention_mask)
-            text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
+            text_pooled, text_outputs = self._run_text_tower(input_ids, attention_mask, **tower_kwargs)
+            hidden = text_outputs.last_hidden_state
+            text_features = self.text_projection(text_pooled)
+            text_model_output = _tower_output(text_outputs, text_features)
+            text_embeds = F.normalize(text_features, dim=-1)
             logits_per_text = logit_scale.exp() * text_embeds @ image_embeds.t()
             logits_per_image = logits_per_text.t()
 
@@ -509,7 +645,6 @@ class MamaModel(MamaPreTrainedModel):
             if want["clip"]:
                 terms["clip"] = contrastive_loss(image_embeds, text_embeds, logit_scale, gather=gather_with_grad)
             if need_extra:
-                extra_pooled = pooled_all[batch:]
                 if want["multiview"]:
                     terms["multiview"] = nt_xent_loss(self.multiview_head(extra_pooled), self.multiview_head(pooled),
                                                       temperature=float(config.nt_xent_temperature), gather=True)
@@ -537,14 +672,16 @@ class MamaModel(MamaPreTrainedModel):
             loss = sum(config.loss_weight(name) * value for name, value in terms.items())
             if not terms:
                 loss = logit_scale * 0.0
-        output = MamaOutput(
-            loss=loss, loss_terms=terms if return_loss else None,
-            logits_per_image=logits_per_image, logits_per_text=logits_per_text,
-            image_embeds=image_embeds, text_embeds=text_embeds,
+        return MamaOutput(
+            loss=loss, logits_per_image=logits_per_image, logits_per_text=logits_per_text,
+            text_embeds=text_embeds, image_embeds=image_embeds,
+            **{f"loss_{name}": value for name, value in terms.items()},
             patch_embeds=patch_embeds, sentence_embeds=sentence_embeds,
-            sentence_mask=sentence_mask if sentence_embeds is not None else None,
+            # An integer mask (like `attention_mask`), so the output tuple holds only float / long tensors.
+            sentence_mask=sentence_mask.long() if sentence_embeds is not None else None,
+            text_model_output=text_model_output,
+            vision_model_output=_tower_output(vision_outputs, image_features),
         )
-        return output if return_dict else output.to_tuple()
 
     # ----------------------------------------------------------------------------------- construction
     @classmethod
@@ -585,6 +722,9 @@ class MamaForImageClassification(MamaPreTrainedModel):
 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The loss is a per-batch mean that ignores `num_items_in_batch`: the Trainer must divide it by the
+    # gradient-accumulation steps itself (it would not, seeing `**kwargs` in forward).
+    accepts_loss_kwargs = False
     _keys_to_ignore_on_load_unexpected = [
         r"text_model\..*", r"text_projection\..*", r"visual_projection\..*", r"patch_projection\..*",
         r"sentence_projection\..*", r"multiview_head\..*", r"logit_scale", r"local_scale",
@@ -603,18 +743,57 @@ class MamaForImageClassification(MamaPreTrainedModel):
     encode_image_tokens = MamaModel.encode_image_tokens
     _run_vision_tower = MamaModel._run_vision_tower
 
+    def get_input_embeddings(self) -> nn.Module | None:
+        """The image tower's patch embeddings, as ViT-family classifiers return them."""
+        embeddings = self.vision_model.get_input_embeddings()
+        if embeddings is None:  # TimmWrapperModel exposes none; timm ViTs keep theirs in `patch_embed`
+            embeddings = getattr(getattr(self.vision_model, "timm_model", None), "patch_embed", None)
+        return embeddings
+
     def freeze_image_tower(self) -> None:
         """Linear probing: only the classifier trains."""
         self.vision_model.requires_grad_(False)
 
+    @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                return_dict: bool | None = None, **kwargs: Any) -> ImageClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        pooled, _ = self.encode_image_tokens(pixel_values)
+                **kwargs: Unpack[MamaTowerKwargs]) -> ImageClassifierOutput | tuple:
+        r"""
+        Args:
+            pixel_values: `[B, 3, H, W]`.
+            labels: class indices `[B]` (single-label), or float targets for `config.problem_type`
+                "regression" / "multi_label_classification" (transformers' classification loss).
+            output_hidden_states, output_attentions: passed to the image tower (see `MamaTowerKwargs`).
+            return_dict: `False` returns a tuple.
+
+        An unknown keyword argument raises `TypeError`.
+        """
+        tower_kwargs = self._tower_kwargs(self.forward, kwargs, MamaTowerKwargs.__annotations__)
+        pooled, outputs = self._run_vision_tower(pixel_values, **tower_kwargs)
         logits = self.classifier(pooled)
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        output = ImageClassifierOutput(loss=loss, logits=logits)
-        return output if return_dict else output.to_tuple()
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=getattr(outputs, "hidden_states", None),
+                                     attentions=getattr(outputs, "attentions", None))
+
+
+class _ScaleLayout(ConversionOps):
+    """Reshape a scale between the checkpoint's 0-dim layout and the model's one-element vector."""
+
+    def __init__(self, to_model: bool = True):
+        self.to_model = to_model
+
+    @torch.no_grad()
+    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
+        tensor = next(iter(input_dict.values()))
+        tensor = tensor[0] if isinstance(tensor, list) else tensor
+        return {target_patterns[0]: tensor.reshape(1) if self.to_model else tensor.reshape(())}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return _ScaleLayout(not self.to_model)
+
+
+_SCALE_LAYOUT = [WeightConverter(name, name, operations=[_ScaleLayout()]) for name in ("logit_scale", "local_scale")]
+register_checkpoint_conversion_mapping("MamaModel", _SCALE_LAYOUT, overwrite=True)
 
 
 __all__ = [
@@ -622,6 +801,7 @@ __all__ = [
     "MamaModel",
     "MamaOutput",
     "MamaPreTrainedModel",
+    "MamaTowerKwargs",
     "resolve_lora_config",
     "sentence_positions_from_ids",
 ]

@@ -4,18 +4,30 @@ It pairs a `MamaImageProcessor` with a tokenizer (BioMedLM's for the paper prese
 `tokenization.train_report_tokenizer` offline) and adds what the local alignment needs: the index of
 each sentence's separator token (`sentence_positions`) and which sentences are real (`sentence_mask`).
 
-Reports can be given three ways:
+It is the one door from raw inputs to model inputs: the training collator, the zero-shot evaluation,
+the mammography pipeline and the heat maps all call it.
 
-- `reports=`: `ReportFields` or mappings (rows of a converted dataset by default; see
-  `report_columns`), turned into sentences by `reports.build_report` (optionally with metadata
-  masking). Sentence boundaries come from the template.
-- `text=` as sentence lists: `[["Procedure reported: ...", "Overall Assessment: Negative."], ...]`,
-  or one report's sentences with `is_split_into_sentences=True`.
-- `text=` as running text: a string (one report) or a list of strings (one report each), split into
-  sentences at ". " boundaries (`tokenization.split_sentences`), so a period followed by a space
-  inside a value would split it: give sentence lists when you have them.
+Texts and images are independent, as in `CLIPProcessor`: `processor(text=["extremely dense",
+"fatty"], images=image)` gives one image and two prompts, and the model scores every image against
+every text (`logits_per_image` [1, 2]). Paired training items, one report per image, use
+`reports=` instead, and the processor checks that the counts match.
 
+- `reports=`: one report per image, as `ReportFields` or mappings (rows of a converted dataset by
+  default; see `report_columns`), turned into sentences by `reports.build_report` (optionally with
+  metadata masking; sentence boundaries come from the template), or as sentence lists
+  (`[["Procedure reported: ...", "Overall Assessment: Negative."], ...]`, what `MultiViewDataset`
+  items carry).
+- `text=`: prompts or reports independent of the images: sentence lists, one report's sentences with
+  `is_split_into_sentences=True`, or running text (a string, or a list of strings, one report each)
+  split into sentences at ". " boundaries (`tokenization.split_sentences`), so a period followed by a
+  space inside a value would split it: give sentence lists when you have them.
+
+Every report is tokenised with one separator token per sentence, and `sentence_positions` (the
+separators' indices) is the one source of sentence positions for the local alignment.
 Zero-shot class prompts need no images: `processor(text=reports.zero_shot_prompts("density"))`.
+
+The token budget `max_length` is saved with the processor (`save_pretrained`), so a model trained
+with a longer budget is evaluated with it.
 
 >>> import numpy as np
 >>> from modeling_mama.image_processing_mama import MamaImageProcessor
@@ -29,6 +41,9 @@ Zero-shot class prompts need no images: `processor(text=reports.zero_shot_prompt
 >>> inputs = processor(images=[image, image], reports=fields)
 >>> tuple(inputs["pixel_values"].shape), inputs["sentence_mask"].sum(dim=1).tolist()
 ((2, 3, 28, 28), [7, 6])
+>>> clip_style = processor(text=["The breast is extremely dense.", "The breast is almost entirely fat."], images=image)
+>>> tuple(clip_style["pixel_values"].shape), tuple(clip_style["input_ids"].shape)[0]
+((1, 3, 28, 28), 2)
 """
 
 from __future__ import annotations
@@ -41,9 +56,10 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .reports import DATASET_COLUMNS, ReportFields, build_report
-from .tokenization import DEFAULT_MAX_LENGTH, batch_tokenize_reports, split_sentences
+from .tokenization import DEFAULT_MAX_LENGTH, TRUNCATION_MODES, batch_tokenize_reports, split_sentences
 
 TEXT_INPUT_NAMES = ["input_ids", "attention_mask", "sentence_positions", "sentence_mask"]
+TILE_INPUT_NAMES = ["tile_pixel_values", "tile_mask"]
 PADDING_MODES = (True, "longest", "max_length")
 
 
@@ -55,14 +71,16 @@ class MamaProcessor(ProcessorMixin):
         image_processor: a `MamaImageProcessor`.
         tokenizer: a tokenizer with bos, eos, pad and sentence-separator tokens
             (`tokenization.add_special_tokens` adds them).
-        max_length: the token budget of a report (paper: 144; the RSNA prompts: 72). A longer report
-            raises unless called with `truncation="warn"`.
+        max_length: the token budget of a report (paper: 144; the RSNA prompts: 72), saved with the
+            processor. A longer report raises unless called with `truncation="warn"`.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, max_length: int = DEFAULT_MAX_LENGTH, **kwargs):
         if image_processor is None or tokenizer is None:
             raise ValueError("MamaProcessor needs both an image_processor (MamaImageProcessor) and a tokenizer.")
         super().__init__(image_processor, tokenizer, **kwargs)
+        if isinstance(max_length, bool) or int(max_length) != max_length or max_length < 4:
+            raise ValueError(f"max_length must be a whole number of tokens >= 4, got {max_length!r}.")
         self.max_length = int(max_length)
 
     def __call__(
@@ -82,20 +100,22 @@ class MamaProcessor(ProcessorMixin):
         return_tensors: str | None = "pt",
         **image_kwargs,
     ) -> BatchFeature:
-        """Process images and / or reports (give `text` or `reports`, not both).
+        """Process images and / or texts (give `text` or `reports`, not both).
 
         Args:
             images: anything `MamaImageProcessor` takes (DICOM paths, pydicom datasets, arrays, PIL
-                images; one or a list). `image_kwargs` (e.g. `laterality=`, `augment=`) go to it.
-            text: a string, a list of strings, or a list of sentence lists (see the module docstring).
-            reports: `ReportFields` or mappings, one or a list.
+                images; one or a list). `image_kwargs` (e.g. `laterality=`, `augment=`, `mode=`,
+                `do_orient=`) go to it.
+            text: texts independent of the images (prompts, CLIP-style): a string, a list of strings,
+                or a list of sentence lists (see the module docstring).
+            reports: one report per image: `ReportFields`, mappings or sentence lists, one or a list.
             is_split_into_sentences: `text` is ONE report given as its list of sentences.
             report_columns: how mappings in `reports` are read (`reports.ReportFields.from_mapping`);
                 default `reports.DATASET_COLUMNS`, the converted datasets' columns.
             mask_prob, generator: metadata masking of `reports` (training; see `reports.build_report`).
             max_length: token budget (default: `self.max_length`).
             truncation: "error" (default) raises on a report longer than `max_length`; "warn" drops
-                its last whole sentences and warns.
+                its last whole sentences and warns (never cuts mid-sentence).
             padding: True / "longest" pads to the longest report, "max_length" to `max_length`.
             pad_to_multiple_of: round the padded length up to a multiple of this.
             return_tensors: "pt" (default) or "np".
@@ -112,6 +132,8 @@ class MamaProcessor(ProcessorMixin):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}.")
+        if truncation not in TRUNCATION_MODES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}.")
 
         if images is None and image_kwargs:
             raise TypeError(f"Unexpected argument(s) {sorted(image_kwargs)} (image options need images).")
@@ -127,9 +149,10 @@ class MamaProcessor(ProcessorMixin):
         if images is not None:
             data.update(self.image_processor(images, return_tensors="pt", **image_kwargs))
         if sentence_lists is not None:
-            if images is not None and len(sentence_lists) != len(data["pixel_values"]):
+            if reports is not None and images is not None and len(sentence_lists) != len(data["pixel_values"]):
                 raise ValueError(f"Got {len(data['pixel_values'])} images but {len(sentence_lists)} reports; "
-                                 f"give one report per image.")
+                                 f"reports= pairs one report with each image (use text= for prompts that "
+                                 f"every image is scored against).")
             max_length = self.max_length if max_length is None else int(max_length)
             if padding == "max_length":
                 pad_to_multiple_of = max_length  # every report fits in max_length, so this pads to it exactly
@@ -141,20 +164,26 @@ class MamaProcessor(ProcessorMixin):
 
     def build_reports(self, reports, *, report_columns: Mapping[str, Any] | None = None, mask_prob: float = 0.0,
                       generator=None) -> list[list[str]]:
-        """The sentence lists of `reports` (`ReportFields` or mappings, one or a list)."""
+        """The sentence lists of `reports` (`ReportFields`, mappings or sentence lists; one or a list).
+        Sentence lists are taken as they are (masking applies to fields only)."""
         if isinstance(reports, (ReportFields, Mapping)):
             reports = [reports]
         if isinstance(reports, str) or not isinstance(reports, Sequence) or not reports:
-            raise TypeError("reports= takes ReportFields or mappings (one, or a non-empty list); for text use text=.")
+            raise TypeError("reports= takes ReportFields, mappings or sentence lists (one, or a non-empty list); "
+                            "for running text use text=.")
         if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
             generator = np.random.default_rng(int(generator))  # one stream for the batch, not one seed per report
         columns = DATASET_COLUMNS if report_columns is None else report_columns
         sentence_lists = []
         for index, report in enumerate(reports):
+            if _is_sentence_list(report):
+                sentence_lists.append(list(report))
+                continue
             if isinstance(report, Mapping):
                 report = ReportFields.from_mapping(report, columns)
             elif not isinstance(report, ReportFields):
-                raise TypeError(f"reports[{index}] is a {type(report).__name__}; expected ReportFields or a mapping.")
+                raise TypeError(f"reports[{index}] is a {type(report).__name__}; expected ReportFields, a mapping "
+                                f"or a list of sentences.")
             sentence_lists.append(build_report(report, mask_prob=mask_prob, generator=generator))
         return sentence_lists
 
@@ -172,16 +201,36 @@ class MamaProcessor(ProcessorMixin):
         for index, report in enumerate(text):
             if isinstance(report, str):
                 sentence_lists.append(split_sentences(report))
-            elif isinstance(report, Sequence) and all(isinstance(sentence, str) for sentence in report):
+            elif _is_sentence_list(report):
                 sentence_lists.append(list(report))
             else:
                 raise TypeError(f"text[{index}] is a {type(report).__name__}; "
                                 f"expected a string or a list of sentences.")
         return sentence_lists
 
+    @classmethod
+    def from_args_and_dict(cls, args, processor_dict: dict[str, Any], **kwargs):
+        # ProcessorMixin drops the saved `auto_map` (the image processor keeps its own): keep it, so a
+        # loaded processor's `to_dict()` equals the saved one's.
+        loaded = super().from_args_and_dict(args, processor_dict, **kwargs)
+        processor = loaded[0] if isinstance(loaded, tuple) else loaded
+        if "auto_map" in processor_dict:
+            processor.auto_map = processor_dict["auto_map"]
+        return loaded
+
     @property
     def model_input_names(self) -> list[str]:
-        return list(self.image_processor.model_input_names) + TEXT_INPUT_NAMES
+        """What `MamaModel.forward` takes from this processor: the image inputs (with the tile inputs in
+        tiles mode) and the text inputs."""
+        names = list(self.image_processor.model_input_names)
+        if getattr(self.image_processor, "mode", "global") == "tiles":
+            names += TILE_INPUT_NAMES
+        return names + TEXT_INPUT_NAMES
 
 
-__all__ = ["MamaProcessor", "TEXT_INPUT_NAMES"]
+def _is_sentence_list(value) -> bool:
+    return (isinstance(value, Sequence) and not isinstance(value, str)
+            and all(isinstance(sentence, str) for sentence in value))
+
+
+__all__ = ["MamaProcessor", "TEXT_INPUT_NAMES", "TILE_INPUT_NAMES"]

@@ -171,6 +171,38 @@ def test_resize_long_side_and_uint16():
     assert common.to_uint16(np.array([-0.1, 0.0, 0.5, 1.0, 1.2])).tolist() == [0, 0, 32768, 65535, 65535]
 
 
+def test_largest_reduction():
+    sizes = (0, 2000, 1664, 1663, 1024, 832, 512)
+    assert [common.largest_reduction(3328, size) for size in sizes] == [0, 0, 1, 1, 1, 2, 2]
+    assert common.largest_reduction(1955, 245) == 3  # ceil(1955 / 8) = 245
+
+
+def test_reduced_decode_stores_the_image_a_full_decode_stores(tmp_path):
+    """JPEG 2000 files are decoded at the largest reduction whose breast crop is still at least
+    `image_size` long; the stored image then has the full decode's size and, within a stated
+    tolerance, its values (the two paths low-pass the image differently: wavelet + Lanczos vs Lanczos)."""
+    from dicom_factory import breast_pixels, write_mammogram
+
+    pixels = breast_pixels(512, 416, laterality="R", seed=4)
+    path = write_mammogram(tmp_path / "j2k.dcm", pixels, transfer_syntax="jpeg2000_lossless", laterality="R",
+                           window=(2000.0, 3000.0))
+    native, laterality, reduction = common.preprocess_image(path, laterality=None, image_size=0)
+    assert (laterality, reduction) == ("R", 0) and native.shape[0] < 512  # cropped, never resized
+    crop_side = max(native.shape)
+    # (fraction of the crop's side stored, expected reduction, tolerated mean difference; the reference
+    # is quantised twice, hence 1e-4 at full resolution): at 2**-2 of a
+    # 430-pixel crop (86 pixels) the two crops can differ by a pixel, which dominates the difference.
+    for fraction, expected, tolerance in ((0.8, 0, 1e-4), (0.4, 1, 0.006), (0.2, 2, 0.03)):
+        image_size = int(fraction * crop_side)
+        stored, _, reduction = common.preprocess_image(path, laterality="R", image_size=image_size)
+        full = common.to_uint16(common.resize_long_side(native.astype(np.float32) / 65535, image_size))
+        assert reduction == expected
+        assert max(stored.shape) == image_size and abs(stored.shape[1] - full.shape[1]) <= 1
+        width = min(stored.shape[1], full.shape[1])
+        difference = np.abs(stored[:, :width].astype(np.float64) - full[:, :width]) / 65535
+        assert difference.mean() <= tolerance and np.median(difference) <= tolerance / 2
+
+
 # ----------------------------------------------------------------------------------------------
 # EMBED from hand-built tables (joins, labels, quirks), no images needed
 # ----------------------------------------------------------------------------------------------
@@ -586,6 +618,22 @@ def test_reconverting_replaces_the_dataset(rsna_root, tmp_path):
     assert_same_dataset(convert_rsna(rsna_root, out, image_size=64, seed=1, progress=False), second)
 
 
+def test_image_size_zero_keeps_the_native_size_and_the_summary_says_how_images_were_decoded(rsna_root, tmp_path):
+    rsna = load_script("data_scripts/rsna.py")
+    out = tmp_path / "native"
+    assert rsna.main(["--root", str(rsna_root), "--out", str(out), "--image-size", "0", "--no-progress"]) == 0
+    summary = json.loads((out / "conversion.json").read_text())
+    assert (summary["image_size"], summary["stored_size"]) == (0, "native")
+    converted = datasets.load_from_disk(str(out))
+    assert summary["decode_reductions"] == {"0": sum(len(split) for split in converted.values())}
+    sides = [max(image.size) for split in converted.values() for image in split["image"]]
+    assert max(sides) > 64 and max(sides) <= max(IMAGE_SIZE)
+    # At 32 pixels the JPEG 2000 files of the look-alike (128 x 104) are decoded at reduced size.
+    small = convert_rsna(rsna_root, tmp_path / "small", image_size=32, progress=False)
+    reductions = json.loads((tmp_path / "small" / "conversion.json").read_text())["decode_reductions"]
+    assert reductions.get("0", 0) < sum(reductions.values()) == sum(len(split) for split in small.values())
+
+
 def test_two_workers_give_the_same_dataset(rsna_root, tmp_path):
     one = convert_rsna(rsna_root, tmp_path / "one", image_size=64, workers=1, progress=False)
     two = convert_rsna(rsna_root, tmp_path / "two", image_size=64, workers=2, progress=False)
@@ -631,3 +679,62 @@ def test_killed_run_resumes_to_an_identical_dataset(embed_root, embed_converted,
     assert len(calls) == total - cached  # cached images are not decoded again
     assert_same_dataset(resumed, reference)
     assert read_failures(out) == read_failures(reference_out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shards across machines
+# ----------------------------------------------------------------------------------------------
+
+
+def test_shards_hold_each_patient_once_and_merge_into_the_single_run(embed_root, embed_converted, tmp_path):
+    """3 shards + merge = one run: same rows in the same order, same splits (test_balanced
+    included), same image bytes, same failures file."""
+    embed, merge = load_script("data_scripts/embed.py"), load_script("data_scripts/merge.py")
+    single_out, single = embed_converted
+    shards = []
+    for index in range(3):
+        out = tmp_path / f"shard{index}"
+        assert embed.main(["--root", str(embed_root), "--out", str(out), "--image-size", "64", "--seed", "5",
+                           "--num-shards", "3", "--shard-index", str(index), "--no-progress"]) == 0
+        shards.append(out)
+    patients = [{row["patient_id"] for split in datasets.load_from_disk(str(out)).values() for row in
+                 split.remove_columns("image")} for out in shards]
+    assert sum(len(group) for group in patients) == len(set().union(*patients)) and all(patients)
+    assert "test_balanced" not in datasets.load_from_disk(str(shards[0]))
+
+    merged_out = tmp_path / "merged"
+    assert merge.main(["--shards", *map(str, reversed(shards)), "--out", str(merged_out), "--no-progress"]) == 0
+    merged = datasets.load_from_disk(str(merged_out))
+    assert_same_dataset(merged, single)
+    assert read_failures(merged_out) == read_failures(single_out)
+    summary, single_summary = (json.loads((out / "conversion.json").read_text()) for out in (merged_out, single_out))
+    assert summary["rows"] == single_summary["rows"] and summary["failures"] == single_summary["failures"]
+    assert summary["failure_reasons"] == single_summary["failure_reasons"]
+    assert not (merged_out / common.SHARD_FILE).exists()
+
+
+def test_merge_refuses_incomplete_or_mixed_shards(rsna_root, tmp_path, capsys):
+    from modeling_mama.data.converters import merge
+
+    merge_script = load_script("data_scripts/merge.py")
+
+    def shard(index, seed=0, count=2):
+        out = tmp_path / f"s{index}-{seed}-{count}"
+        convert_rsna(rsna_root, out, image_size=32, seed=seed, progress=False, shard=common.Shard(count, index))
+        return out
+
+    first, second = shard(0), shard(1)
+    with pytest.raises(ConverterError, match="the 2 shards 0..1 of one conversion"):
+        merge.merge_shards([first], tmp_path / "merged")
+    with pytest.raises(ConverterError, match="seed = 1"):
+        merge.merge_shards([first, shard(1, seed=1)], tmp_path / "merged")
+    single = tmp_path / "single"
+    convert_rsna(rsna_root, single, image_size=32, progress=False)
+    with pytest.raises(ConverterError, match="shard.json is missing"):
+        merge.merge_shards([first, single], tmp_path / "merged")
+    with pytest.raises(ConverterError, match="--shard-index 2 must be between 0 and --num-shards - 1 = 1"):
+        common.Shard(2, 2)
+    assert merge_script.main(["--shards", str(first), str(second), "--out", str(first)]) == 2
+    assert "is one of the shards" in capsys.readouterr().err
+    assert_same_dataset(merge.merge_shards([first, second], tmp_path / "merged", progress=False),
+                        datasets.load_from_disk(str(single)))

@@ -384,3 +384,115 @@ def test_dataset_without_a_file_is_named_by_its_uid():
     ds = mammogram_dataset(sop_instance_uid="1.2.826.0.1.99", window=(100, 50), voi_function="FANCY")
     with pytest.raises(DicomError, match=r"^<pydicom Dataset SOPInstanceUID=1.2.826.0.1.99>: VOILUTFunction"):
         read_dicom(ds)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reduced-resolution JPEG 2000 decoding
+# ----------------------------------------------------------------------------------------------
+
+
+def low_pass_53(stored: np.ndarray, levels: int) -> np.ndarray:
+    """The LL band of `levels` levels of JPEG 2000's reversible 5/3 wavelet (ISO/IEC 15444-1 F.4.8.2:
+    integer lifting, symmetric extension, vertical then horizontal), computed here from the full image."""
+
+    def low(values: np.ndarray, axis: int) -> np.ndarray:
+        values = np.moveaxis(values, axis, 0)
+        length = values.shape[0]
+        padded = np.pad(values, [(2, 2)] + [(0, 0)] * (values.ndim - 1), mode="reflect")
+        odd = np.arange(-1, length + 1, 2)
+        high = padded[odd + 2] - ((padded[odd + 1] + padded[odd + 3]) >> 1)
+        index = np.arange(0, length, 2) // 2
+        return np.moveaxis(padded[2 * index + 2] + ((high[index] + high[index + 1] + 2) >> 2), 0, axis)
+
+    values = stored.astype(np.int64)
+    for _ in range(levels):
+        values = low(low(values, 0), 1)
+    return values
+
+
+def signed_jpeg2000(tmp_path, pixels: np.ndarray, bits: int = 12):
+    """A JPEG 2000 MG file with PixelRepresentation 1 (stored = value - 2**(bits - 1))."""
+    ds = mammogram_dataset(pixels, bits_stored=bits, window=(0.0, 3000.0))
+    offset = 2 ** (bits - 1)
+    ds.PixelRepresentation = 1
+    signed = (pixels.astype(np.int32) - offset).astype(np.int16)
+    ds.PixelData = signed.tobytes()
+    ds.compress(JPEG2000Lossless, signed)
+    return write_dataset(ds, tmp_path / "signed.dcm")
+
+
+@pytest.mark.parametrize("bits, photometric, rows, cols", [
+    (12, "MONOCHROME2", 203, 139),  # odd sizes: JPEG 2000 rounds the reduced size up
+    (14, "MONOCHROME1", 160, 128),
+    (16, "MONOCHROME2", 150, 131),
+])
+def test_reduced_jpeg2000_is_the_codestream_low_pass_of_the_full_decode(tmp_path, bits, photometric, rows, cols):
+    """Reduced decodes equal the wavelet low pass of pydicom's full decode exactly: same value scale
+    (Pillow's rescaling of 12 / 14-bit samples to 16 bits is undone) and same calibration."""
+    pixels = breast_pixels(rows, cols, bits_stored=bits, seed=bits)
+    path = write_mammogram(tmp_path / "j2k.dcm", pixels, transfer_syntax="jpeg2000_lossless", bits_stored=bits,
+                           photometric=photometric, window=(0.5 * 2**bits, 0.7 * 2**bits), rescale=(1.0, -10.0))
+    full = read_dicom(path)
+    reference = pydicom.dcmread(path).pixel_array
+    assert full.reduction == 0 and full.native_shape == (rows, cols)
+    for reduce in (1, 2):
+        image = read_dicom(path, reduce=reduce)
+        assert image.reduction == reduce
+        assert image.shape == (-(-rows // 2**reduce), -(-cols // 2**reduce))
+        assert image.stored_pixels.dtype == reference.dtype
+        expected = np.clip(low_pass_53(reference, reduce), 0, 2**bits - 1)
+        assert np.array_equal(image.stored_pixels, expected)
+        probe = np.arange(0, 2**bits, 7, dtype=np.uint16)
+        assert np.array_equal(image.calibrate(probe), full.calibrate(probe))
+        assert (image.laterality, image.view_position, image.native_shape) == ("L", "CC", (rows, cols))
+
+
+def test_reduced_jpeg2000_signed_pixels_match_pydicom(tmp_path):
+    pixels = breast_pixels(120, 96, seed=3)
+    path = signed_jpeg2000(tmp_path, pixels)
+    reference = pydicom.dcmread(path).pixel_array
+    assert reference.dtype == np.int16 and reference.min() < 0
+    image = read_dicom(path, reduce=1)
+    assert image.reduction == 1 and image.stored_pixels.dtype == np.int16
+    assert np.array_equal(image.stored_pixels, np.clip(low_pass_53(reference, 1), -2048, 2047))
+
+
+def test_reduced_lossy_jpeg2000_is_close_to_block_means(tmp_path):
+    pixels = breast_pixels(256, 192, seed=5)
+    path = write_mammogram(tmp_path / "lossy.dcm", pixels, transfer_syntax="jpeg2000", window=(2000.0, 3000.0))
+    full, image = read_dicom(path), read_dicom(path, reduce=1)
+    assert image.reduction == 1 and image.shape == (128, 96)
+    means = full.pixels.reshape(128, 2, 96, 2).mean(axis=(1, 3))
+    difference = np.abs(image.pixels - means)
+    # The wavelet's low pass is centred on the even samples, half a pixel from the block means: they
+    # differ on sharp edges (skin line, marker) only.
+    assert difference.mean() < 0.01 and np.median(difference) < 0.002 and np.percentile(difference, 99) < 0.1
+
+
+def test_reduce_is_capped_by_the_codestream_and_ignored_where_it_cannot_apply(tmp_path):
+    pixels = breast_pixels(96, 64, seed=1)
+    j2k = write_mammogram(tmp_path / "j2k.dcm", pixels, transfer_syntax="jpeg2000_lossless", window=(2000.0, 3000.0))
+    image = read_dicom(j2k, reduce=30)
+    assert 1 <= image.reduction < 30
+    assert image.shape == (-(-96 // 2**image.reduction), -(-64 // 2**image.reduction))
+    # RLE has no resolution levels; without a window the calibration needs the full image's range.
+    rle = write_mammogram(tmp_path / "rle.dcm", pixels, transfer_syntax="rle", window=(2000.0, 3000.0))
+    no_voi = write_mammogram(tmp_path / "minmax.dcm", pixels, transfer_syntax="jpeg2000_lossless")
+    for path in (rle, no_voi):
+        image = read_dicom(path, reduce=2)
+        assert image.reduction == 0 and np.array_equal(image.pixels, read_dicom(path).pixels)
+    # 137 / 4 = 34.25: Pillow would allocate 34 columns for the 35 OpenJPEG decodes, so one level less.
+    odd = write_mammogram(tmp_path / "odd.dcm", breast_pixels(201, 137), transfer_syntax="jpeg2000_lossless",
+                          window=(2000.0, 3000.0))
+    assert read_dicom(odd, reduce=2).reduction == 1
+    with pytest.raises(ValueError, match="reduce=-1"):
+        read_dicom(j2k, reduce=-1)
+
+
+def test_threaded_full_decode_equals_pydicom(tmp_path):
+    pytest.importorskip("imagecodecs")
+    pixels = breast_pixels(120, 96, seed=2)
+    path = write_mammogram(tmp_path / "j2k.dcm", pixels, transfer_syntax="jpeg2000_lossless", window=(2000.0, 3000.0))
+    assert np.array_equal(read_dicom(path, decode_threads=2).stored_pixels, pydicom.dcmread(path).pixel_array)
+    signed = signed_jpeg2000(tmp_path, pixels)
+    assert np.array_equal(read_dicom(signed, decode_threads=2).stored_pixels, pydicom.dcmread(signed).pixel_array)

@@ -256,6 +256,29 @@ def test_finetune_trains_the_tower(tiny_mama, tiny_dataset, tmp_path):
     assert {"classifier.weight", "classifier.bias"} <= changed
 
 
+def test_gradient_accumulation_gives_the_same_update(tiny_mama, tiny_dataset, tmp_path):
+    """1 x batch 8 and 2 x batch 4 on the same 8 images make the same optimizer step: the Trainer divides
+    the classifier's mean loss by the accumulation steps (the model declares it ignores num_items_in_batch)."""
+    train = ClassificationDataset(load_from_disk(str(tiny_dataset))["train"], MamaImageProcessor(size=IMAGE_SIZE),
+                                  "density")
+    assert MamaForImageClassification.accepts_loss_kwargs is False
+    updated = {}
+    for batch, accumulation in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        model = build_classifier(tiny_mama, "density")
+        before = {name: value.detach().clone() for name, value in model.named_parameters()}
+        # The sampler's draws depend on the seed only: both runs see the same 8 images in the same order.
+        args = _training_args(tmp_path / f"{batch}x{accumulation}", max_steps=1, per_device_train_batch_size=batch,
+                              gradient_accumulation_steps=accumulation, weight_decay=0.0, optim_args="momentum=0.0")
+        trainer = BalancedTrainer(model=model, args=args, train_dataset=train)
+        assert trainer.model_accepts_loss_kwargs is False
+        trainer.train()
+        updated[batch] = {name: value.detach() - before[name] for name, value in model.named_parameters()}
+    assert updated[8]["classifier.weight"].abs().sum() > 0
+    for name, step in updated[8].items():
+        torch.testing.assert_close(updated[4][name], step, rtol=1e-4, atol=1e-7, msg=name)
+
+
 def test_build_classifier_pretrained_and_random(tiny_mama):
     pretrained_tower = MamaModel.from_pretrained(tiny_mama).vision_model.state_dict()
     classifier = build_classifier(tiny_mama, "birads")

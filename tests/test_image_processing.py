@@ -271,7 +271,7 @@ def test_tiles_are_full_resolution_pieces_of_the_source(tmp_path):
     for laterality in "LR":
         stored = breast_pixels(150, 120, laterality=laterality, bits_stored=16, seed=8)  # breast about 126x86
         unit = to_unit_range(stored)
-        out = processor(stored)
+        out = processor(stored, return_geometry=True)
         rows, cols = 4, 3
         assert out["tile_pixel_values"].shape == (1, rows * cols, 3, 40, 40)
         assert out["tile_mask"].shape == (1, rows * cols) and out["tile_mask"].dtype == torch.bool
@@ -299,7 +299,7 @@ def test_tiles_outside_the_breast_are_masked():
     pixels = np.zeros((128, 128), dtype=np.float32)
     pixels[:, :64] = 0.8
     pixels[:64, 64:] = 0.8  # an L-shaped breast: the bottom-right tile is background
-    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 3])(pixels)
+    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 3])(pixels, return_geometry=True)
     assert out["tile_mask"][0].tolist() == [True, True, False, True, False, False, False, False, False]
     assert out["tile_boxes"][0, 4].tolist() == [64, 64, 128, 128]  # present (a box) but masked
     assert out["tile_boxes"][0, 2].tolist() == [0, 0, 0, 0]        # beyond the breast: absent
@@ -308,7 +308,7 @@ def test_tiles_outside_the_breast_are_masked():
 def test_a_large_breast_is_scaled_to_fit_the_grid():
     pixels = np.zeros((400, 120), dtype=np.float32)
     pixels[:, :100] = 0.7  # a 400x100 breast, grid 2x2 of 64: scale 128 / 400 = 0.32
-    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[2, 2])(pixels)
+    out = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[2, 2])(pixels, return_geometry=True)
     assert out["tile_mask"][0].tolist() == [True, False, True, False]
     torch.testing.assert_close(out["tile_boxes"][0], torch.tensor(
         [[0, 0, 100, 200], [0, 0, 0, 0], [0, 200, 100, 400], [0, 0, 0, 0]], dtype=torch.float32))
@@ -316,13 +316,99 @@ def test_a_large_breast_is_scaled_to_fit_the_grid():
 
 def test_tile_count_is_constant_across_a_batch():
     processor = MamaImageProcessor(mode="tiles", size=32, tile_size=32, tile_grid=[3, 2])
-    out = processor([breast_pixels(200, 150, seed=1), breast_pixels(60, 40, seed=2, laterality="R")])
+    images = [breast_pixels(200, 150, seed=1), breast_pixels(60, 40, seed=2, laterality="R")]
+    out = processor(images)
+    # The default outputs are model inputs only; the boxes are geometry, asked for separately.
+    assert sorted(out) == ["pixel_values", "tile_mask", "tile_pixel_values"]
     assert out["pixel_values"].shape == (2, 3, 32, 32)
     assert out["tile_pixel_values"].shape == (2, 6, 3, 32, 32)
-    assert out["tile_mask"].shape == (2, 6) and out["tile_boxes"].shape == (2, 6, 4)
+    assert out["tile_mask"].shape == (2, 6) and processor(images, return_geometry=True)["tile_boxes"].shape == (2, 6, 4)
     assert out["tile_mask"][0].sum() > out["tile_mask"][1].sum() >= 1
     global_only = MamaImageProcessor(size=32)([breast_pixels(200, 150, seed=1)])["pixel_values"]
     torch.testing.assert_close(out["pixel_values"][:1], global_only, atol=0, rtol=0)
+
+
+def l_shaped_breast():
+    """A 192x128 L-shaped breast (chest wall left): 5 of the 3x2 grid of 64-pixel tiles hold breast."""
+    pixels = np.zeros((192, 128), dtype=np.float32)
+    pixels[:, :64] = 0.8
+    pixels[:128, 64:] = 0.8
+    return pixels * np.linspace(1.0, 0.9, 128, dtype=np.float32)[None, :]  # no tile is mirror-symmetric
+
+
+def test_training_tiles_hold_breast_and_respect_the_cap():
+    processor = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 2], max_tiles=3,
+                                   do_normalize=False)
+    pixels = l_shaped_breast()
+    out = processor(pixels, sample_tiles=True, seed=0, return_geometry=True)
+    assert out["tile_pixel_values"].shape == (1, 3, 3, 64, 64) and out["tile_mask"][0].tolist() == [True] * 3
+    boxes = out["tile_boxes"][0]
+    assert len({tuple(box.tolist()) for box in boxes}) == 3  # distinct tiles
+    for tile, box in zip(out["tile_pixel_values"][0, :, 0], boxes):
+        left, top, right, bottom = (int(v) for v in box.tolist())
+        assert (right - left, bottom - top) == (64, 64)  # full resolution, inside the image
+        torch.testing.assert_close(tile, torch.from_numpy(pixels[top:bottom, left:right]))
+        assert (tile > 0).float().mean() >= processor.min_tile_foreground  # holds breast
+    # Reproducible with a seed; another seed draws other tiles or shifts.
+    again = processor(pixels, sample_tiles=True, seed=0, return_geometry=True)
+    assert torch.equal(again["tile_boxes"], out["tile_boxes"])
+    draws = {tuple(processor(pixels, sample_tiles=True, seed=seed, return_geometry=True)["tile_boxes"][0, 0].tolist())
+             for seed in range(8)}
+    assert len(draws) > 2
+    # Evaluation: every grid tile, max_tiles or not (T = rows * cols, the bottom-right one masked).
+    evaluation = processor(pixels)
+    assert evaluation["tile_mask"][0].tolist() == [True, True, True, True, True, False]
+    assert "tile_boxes" not in evaluation  # geometry only when asked: the model does not take it
+
+
+def test_a_small_breast_gives_fewer_training_tiles_and_a_blank_one_still_one():
+    processor = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 3], max_tiles=4)
+    small = np.zeros((100, 100), dtype=np.float32)
+    small[10:90, :60] = 0.8  # fits in 2 tiles
+    out = processor(small, augment=True, seed=1)
+    assert out["tile_mask"][0].tolist() == [True, True, False, False]
+    assert torch.all(out["tile_pixel_values"][0, 2:] == 0)  # padded slots are zeros
+    speck = np.zeros((200, 200), dtype=np.float32)
+    speck[100:104, 100:104] = 0.8  # no tile holds 5% breast
+    out = processor(speck, augment=True, seed=1)
+    assert out["tile_mask"][0].tolist() == [True, False, False, False]  # SLA needs at least one tile per image
+    assert processor(speck)["tile_mask"][0].sum() == 0  # evaluation: masked as usual
+
+
+def test_tile_augmentation_keeps_tiles_at_their_scale():
+    flip_only = {"crop_scale": [1.0, 1.0], "horizontal_flip_p": 1.0, "vertical_flip_p": 0.0, "color_jitter_p": 0.0,
+                 "grayscale_p": 0.0, "blur_p": 0.0}
+    processor = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 2], max_tiles=2,
+                                   augmentation=flip_only)
+    pixels = l_shaped_breast()
+    out = processor(pixels, augment=True, seed=3, return_geometry=True)
+    for tile, box in zip(out["tile_pixel_values"][0], out["tile_boxes"][0]):
+        left, top, right, bottom = (int(v) for v in box.tolist())
+        expected = (torch.from_numpy(pixels[top:bottom, left:right]).flip(-1) - 0.5) / 0.5
+        torch.testing.assert_close(tile, expected.expand(3, -1, -1))  # flipped, never cropped or resized
+    jitter = MamaImageProcessor(mode="tiles", size=32, tile_size=64, tile_grid=[3, 2], max_tiles=2,
+                                augmentation={"color_jitter_p": 1.0, "horizontal_flip_p": 0.0, "vertical_flip_p": 0.0,
+                                              "blur_p": 0.0, "grayscale_p": 0.0})
+    jittered = jitter(pixels, augment=True, seed=3, return_geometry=True)
+    assert jittered["tile_pixel_values"].shape == (1, 2, 3, 64, 64)
+    for tile, box in zip(jittered["tile_pixel_values"][0, :, 0], jittered["tile_boxes"][0]):
+        left, top, right, bottom = (int(v) for v in box.tolist())
+        source = (torch.from_numpy(pixels[top:bottom, left:right]) - 0.5) / 0.5
+        assert not torch.allclose(tile, source, atol=1e-3)  # other intensities...
+        correlation = torch.corrcoef(torch.stack([tile.flatten(), source.flatten()]))[0, 1]
+        assert correlation > 0.95  # ...at the same place
+
+
+def test_augmentation_is_built_once_per_process():
+    from modeling_mama.image_processing_mama import _cached_transform
+
+    processor = MamaImageProcessor(size=24, augmentation={"blur_p": 0.1})
+    _cached_transform.cache_clear()
+    for seed in range(5):
+        processor(breast_pixels(80, 60, seed=seed), augment=True, seed=seed)
+    assert _cached_transform.cache_info().misses == 1 and _cached_transform.cache_info().hits == 4
+    assert processor.train_transform() is processor.train_transform()
+    assert "transform" not in str(processor.to_dict())  # nothing cached in the saved configuration
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +430,16 @@ def test_augmentation_is_the_paper_recipe():
     assert blur.p == 0.4 and gaussian.kernel_size == (7, 7) and gaussian.sigma == [0.1, 2.0]
     assert isinstance(normalize, v2.Normalize) and normalize.mean == [0.5] * 3 and normalize.std == [0.5] * 3
     assert PAPER_AUGMENTATION["crop_scale"] == [0.1, 1.0]
+
+
+def test_augmentation_runs_on_one_channel_as_the_recipe_would_on_three():
+    transform = MamaTrainTransform(size=(40, 40), augmentation={"color_jitter_p": 1.0, "blur_p": 1.0})
+    image = torch.rand(1, 90, 70)
+    for seed in range(10):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            recipe = transform.transform(image.repeat(3, 1, 1))  # torchvision's chain on three equal channels
+        torch.testing.assert_close(transform.augment(image, seed=seed), recipe, atol=2e-3, rtol=0)
 
 
 def test_augmentation_on_a_cropped_16_bit_png_is_seedable(tmp_path):
@@ -380,8 +476,6 @@ def test_preprocess_augment_uses_the_train_transform():
     torch.testing.assert_close(processor([stored, stored], augment=True, seed=11)["pixel_values"], out)
     crop = crop_to_breast(orient_breast(to_unit_range(stored)))
     torch.testing.assert_close(out[0], processor.train_transform()(np.ascontiguousarray(crop), seed=11))
-    with pytest.raises(ValueError, match="augment=True is the paper's global-view augmentation"):
-        processor(stored, mode="tiles", augment=True)
 
 
 def test_train_transform_in_a_dataloader():

@@ -248,6 +248,30 @@ def test_lora_gets_gradients_with_checkpointing(use_reentrant):
     assert all(p.grad is None for p in frozen)
 
 
+def test_multiview_head_batch_norm_under_bf16_autocast():
+    """Under bf16 autocast (the paper's mixed precision) the multi-view head's BatchNorm keeps fp32
+    running statistics, and its outputs and statistics stay close to fp32. Stated tolerances (bf16
+    rounds to 2**-9 relative): output and running mean within 2% in norm (seen 0.6%), running
+    variance within 0.1% (seen 0.01%)."""
+    from modeling_mama.modeling_mama import MamaMultiViewHead
+
+    head = MamaMultiViewHead(32, 32, 32).train()
+    low = MamaMultiViewHead(32, 32, 32).train()
+    low.load_state_dict(head.state_dict())
+    features = torch.randn(16, 32)
+    expected = head(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = low(features)
+    assert output.dtype == torch.bfloat16  # autocast was really on
+    assert torch.isfinite(output).all()
+    assert (output.float() - expected).norm() <= 2e-2 * expected.norm()
+    for index in (1, 4):
+        norm, reference = low[index], head[index]
+        assert norm.running_mean.dtype == norm.running_var.dtype == torch.float32
+        assert (norm.running_mean - reference.running_mean).norm() <= 2e-2 * reference.running_mean.norm()
+        assert (norm.running_var - reference.running_var).norm() <= 1e-3 * reference.running_var.norm()
+
+
 def test_lora_starts_as_identity():
     model = tiny_model()
     for name, parameter in model.text_model.named_parameters():
@@ -281,6 +305,45 @@ def test_save_and_auto_load_round_trip_bit_exact(tmp_path):
     torch.testing.assert_close(model(**inputs).logits_per_image, loaded(**inputs).logits_per_image, rtol=0, atol=0)
     zero_shot = AutoModelForZeroShotImageClassification.from_pretrained(tmp_path)
     assert isinstance(zero_shot, MamaModel)
+
+
+def test_scales_are_vectors_in_memory_and_scalars_on_disk(tmp_path):
+    """FSDP2 cannot shard 0-dim parameters, so the scales are one-element vectors; checkpoints keep
+    CLIP's 0-dim layout, which folders saved before the change also have."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model()
+    assert model.logit_scale.shape == model.local_scale.shape == (1,)
+    assert model.clamped_scales()[0].shape == ()
+    with torch.no_grad():
+        model.logit_scale.fill_(2.5)
+    model.save_pretrained(tmp_path)
+    stored = load_file(tmp_path / "model.safetensors")
+    assert stored["logit_scale"].shape == stored["local_scale"].shape == ()
+    assert stored["logit_scale"].item() == 2.5
+    stored["logit_scale"] = torch.tensor(3.0)  # as an older folder would hold it
+    save_file(stored, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    reloaded = MamaModel.from_pretrained(tmp_path)
+    assert reloaded.logit_scale.shape == (1,) and reloaded.logit_scale.item() == 3.0
+
+
+def test_batch_norm_with_bf16_weights_and_fp32_statistics():
+    """What FSDP2 mixed precision hands a BatchNorm: bf16 weights, fp32 running statistics."""
+    from modeling_mama.modeling_mama import MamaBatchNorm1d
+
+    reference, mixed = MamaBatchNorm1d(8).train(), MamaBatchNorm1d(8).train()
+    with torch.no_grad():
+        reference.weight.normal_(), reference.bias.normal_()
+    mixed.load_state_dict(reference.state_dict())
+    mixed.weight.data, mixed.bias.data = mixed.weight.data.bfloat16(), mixed.bias.data.bfloat16()
+    features = torch.randn(16, 8)
+    expected = reference(features)
+    output = mixed(features.bfloat16())
+    assert output.dtype == torch.bfloat16 and mixed.running_mean.dtype == torch.float32
+    torch.testing.assert_close(output.float(), expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(mixed.running_mean, reference.running_mean, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(mixed.running_var, reference.running_var, rtol=1e-2, atol=1e-2)
+    assert mixed.num_batches_tracked.item() == reference.num_batches_tracked.item() == 1
 
 
 def test_image_classifier_from_mama_folder_keeps_image_tower(tmp_path):

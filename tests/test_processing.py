@@ -7,7 +7,7 @@ from transformers import AutoProcessor
 
 from modeling_mama import MamaConfig, MamaModel
 from modeling_mama.image_processing_mama import MamaImageProcessor
-from modeling_mama.processing_mama import MamaProcessor
+from modeling_mama.processing_mama import TEXT_INPUT_NAMES, MamaProcessor
 from modeling_mama.reports import ReportFields, build_report, zero_shot_prompts
 from modeling_mama.tokenization import batch_tokenize_reports, split_sentences, train_report_tokenizer
 
@@ -136,11 +136,11 @@ def test_user_errors(processor, tokenizer):
         processor()
     with pytest.raises(ValueError, match="either text= or reports=, not both"):
         processor(text="Negative.", reports=ReportFields())
-    with pytest.raises(ValueError, match="Got 2 images but 1 reports; give one report per image"):
-        processor(images=[breast(), breast()], text=["Overall Assessment: Negative."])
+    with pytest.raises(ValueError, match="Got 2 images but 1 reports; reports= pairs one report with each image"):
+        processor(images=[breast(), breast()], reports=[["Overall Assessment: Negative."]])
     with pytest.raises(TypeError, match=r"text\[0\] is a int"):
         processor(text=[3])
-    with pytest.raises(TypeError, match=r"reports\[1\] is a str"):
+    with pytest.raises(TypeError, match=r"reports\[1\] is a str; expected ReportFields, a mapping or a list"):
         processor(reports=[ReportFields(), "Negative."])
     with pytest.raises(TypeError, match=r"Unexpected argument\(s\) \['laterality'\]"):
         processor(text="Negative.", laterality="L")
@@ -169,3 +169,68 @@ def test_save_and_load_round_trip(processor, tmp_path):
         result = loaded(images=images, reports=fields)
         for key, value in expected.items():
             assert torch.equal(result[key], value), key
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLIP contract and transformers' processor contract
+
+
+def test_text_is_independent_of_the_images(processor, tokenizer):
+    image = breast(seed=5)
+    prompts = ["Breast composition: The breast is extremely dense.",
+               "Breast composition: The breast is almost entirely fat."]
+    inputs = processor(text=prompts, images=image)  # tried as a CLIP user would: N prompts x M images
+    assert inputs["pixel_values"].shape == (1, 3, SIZE, SIZE) and inputs["input_ids"].shape[0] == 2
+    assert torch.equal(inputs["pixel_values"], processor(images=image)["pixel_values"])
+    assert torch.equal(inputs["input_ids"], processor(text=prompts)["input_ids"])
+    config = MamaConfig.tiny(vocab_size=len(tokenizer), image_size=SIZE,
+                             sentence_separator_token_id=tokenizer.sep_token_id)
+    model = MamaModel(config).eval()
+    with torch.no_grad():
+        assert model(**inputs).logits_per_image.shape == (1, 2)
+        three = processor(text=prompts, images=[image, breast(seed=6), breast(seed=7)])
+        assert model(**three).logits_per_image.shape == (3, 2)
+
+
+def test_reports_take_fields_or_sentence_lists(processor):
+    fields = sample_fields(2, seed=11)
+    sentences = [build_report(f) for f in fields]
+    images = [breast(seed=1), breast(seed=2)]
+    from_fields = processor(images=images, reports=fields)
+    from_sentences = processor(images=images, reports=sentences)
+    for key, value in from_fields.items():
+        assert torch.equal(from_sentences[key], value), key
+    # The sentence positions are the separator tokens the processor wrote: one source for SLA.
+    ids, positions, mask = from_sentences["input_ids"], from_sentences["sentence_positions"], from_sentences["sentence_mask"]
+    assert (ids.gather(1, positions)[mask] == processor.tokenizer.sep_token_id).all()
+    assert ((ids == processor.tokenizer.sep_token_id).sum(dim=1) == mask.sum(dim=1)).all()
+
+
+def test_processor_contract(processor, tmp_path):
+    import json
+
+    # image-only and text-only calls give exactly their half
+    assert set(processor(images=breast())) == {"pixel_values"}
+    assert set(processor(text="Overall Assessment: Negative.")) == set(TEXT_INPUT_NAMES)
+    both = processor(images=breast(), reports=[ReportFields(birads=1)])
+    assert set(both) <= set(processor.model_input_names)
+    tiled = MamaProcessor(MamaImageProcessor(mode="tiles", size=28, tile_grid=[2, 2]), processor.tokenizer)
+    tiled_inputs = tiled(images=breast(120, 80), reports=[ReportFields(birads=1)])
+    assert set(tiled_inputs) == set(tiled.model_input_names)  # what MamaModel.forward takes, nothing more
+    # decode / batch_decode go to the tokenizer
+    text = processor(text=[["Overall Assessment: Negative."], ["Overall Assessment: Benign."]])
+    decoded = processor.batch_decode(text["input_ids"], skip_special_tokens=True)
+    assert [line.strip() for line in decoded] == ["Overall Assessment: Negative", "Overall Assessment: Benign"]
+    assert processor.decode(text["input_ids"][0], skip_special_tokens=True).strip() == decoded[0].strip()
+    # the token budget is part of the saved processor; from_pretrained kwargs override saved values
+    budget = MamaProcessor(processor.image_processor, processor.tokenizer, max_length=200)
+    assert json.loads(budget.to_json_string())["max_length"] == 200
+    budget.save_pretrained(tmp_path)
+    loaded = MamaProcessor.from_pretrained(tmp_path)
+    assert loaded.max_length == 200 and loaded.to_dict() == budget.to_dict()
+    assert repr(loaded.image_processor) == repr(budget.image_processor)
+    assert MamaProcessor.from_pretrained(tmp_path, max_length=100).max_length == 100
+    with pytest.raises(ValueError, match="max_length must be a whole number of tokens >= 4"):
+        MamaProcessor(processor.image_processor, processor.tokenizer, max_length=2)
+    with pytest.raises(ValueError, match="truncation must be one of"):
+        processor(text="Overall Assessment: Negative.", truncation="cut")

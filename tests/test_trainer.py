@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaTrainer
+from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaProcessor, MamaTrainer
 from modeling_mama import MamaTrainingArguments, MultiViewDataset
 from modeling_mama.training.trainer import retrieval_accuracy
 
@@ -22,14 +22,15 @@ def make_trainer(tiny_dataset, tokenizer, out_dir, *, late_loss_step=3, max_step
     torch.manual_seed(0)
     config = MamaConfig.tiny(vocab_size=len(tokenizer), sentence_separator_token_id=tokenizer.sep_token_id)
     model = MamaModel(config)
-    train = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=0)
+    processor = MamaProcessor(MamaImageProcessor(size=IMAGE), tokenizer)
+    train = MultiViewDataset(tiny_dataset, processor, seed=0)
     args = MamaTrainingArguments(
         output_dir=str(out_dir), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=2e-3,
         weight_decay=0.1, logging_steps=1, report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, disable_tqdm=True,
         late_loss_step=late_loss_step, **extra,
     )
-    return MamaTrainer(model=model, args=args, train_dataset=train, data_collator=MamaDataCollator(tokenizer))
+    return MamaTrainer(model=model, args=args, train_dataset=train, data_collator=MamaDataCollator(processor))
 
 
 def train_logs(trainer):
@@ -37,8 +38,9 @@ def train_logs(trainer):
 
 
 def test_collator_batches_views_and_reports(tiny_dataset, report_tokenizer):
-    dataset = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=0)
-    batch = MamaDataCollator(report_tokenizer)([dataset[i] for i in range(4)])
+    processor = MamaProcessor(MamaImageProcessor(size=IMAGE), report_tokenizer)
+    dataset = MultiViewDataset(tiny_dataset, processor, seed=0)
+    batch = MamaDataCollator(processor)([dataset[i] for i in range(4)])
     assert batch["pixel_values"].shape == batch["extra_pixel_values"].shape == (4, 3, IMAGE, IMAGE)
     ids, positions, mask = batch["input_ids"], batch["sentence_positions"], batch["sentence_mask"]
     assert ids.shape == batch["attention_mask"].shape and positions.shape == mask.shape
@@ -47,8 +49,8 @@ def test_collator_batches_views_and_reports(tiny_dataset, report_tokenizer):
     assert (mask.sum(dim=1) >= 8).all()
 
 
-def test_items_are_reproducible_per_epoch(tiny_dataset):
-    dataset = MultiViewDataset(tiny_dataset, MamaImageProcessor(size=IMAGE), seed=3)
+def test_items_are_reproducible_per_epoch(tiny_dataset, report_tokenizer):
+    dataset = MultiViewDataset(tiny_dataset, MamaProcessor(MamaImageProcessor(size=IMAGE), report_tokenizer), seed=3)
     first, again = dataset[5], dataset[5]
     assert torch.equal(first["pixel_values"], again["pixel_values"]) and first["report"] == again["report"]
     dataset.set_epoch(1)
@@ -57,6 +59,36 @@ def test_items_are_reproducible_per_epoch(tiny_dataset):
     # Masking is drawn per item: over the dataset, about 80% of the six metadata fields are "unknown".
     masked = sum(sentence.count("unknown") for i in range(len(dataset)) for sentence in dataset[i]["report"])
     assert 0.5 < masked / (6 * len(dataset)) < 1.0
+
+
+def test_tiled_training_run(tiny_dataset, report_tokenizer, tmp_path):
+    """Tiles + augmentation + SLA in one MamaTrainer run: SLA aligns the sentences with the tiles' patches."""
+    torch.manual_seed(0)
+    config = MamaConfig.tiny(vocab_size=len(report_tokenizer), sentence_separator_token_id=report_tokenizer.sep_token_id)
+    model = MamaModel(config)
+    processor = MamaProcessor(
+        MamaImageProcessor(mode="tiles", size=IMAGE, tile_size=28, tile_grid=[3, 2], max_tiles=2), report_tokenizer)
+    train = MultiViewDataset(tiny_dataset, processor, seed=0)  # augment=True: random tiles, augmented
+    encoded = []
+    original = model._run_vision_tower
+    model._run_vision_tower = lambda pixel_values, **kwargs: encoded.append(tuple(pixel_values.shape)) or original(
+        pixel_values, **kwargs)
+    args = MamaTrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=6, learning_rate=2e-3, logging_steps=1,
+        report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0, save_strategy="no", disable_tqdm=True,
+        late_loss_step=0,
+    )
+    trainer = MamaTrainer(model=model, args=args, train_dataset=train, data_collator=MamaDataCollator(processor))
+    before = model.patch_projection.fc1.weight.detach().clone()
+    trainer.train()
+    logs = train_logs(trainer)
+    assert [entry["step"] for entry in logs] == [1, 2, 3]
+    assert all(math.isfinite(entry["loss_local"]) and math.isfinite(entry["loss_multiview"]) for entry in logs)
+    # Per step: both views together, then the real tiles alone (1-2 per image, 28 px) for the local term.
+    views, tiles = encoded[0::2], encoded[1::2]
+    assert views == [(12, 3, IMAGE, IMAGE)] * 3
+    assert all(6 <= shape[0] <= 12 and shape[1:] == (3, 28, 28) for shape in tiles)
+    assert not torch.equal(before, model.patch_projection.fc1.weight)
 
 
 def test_retrieval_accuracy():
@@ -154,7 +186,9 @@ def _free_port() -> int:
         return handle.getsockname()[1]
 
 
-def test_two_process_ddp_run(tmp_path):
+def test_two_process_paper_path_in_miniature(tmp_path):
+    """`pretrain.py --preset paper` on 2 gloo processes with tiny towers: checkpointing on, bf16 autocast,
+    gradient accumulation 2, late terms from step 2 of 4, gather_with_grad, items without a second view."""
     worker = Path(__file__).with_name("_ddp_train_worker.py")
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -162,15 +196,60 @@ def test_two_process_ddp_run(tmp_path):
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     histories = [json.loads((tmp_path / f"history_rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert all(history["world_size"] == 2 for history in histories)
+    for history in histories:
+        assert history["world_size"] == 2 and history["mixed_precision"] == "bf16"
+        assert history["wrapper"] == "DistributedDataParallel" and history["find_unused_parameters"] is True
+        assert history["activation_checkpointing"]
+    # Some rank trained on a batch holding an item without a second view while the multi-view terms ran.
+    assert any(step >= 2 for history in histories for step in history["served_without_extra_view_at"])
+
     params = [torch.load(tmp_path / f"params_rank{rank}.pt") for rank in (0, 1)]
     for name in params[0]:
         assert torch.equal(params[0][name], params[1][name]), name
-    losses = [entry["loss"] for entry in histories[0]["log_history"] if "loss" in entry]
-    assert len(losses) == 10 and all(math.isfinite(loss) for loss in losses)
-    # CLIP alone for 2 steps, then all terms: compare like with like.
-    clip = [entry["loss_clip"] for entry in histories[0]["log_history"] if "loss_clip" in entry]
-    assert sum(clip[-3:]) < sum(clip[:3])
+    logs = [entry for entry in histories[0]["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4]
+    assert all(math.isfinite(entry["loss"]) for entry in logs)
+    assert [("loss_multiview" in entry) for entry in logs] == [False, False, True, True]
+
+    # The late heads: no gradient and no weight decay during optimizer steps 1-2, moving from step 3 on.
+    late_heads = torch.load(tmp_path / "late_heads_rank0.pt")
+    assert sorted(late_heads) == list(range(5))
+    for name, initial in late_heads[0].items():
+        for step in (1, 2):
+            assert torch.equal(late_heads[step][name], initial), (name, step)
+        for step in (3, 4):
+            assert not torch.equal(late_heads[step][name], late_heads[step - 1][name]), (name, step)
+
+
+def test_two_process_fsdp2_run_and_reload(tmp_path):
+    """examples/accelerate/fsdp.yaml's sharding on 2 gloo processes (torch FSDP2, as accelerate would apply it
+    on GPUs): bf16 parameters, checkpointed towers, late terms from step 2 of 4; the gathered model reloads."""
+    worker = Path(__file__).with_name("_fsdp_train_worker.py")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(worker), str(tmp_path)]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = json.loads((tmp_path / "fsdp_run.json").read_text())
+    assert run["world_size"] == 2 and run["parameter_types"] == ["DTensor"]
+    assert run["units"] == 4  # 2 DINOv2 layers + 2 GPT-2 blocks, then the root
+    every_term = ["clip", "local", "multiview", "symmetric_clip"]
+    assert [sorted(terms) for terms in run["losses"]] == [["clip"], ["clip"], every_term, every_term]
+    assert all(math.isfinite(value) for terms in run["losses"] for value in terms.values())
+
+    parameters = torch.load(tmp_path / "fsdp_parameters.pt")
+    initial, trained, late_heads = parameters["initial"], parameters["trained"], parameters["late_heads"]
+    assert not torch.equal(initial["visual_projection.weight"], trained["visual_projection.weight"])
+    for name in late_heads[0]:
+        assert torch.equal(late_heads[1][name], initial[name]) and torch.equal(late_heads[2][name], initial[name])
+        assert not torch.equal(late_heads[3][name], late_heads[2][name]), name
+    # The saved folder is a plain MaMA folder: this package's code and class, every trained value.
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["MamaModel"] and config["auto_map"]["AutoModel"] == "modeling_mama.MamaModel"
+    assert not list(tmp_path.glob("_fsdp*.py"))
+    reloaded = MamaModel.from_pretrained(tmp_path)
+    for name, value in reloaded.named_parameters():
+        assert torch.equal(value, trained[name]), name
 
 
 def test_checkpoints_reload_through_key_conversions(tmp_path):

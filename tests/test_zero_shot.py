@@ -61,7 +61,8 @@ def test_paper_protocol_matches_manual_computation(pretrained_tiny_mama, synthet
     prompts = zero_shot_prompts("density", report_fields_from_row(row))
     assert prompts[0][0].startswith("Procedure reported:") and "Breast composition" in prompts[0][-1]
     text = processor(text=prompts)
-    pixels = processor.image_processor.preprocess(row["image"])["pixel_values"]
+    # The converter stored the image oriented and cropped (conversion.json): neither is done again.
+    pixels = processor(images=row["image"], do_orient=False, do_crop_to_breast=False)["pixel_values"]
     with torch.no_grad():
         expected = model(pixel_values=pixels, input_ids=text["input_ids"],
                          attention_mask=text["attention_mask"]).logits_per_image[0]

@@ -6,8 +6,9 @@ first use, so `import modeling_mama.training` stays cheap.
 - `trainer`: `MamaTrainer`, `MamaTrainingArguments`, `ConvertedCheckpointsTrainer`.
 - `collator`: `MamaDataCollator`.
 - `multiview`: `ExamIndex`, `MultiViewDataset` (METHOD.md section 4).
+- `converted`: what a converted dataset's `conversion.json` says about its stored images.
 - `finetuning`: linear probe / fine-tune datasets, sampler and trainer.
-- `zero_shot`: the paper's zero-shot protocol over a converted dataset.
+- `zero_shot`: the paper's zero-shot protocol over a converted dataset (scoring: `modeling_mama.zero_shot_scoring`).
 - `metrics` (+ the `evaluate` module in `metric/`), `visualization`: scores and plots.
 """
 

@@ -42,8 +42,10 @@ from transformers import TrainingArguments
 from ..configuration_mama import MamaConfig
 from ..labels import get_task
 from ..image_processing_mama import MamaImageProcessor
+from .converted import stored_image_options
 from .metrics import classification_metrics
 from ..modeling_mama import MamaForImageClassification
+from .recipes import PAPER_CLASSIFICATION
 from .trainer import ConvertedCheckpointsTrainer
 
 logger = logging.getLogger(__name__)
@@ -103,9 +105,12 @@ class ClassificationDataset(Dataset):
         processor: a `MamaImageProcessor` (or a `MamaProcessor`, whose image processor is used).
         task: `"birads"`, `"density"` or `"cancer"`.
         augment: apply the training augmentation.
+        image_options: image processor options for the stored images; default
+            `converted.stored_image_options(split)` (a converted dataset's images are already oriented
+            and cropped: neither is done again).
     """
 
-    def __init__(self, split, processor, task: str, *, augment: bool = False):
+    def __init__(self, split, processor, task: str, *, augment: bool = False, image_options: dict | None = None):
         check_task(task)
         missing = {"image", task} - set(split.column_names)
         if missing:
@@ -114,6 +119,7 @@ class ClassificationDataset(Dataset):
         self.image_processor = getattr(processor, "image_processor", processor)
         self.task = task
         self.augment = augment
+        self.image_options = stored_image_options(split) if image_options is None else dict(image_options)
         classes = [get_task(task).label_to_class(value) for value in split[get_task(task).label_column]]
         self.rows = np.asarray([row for row, label in enumerate(classes) if label is not None], dtype=np.int64)
         self.labels = np.asarray([label for label in classes if label is not None], dtype=np.int64)
@@ -137,7 +143,7 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         image = self.images[int(self.rows[item])]["image"]
         pixel_values = self.image_processor.preprocess(
-            image, augment=self.augment, return_tensors="pt")["pixel_values"][0]
+            image, augment=self.augment, return_tensors="pt", **self.image_options)["pixel_values"][0]
         return {"pixel_values": pixel_values, "labels": torch.tensor(int(self.labels[item]))}
 
 
@@ -185,26 +191,30 @@ class BalancedTrainer(ConvertedCheckpointsTrainer):
 
 
 # ------------------------------------------------------------------------------------- arguments
+_PAPER = PAPER_CLASSIFICATION
+
+
 @dataclass
 class ClassificationTrainingArguments(TrainingArguments):
-    """`TrainingArguments` whose defaults are the paper's probe / fine-tune recipe (METHOD.md section 7)."""
+    """`TrainingArguments` whose defaults are the paper's probe / fine-tune recipe (METHOD.md section 7;
+    the values live in `recipes.PAPER_CLASSIFICATION`)."""
 
-    learning_rate: float = field(default=5e-4, metadata={"help": "Initial learning rate (paper 5e-4)."})
-    weight_decay: float = field(default=1e-3, metadata={"help": "Weight decay (paper 1e-3)."})
-    optim: str = field(default="sgd", metadata={"help": "Optimizer (paper: SGD with momentum, see optim_args)."})
-    optim_args: str | None = field(default="momentum=0.9",
-                                   metadata={"help": "Optimizer arguments (paper: momentum=0.9)."})
-    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Paper: cosine down to min_lr."})
+    learning_rate: float = field(default=_PAPER["learning_rate"], metadata={"help": "Initial learning rate."})
+    weight_decay: float = field(default=_PAPER["weight_decay"], metadata={"help": "Weight decay."})
+    optim: str = field(default=_PAPER["optim"], metadata={"help": "Optimizer (paper: SGD, see optim_args)."})
+    optim_args: str | None = field(default=_PAPER["optim_args"], metadata={"help": "Optimizer arguments."})
+    lr_scheduler_type: str = field(default=_PAPER["lr_scheduler_type"], metadata={"help": "Cosine down to min_lr."})
     lr_scheduler_kwargs: dict | str | None = field(
-        default_factory=lambda: {"min_lr": 1e-5},
-        metadata={"help": "Scheduler arguments (paper: min_lr 1e-5; dropped for another scheduler type)."})
-    warmup_steps: float = field(default=100, metadata={"help": "Linear warm-up steps (paper 100)."})
-    max_steps: int = field(default=8000, metadata={"help": "Optimizer steps (paper 8000)."})
-    per_device_train_batch_size: int = field(default=36, metadata={"help": "Batch size per device (paper 36)."})
+        default_factory=lambda: dict(_PAPER["lr_scheduler_kwargs"]),
+        metadata={"help": "Scheduler arguments (paper: min_lr; dropped for another scheduler type)."})
+    warmup_steps: float = field(default=_PAPER["warmup_steps"], metadata={"help": "Linear warm-up steps."})
+    max_steps: int = field(default=_PAPER["max_steps"], metadata={"help": "Optimizer steps."})
+    per_device_train_batch_size: int = field(default=_PAPER["per_device_train_batch_size"],
+                                             metadata={"help": "Batch size per device."})
 
     def __post_init__(self):
         # min_lr belongs to cosine_with_min_lr: another scheduler would reject it.
-        if self.lr_scheduler_type != "cosine_with_min_lr" and self.lr_scheduler_kwargs == {"min_lr": 1e-5}:
+        if self.lr_scheduler_type != "cosine_with_min_lr" and self.lr_scheduler_kwargs == _PAPER["lr_scheduler_kwargs"]:
             self.lr_scheduler_kwargs = {}
         super().__post_init__()
 

@@ -4,13 +4,21 @@
   at the current optimizer step and passes them to the model (`loss_terms=`), with the gather choice
   (`gather_with_grad=`). Nothing is frozen or unfrozen mid-run (the reference's approach broke
   DDP gradient sync and resume): before its start step a term is simply not computed, so its heads get
-  no gradient (`None`, not zero) and the optimizer, weight decay included, leaves them alone. Under DDP
-  this needs `ddp_find_unused_parameters=True`, which `MamaTrainer` turns on unless told otherwise.
+  no gradient (`None`, not zero) and the optimizer, weight decay included, leaves them alone.
+- Under DDP those heads are unused parameters until their step, so `MamaTrainingArguments` defaults
+  to `ddp_find_unused_parameters=True`; the value is in the arguments before `Trainer.__init__`
+  builds the accelerator (transformers would otherwise pick `False` whenever activation
+  checkpointing is on). That works with transformers' default non-reentrant checkpointing; reentrant
+  checkpointing hides the checkpointed blocks from DDP's search for unused parameters, whose gradients
+  then arrive unannounced ("marked ready twice", pytorch#46166), so it is refused. `static_graph`
+  cannot replace it: the graph changes when the late terms start.
+- `MamaTrainer` works on a copy of the caller's arguments (`dataclasses.replace`), never the original.
 - Every named loss term and the batch's image<->report retrieval accuracy are logged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.training_args import ParallelMode
 from transformers.trainer_pt_utils import get_parameter_names
 
 from ..hub import check_release_allowed
@@ -48,6 +57,11 @@ class MamaTrainingArguments(TrainingArguments):
     acknowledge_data_license: bool = field(
         default=False, metadata={"help": "You hold written permission to release weights trained on EMBED."},
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=True,
+        metadata={"help": "DDP's find_unused_parameters (default True: late loss terms leave heads unused until "
+                          "their step; see modeling_mama.training.trainer)."},
+    )
 
 
 def retrieval_accuracy(logits_per_image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +71,18 @@ def retrieval_accuracy(logits_per_image: torch.Tensor, k: int) -> tuple[torch.Te
     image_to_text = (logits_per_image.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
     text_to_image = (logits_per_image.t().topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
     return image_to_text, text_to_image
+
+
+def _check_checkpointing_under_ddp(args: TrainingArguments) -> None:
+    """Refuse reentrant activation checkpointing with DDP's find_unused_parameters (see module docstring)."""
+    reentrant = (args.activation_checkpointing_kwargs or {}).get("use_reentrant", False)
+    if (args.activation_checkpointing and reentrant and args.ddp_find_unused_parameters
+            and args.parallel_mode == ParallelMode.DISTRIBUTED):
+        raise ValueError(
+            "activation_checkpointing_kwargs={'use_reentrant': True} does not work with DDP's "
+            "find_unused_parameters=True, which the late-starting loss terms need: keep the default non-reentrant "
+            "checkpointing (drop use_reentrant)."
+        )
 
 
 class _EpochCallback(TrainerCallback):
@@ -98,20 +124,21 @@ class ConvertedCheckpointsTrainer(Trainer):
 class MamaTrainer(ConvertedCheckpointsTrainer):
     """A `Trainer` for `MamaModel` pre-training; see the module docstring."""
 
-    def __init__(self, *args, **kwargs):
-        model = kwargs.get("model", args[0] if args else None)
-        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        if training_args is not None:
-            # Items are the collator's input (two views + report sentences), not forward() kwargs.
-            training_args.remove_unused_columns = False
-            if training_args.push_to_hub:
-                # Before super().__init__, which already creates the Hub repository.
-                check_release_allowed(getattr(getattr(model, "config", None), "training_datasets", None),
-                                      getattr(training_args, "acknowledge_data_license", False))
-        super().__init__(*args, **kwargs)
-        if self.args.ddp_find_unused_parameters is None:
-            # Late-starting terms leave their heads unused for a while (see module docstring).
-            self.args.ddp_find_unused_parameters = True
+    def __init__(self, model=None, args: TrainingArguments | None = None, *positional, **kwargs):
+        args = args if args is not None else MamaTrainingArguments(output_dir="trainer_output")
+        # A copy, settled before super().__init__ builds the accelerator from it. Items are the
+        # collator's input (two views + report sentences), not forward() kwargs; late-starting terms
+        # leave their heads unused for a while (see module docstring).
+        changes = {"remove_unused_columns": False}
+        if args.ddp_find_unused_parameters is None:
+            changes["ddp_find_unused_parameters"] = True
+        args = dataclasses.replace(args, **changes)
+        _check_checkpointing_under_ddp(args)
+        if args.push_to_hub:
+            # Before super().__init__, which already creates the Hub repository.
+            check_release_allowed(getattr(getattr(model, "config", None), "training_datasets", None),
+                                  getattr(args, "acknowledge_data_license", False))
+        super().__init__(model, args, *positional, **kwargs)
         if hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(_EpochCallback(self.train_dataset))
         self._log_sums: dict[str, torch.Tensor] = {}

@@ -202,6 +202,29 @@ def patch_sentence_similarity(model, pixel_values, input_ids, attention_mask=Non
     return similarity.reshape(-1, rows, columns).cpu().numpy()
 
 
+def sentence_heat_maps(model, processor, image, sentences: Sequence[str], **image_kwargs
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """One patch-sentence similarity map per sentence of a report, over one mammogram.
+
+    One processor call (`processor(images=image, text=[sentences])`) prepares both inputs, as
+    everywhere else; `image_kwargs` go to the image processor (e.g. `laterality=`, or
+    `do_orient=False, do_crop_to_breast=False` for an image stored by the converters). Returns
+    (view, similarity): the preprocessed view the map covers (oriented, breast-cropped, resized;
+    [H, W] in [0, 1], for display) and `patch_sentence_similarity`'s maps [S, H / patch, W / patch].
+    """
+    if isinstance(sentences, str) or not sentences:
+        raise ValueError("sentences must be a non-empty list of sentence strings.")
+    inputs = processor(images=image, text=[list(sentences)], mode="global", **image_kwargs)
+    pixel_values = inputs["pixel_values"]
+    image_processor = processor.image_processor
+    view = pixel_values[0, 0].numpy()
+    if image_processor.do_normalize:  # back to [0, 1] for display
+        view = view * image_processor.image_std[0] + image_processor.image_mean[0]
+    similarity = patch_sentence_similarity(model, pixel_values, inputs["input_ids"], inputs["attention_mask"],
+                                           inputs["sentence_positions"], inputs["sentence_mask"])
+    return view, similarity
+
+
 def upsample_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear upsampling of a patch-grid map to image size."""
     import torch

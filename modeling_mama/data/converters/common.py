@@ -10,14 +10,17 @@ becomes an output row or a failure (with a reason), and hands the rows to `write
    table, row_index) without stopping the run; failures are retried on a re-run;
 3. saves the `datasets.DatasetDict` into `<out>/.partial/`, renames its split folders into `<out>`
    and replaces `<out>/dataset_dict.json` last: `load_from_disk(out)` sees the old dataset, no
-   dataset, or the complete new one, never a mix.
+   dataset, or the complete new one, never a mix. `conversion.json` records the options, the counts
+  and what was done to the stored images (`STORED_IMAGES`: oriented, cropped; `image_size`).
 
-Image preprocessing (`preprocess_image`): calibrated pixels from `load_mammogram`, chest wall left
+Image preprocessing (`preprocess_image`): calibrated pixels from `read_dicom`, chest wall left
 (`orient_breast`, laterality from the table, checked against the pixels), cropped to the breast
-(`crop_to_breast`), shrunk so the long side is at most `image_size` (Lanczos, never enlarged), and
-stored as a 16-bit grayscale PNG (value = round(pixel * 65535)). The `datasets.Image()` feature
-keeps such a PNG byte for byte: `load_from_disk` gives a PIL image of mode I;16 with the same
-uint16 values.
+(`crop_to_breast`), shrunk so the long side is at most `image_size` (Lanczos, never enlarged; 0
+keeps the native size), and stored as a 16-bit grayscale PNG (value = round(pixel * 65535)).
+JPEG 2000 files are decoded at reduced resolution (a power of two) when the breast crop is still at
+least `image_size` long there, several times faster than a full decode; the cores that the workers
+leave idle go to the threads of a full decode. The `datasets.Image()` feature keeps such a PNG byte
+for byte: `load_from_disk` gives a PIL image of mode I;16 with the same uint16 values.
 
 Tables are read as text (`read_table`), so "61.0", "False" or "00123" reach the parsers exactly as
 published; empty cells (and "nan", "NaN", "None", "NULL", "N/A", "<NA>") become None.
@@ -31,6 +34,7 @@ published; empty cells (and "nan", "NaN", "None", "NULL", "N/A", "<NA>") become 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -50,6 +54,8 @@ import pandas as pd
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
+from ...dicom import read_dataset, read_dicom, reduced_size
+from ...image_utils_mama import IMAGE_SUFFIXES
 from ...labels import cell_text, normalize_id, normalize_laterality, parse_age, parse_int, parse_number  # noqa: F401
 
 
@@ -58,8 +64,12 @@ def parse_laterality(value) -> str | None:
     pixels decide then)."""
     return normalize_laterality(value, allow_bilateral=False, strict=False)
 
+
 DEFAULT_IMAGE_SIZE = 1024
 """Long side of the stored images (pixels)."""
+
+PROBE_SIDE = 256
+"""Long side (at least) of the thumbnail a JPEG 2000 file is first decoded at, to find its breast crop."""
 
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 FAILURE_COLUMNS = ["image_id", "source_path", "reason", "table", "row_index"]
@@ -79,8 +89,12 @@ PARTIAL_DIR = ".partial"
 SETTINGS_FILE = "settings.json"
 SUMMARY_FILE = "conversion.json"
 FAILURES_FILE = "failures.csv"
+SHARD_FILE = "shard.json"
 # Only the cache format changes this; a cache written by another format version is refused.
 CACHE_FORMAT = 1
+# What `preprocess_image` did to every stored image, recorded in conversion.json so that training and
+# evaluation neither orient nor crop them again (modeling_mama.training.converted.stored_image_options).
+STORED_IMAGES = {"image_orientation": "chest_wall_left", "image_cropped_to_breast": True}
 
 
 class ConverterError(ValueError):
@@ -250,6 +264,40 @@ def split_patients(patient_ids: Sequence, *, seed: int, fractions: Mapping[str, 
     return [assignment[str(patient)] for patient in patient_ids]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` of `count` of a conversion, for running one dataset on several machines.
+
+    Every converter plans all rows and splits from the full tables first (so the splits are those of
+    a single run), then keeps the rows of the patients with `shard_of(patient_id, count) == index`:
+    a patient is never in two shards. `merge.merge_shards` assembles the shard folders into the
+    DatasetDict a single run writes (same rows, order, splits and images).
+    """
+
+    count: int = 1
+    index: int = 0
+
+    def __post_init__(self):
+        if self.count < 1:
+            raise ConverterError(f"--num-shards {self.count} must be at least 1.")
+        if not 0 <= self.index < self.count:
+            raise ConverterError(
+                f"--shard-index {self.index} must be between 0 and --num-shards - 1 = {self.count - 1}.")
+
+    def holds(self, patient_id) -> bool:
+        return self.count == 1 or shard_of(patient_id, self.count) == self.index
+
+
+def shard_of(patient_id, count: int) -> int:
+    """The shard (0 .. count-1) of a patient: the SHA-1 of its id as text, modulo `count`.
+
+    >>> shard_of("10234", 3), shard_of("10234", 3) == shard_of(10234, 3)
+    (0, True)
+    """
+    digest = hashlib.sha1(str(patient_id).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
 def balanced_subset(labels: Sequence, *, seed: int) -> list[int]:
     """Indices of a class-balanced subset: every class present gets the size of the smallest one.
 
@@ -285,13 +333,14 @@ def balanced_subset(labels: Sequence, *, seed: int) -> list[int]:
 
 def resize_long_side(pixels: np.ndarray, image_size: int) -> np.ndarray:
     """Shrink float pixels (Lanczos, antialiased) so the long side is `image_size`; never enlarge.
+    `image_size` 0 keeps the native size.
 
     >>> resize_long_side(np.zeros((300, 200), np.float32), 150).shape
     (150, 100)
     """
     height, width = pixels.shape
     long_side = max(height, width)
-    if long_side <= image_size:
+    if image_size == 0 or long_side <= image_size:
         return pixels
     scale = image_size / long_side
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -305,15 +354,55 @@ def to_uint16(pixels: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(pixels, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
-def preprocess_image(source, *, laterality: str | None, image_size: int) -> tuple[np.ndarray, str | None]:
-    """A mammogram file -> (uint16 [H, W] chest wall left, breast-cropped, long side <= image_size,
-    the laterality used: the table's, else the file's tags or pixel mass)."""
+def largest_reduction(long_side: int, image_size: int) -> int:
+    """The largest r with ceil(long_side / 2**r) >= image_size (0 for `image_size` 0: native size).
+
+    >>> largest_reduction(3328, 1024), largest_reduction(4096, 1024), largest_reduction(3328, 0)
+    (1, 2, 0)
+    """
+    if image_size <= 0:
+        return 0
+    reduction = 0
+    while reduced_size(long_side, reduction + 1) >= image_size:
+        reduction += 1
+    return reduction
+
+
+def preprocess_image(source, *, laterality: str | None, image_size: int,
+                     decode_threads: int = 1) -> tuple[np.ndarray, str | None, int]:
+    """A mammogram file -> (uint16 [H, W] chest wall left, breast-cropped, long side <= image_size;
+    the laterality used: the table's, else the file's tags or pixel mass; the decode's reduction).
+
+    A DICOM file is decoded at the largest reduction 2**r (`read_dicom`'s `reduce`; JPEG 2000 only)
+    at which the breast crop still has a long side of at least `image_size`, so the stored image
+    is as large as the one a full decode gives. The crop is only known after decoding: a thumbnail
+    (long side >= `PROBE_SIDE`, a few hundredths of a second) estimates it, and if the crop found at
+    the chosen reduction is still too short, the next level is decoded. `image_size` 0 keeps the
+    native size (a full decode).
+    """
     from ...image_processing_mama import crop_to_breast, load_mammogram, orient_breast
 
-    pixels, file_laterality = load_mammogram(source)
-    laterality = laterality or file_laterality
-    pixels = crop_to_breast(orient_breast(pixels, laterality))
-    return to_uint16(resize_long_side(np.asarray(pixels, dtype=np.float32), image_size)), laterality
+    if not isinstance(source, (str, os.PathLike)) or Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        image, file_laterality = load_mammogram(source)
+        used = laterality or file_laterality
+        pixels = crop_to_breast(orient_breast(image, used))
+        return to_uint16(resize_long_side(np.asarray(pixels, dtype=np.float32), image_size)), used, 0
+
+    dataset = read_dataset(source)
+    native_side = max(int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0))
+    reduction = largest_reduction(native_side, image_size)
+    first = max(reduction, largest_reduction(native_side, PROBE_SIDE)) if reduction else 0
+    image = read_dicom(dataset, reduce=first, decode_threads=decode_threads)
+    while True:
+        used = laterality or image.laterality
+        pixels = crop_to_breast(orient_breast(image.pixels, used))
+        if image.reduction == 0 or (image.reduction <= reduction and max(pixels.shape) >= image_size):
+            break
+        estimate = max(pixels.shape) << image.reduction  # the crop's long side at the native size
+        reduction = min(reduction, image.reduction - 1, largest_reduction(estimate, image_size))
+        image = read_dicom(dataset, reduce=reduction, decode_threads=decode_threads)
+    resized = resize_long_side(np.asarray(pixels, dtype=np.float32), image_size)
+    return to_uint16(resized), used, image.reduction
 
 
 def cache_name(image_id: str) -> str:
@@ -348,6 +437,7 @@ class ImageJob:
     laterality: str | None
     image_size: int
     cache_path: str
+    decode_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -355,6 +445,7 @@ class ImageResult:
     image_id: str
     failure: str | None
     laterality: str | None
+    reduction: int | None = None  # the decode's reduction; None when the image came from the cache
 
 
 def run_job(job: ImageJob) -> ImageResult:
@@ -362,12 +453,18 @@ def run_job(job: ImageJob) -> ImageResult:
     if not Path(job.source_path).is_file():
         return ImageResult(job.image_id, "file missing", None)
     try:
-        pixels, laterality = preprocess_image(job.source_path, laterality=job.laterality, image_size=job.image_size)
+        pixels, laterality, reduction = preprocess_image(
+            job.source_path, laterality=job.laterality, image_size=job.image_size, decode_threads=job.decode_threads)
         write_png(Path(job.cache_path), pixels, laterality=laterality)
     except Exception as error:  # one bad file must not stop a 480,000-image run
         message = str(error) or type(error).__name__
         return ImageResult(job.image_id, f"decode error: {message}", None)
-    return ImageResult(job.image_id, None, laterality)
+    return ImageResult(job.image_id, None, laterality, reduction)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def process_images(jobs: Sequence[ImageJob], *, workers: int = 1, progress: bool = True,
@@ -382,6 +479,9 @@ def process_images(jobs: Sequence[ImageJob], *, workers: int = 1, progress: bool
             results[job.image_id] = ImageResult(job.image_id, None, laterality)
         else:
             todo.append(job)
+    # Cores the workers leave idle go to the decoder's threads (a full JPEG 2000 decode).
+    threads = max(1, available_cores() // max(1, min(workers, len(todo))))
+    todo = [dataclasses.replace(job, decode_threads=threads) for job in todo]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=description, unit="img", disable=not progress)
     if workers <= 1 or len(todo) <= 1:
         for job in todo:
@@ -500,6 +600,7 @@ def write_dataset(
     seed: int = 0,
     summary: Mapping[str, Any] | None = None,
     keep_cache: bool = True,
+    shard: Shard | None = None,
 ):
     """Decode the rows' images, then write the DatasetDict, `failures.csv` and `conversion.json`.
 
@@ -512,22 +613,33 @@ def write_dataset(
         balanced: `(source split, label column, new split)`: add a class-balanced subset of the
             source split's successfully decoded rows (`balanced_subset` with `seed`).
         keep_cache: keep `out/.cache` (re-runs are then instant); False deletes it at the end.
+        shard: write only this shard's patients (`rows` and their splits are planned over all
+            patients). The tables' refusals (`failures`) go to shard 0; the balanced subset needs
+            every shard and is made by the merge; `shard.json` records where each row stands in
+            the single-run order, for the merge.
 
     Returns the `datasets.DatasetDict` as loaded back from `out`.
     """
     import datasets
 
+    shard = shard or Shard()
+    positions = [index for index, row in enumerate(rows) if shard.holds(row["patient_id"])]
+    rows = [rows[index] for index in positions]
+    if shard.index > 0:
+        failures = []
     cache = out / CACHE_DIR
     jobs = [ImageJob(row["image_id"], row["source_path"], row.get("laterality"), image_size,
                      str(cache / cache_name(row["image_id"]))) for row in rows]
     results = process_images(jobs, workers=workers, progress=progress, description=description)
     failures = list(failures)
     by_split: dict[str, dict[str, list]] = {name: {column: [] for column in COLUMNS} for name in split_names}
-    for row, job in zip(rows, jobs):
+    order: dict[str, list[int]] = {name: [] for name in split_names}  # single-run positions of the rows
+    for row, job, position in zip(rows, jobs, positions):
         result = results[row["image_id"]]
         if result.failure is not None:
             failures.append(failure(row, result.failure))
             continue
+        order[row["split"]].append(position)
         columns = by_split[row["split"]]
         for column in COLUMNS:
             if column == "image":
@@ -536,7 +648,7 @@ def write_dataset(
                 columns["laterality"].append(row.get("laterality") or result.laterality)
             else:
                 columns[column].append(row.get(column))
-    if balanced is not None:
+    if balanced is not None and shard.count == 1:
         source, label, name = balanced
         chosen = balanced_subset(by_split[source][label], seed=seed)
         by_split[name] = {column: [values[i] for i in chosen] for column, values in by_split[source].items()}
@@ -544,7 +656,7 @@ def write_dataset(
     dataset_dict = datasets.DatasetDict({
         name: datasets.Dataset.from_dict(columns, features=schema) for name, columns in by_split.items()
     })
-    failures.sort(key=lambda entry: (str(entry.get("table")), _row_order(entry.get("row_index"))))
+    sort_failures(failures)
     write_failures(out / FAILURES_FILE, failures)
     bars_were_on = datasets.is_progress_bar_enabled()
     if not progress:
@@ -554,14 +666,37 @@ def write_dataset(
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
+    # How many of the images decoded in this run were decoded at 1/2**r of their size, by r.
+    reductions = Counter(str(result.reduction) for result in results.values() if result.reduction is not None)
     counts = {name: len(columns["image_id"]) for name, columns in by_split.items()}
-    reasons = Counter(entry["reason"].split(":")[0] for entry in failures)
-    write_text_atomic(out / SUMMARY_FILE, json.dumps(
-        {**(summary or {}), "image_size": image_size, "seed": seed, "rows": counts,
-         "failures": len(failures), "failure_reasons": dict(sorted(reasons.items()))}, indent=1, default=str))
+    info = {**(summary or {}), "image_size": image_size, **STORED_IMAGES, "seed": seed}
+    if shard.count > 1:
+        info["shard"] = {"index": shard.index, "count": shard.count}
+        write_text_atomic(out / SHARD_FILE, json.dumps(
+            {"index": shard.index, "count": shard.count, "balanced": balanced, "order": order}))
+    else:
+        (out / SHARD_FILE).unlink(missing_ok=True)
+    write_summary(out, info, counts, failures, reductions)
     if not keep_cache:
         shutil.rmtree(cache)
     return datasets.load_from_disk(str(out))
+
+
+def sort_failures(failures: list[dict[str, Any]]) -> None:
+    """The failures file's order: by table, then row."""
+    failures.sort(key=lambda entry: (str(entry.get("table")), _row_order(entry.get("row_index"))))
+
+
+def write_summary(out: Path, info: Mapping[str, Any], counts: Mapping[str, int], failures: Sequence[Mapping],
+                  reductions: Mapping[str, int]) -> None:
+    """`conversion.json`: the run's options (`info`, with `image_size` and `seed`), rows per split,
+    failures by reason and how many images were decoded at 1/2**r of their size, by r."""
+    image_size = info["image_size"]
+    reasons = Counter(entry["reason"].split(":")[0] for entry in failures)
+    write_text_atomic(out / SUMMARY_FILE, json.dumps(
+        {**info, "stored_size": "native" if image_size == 0 else f"long side at most {image_size} px",
+         "decode_reductions": dict(sorted(reductions.items())), "rows": dict(counts),
+         "failures": len(failures), "failure_reasons": dict(sorted(reasons.items()))}, indent=1, default=str))
 
 
 def _row_order(row_index) -> int:
@@ -574,8 +709,9 @@ def _row_order(row_index) -> int:
 
 
 def check_options(*, image_size: int, workers: int, limit: int | None) -> None:
-    if image_size < 16:
-        raise ConverterError(f"--image-size {image_size} is too small: use at least 16 (default {DEFAULT_IMAGE_SIZE}).")
+    if image_size != 0 and image_size < 16:
+        raise ConverterError(f"--image-size {image_size} is too small: use at least 16, or 0 for the native size "
+                             f"(default {DEFAULT_IMAGE_SIZE}).")
     if workers < 1:
         raise ConverterError(f"--workers {workers} must be at least 1.")
     if limit is not None and limit < 1:
@@ -617,8 +753,11 @@ class DatasetConverter:
         return tuple(SPLIT_FRACTIONS)
 
     def convert(self, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
-                seed: int = 0, progress: bool = True, keep_cache: bool = True):
-        """Convert the dataset into a `DatasetDict` saved at `out`; returns it (loaded back)."""
+                seed: int = 0, progress: bool = True, keep_cache: bool = True, shard: Shard | None = None):
+        """Convert the dataset into a `DatasetDict` saved at `out`; returns it (loaded back).
+
+        `image_size` 0 keeps the native size; `shard` converts one part of the patients (see `Shard`).
+        """
         check_options(image_size=image_size, workers=workers, limit=limit)
         rows, refused = self.plan(limit=limit, seed=seed)
         out = prepare_output(out, {"converter": self.name, "image_size": image_size})
@@ -627,7 +766,7 @@ class DatasetConverter:
             out, rows, refused, split_names=self.split_names(), image_size=image_size, workers=workers,
             progress=progress, description=self.description, balanced=self.balanced, seed=seed,
             summary={"converter": self.name, "root": str(Path(self.root)), **options, "limit": limit},
-            keep_cache=keep_cache,
+            keep_cache=keep_cache, shard=shard,
         )
 
 

@@ -47,6 +47,7 @@ from .common import (
     ConverterError,
     DatasetConverter,
     RowError,
+    Shard,
     check_root,
     cell_text,
     duplicate_rows,
@@ -215,10 +216,12 @@ class EmbedConverter(DatasetConverter):
 
 
 def convert_embed(root, out, *, dicom_root=None, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1,
-                  limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True):
+                  limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True,
+                  shard: Shard | None = None):
     """Convert EMBED under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train, validation, test (70/10/20 by patient) and test_balanced (see the module docstring).
     """
     return EmbedConverter(root, dicom_root=dicom_root).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache)
+        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
+        shard=shard)

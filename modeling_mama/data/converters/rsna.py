@@ -31,6 +31,7 @@ from .common import (
     ConverterError,
     DatasetConverter,
     RowError,
+    Shard,
     check_root,
     cell_text,
     duplicate_rows,
@@ -141,10 +142,11 @@ class RsnaConverter(DatasetConverter):
 
 def convert_rsna(root, out, *, split_source: str = "train.csv", image_size: int = DEFAULT_IMAGE_SIZE,
                  workers: int = 1, limit: int | None = None, seed: int = 0, progress: bool = True,
-                 keep_cache: bool = True):
+                 keep_cache: bool = True, shard: Shard | None = None):
     """Convert RSNA-Mammo under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train/validation/test for `train.csv`, test only for `test.csv`.
     """
     return RsnaConverter(root, split_source=split_source).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache)
+        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
+        shard=shard)

@@ -38,6 +38,7 @@ from .common import (
     DEFAULT_IMAGE_SIZE,
     DatasetConverter,
     RowError,
+    Shard,
     assign_patients,
     check_root,
     cell_text,
@@ -183,10 +184,12 @@ class VindrConverter(DatasetConverter):
 
 
 def convert_vindr(root, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
-                  seed: int = 0, progress: bool = True, keep_cache: bool = True):
+                  seed: int = 0, progress: bool = True, keep_cache: bool = True,
+                  shard: Shard | None = None):
     """Convert VinDr-Mammo under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train and validation (carved from VinDr's training studies) and test (VinDr's own).
     """
     return VindrConverter(root).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache)
+        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
+        shard=shard)

@@ -1,0 +1,97 @@
+"""What a converted dataset says about its images, read from the converters' `conversion.json`.
+
+The converters (`modeling_mama.data.converters`) store every image oriented (chest wall left),
+cropped to the breast and shrunk to a long side of at most `image_size` pixels, and record that
+next to the dataset. Training and evaluation read it back here, so the image processor neither
+orients nor crops those images again: the pixel-mass rule could flip a stored image whose dense
+tissue lies away from the chest wall, and Otsu could crop a stored crop further.
+
+>>> stored_image_options({"image_orientation": "chest_wall_left", "image_cropped_to_breast": True})
+{'do_orient': False, 'do_crop_to_breast': False}
+>>> stored_image_options(None)          # not a converted dataset: orient and crop as usual
+{}
+>>> tile_grid({"image_size": 1024}, tile_size=518)
+[2, 2]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+CONVERSION_FILE = "conversion.json"
+ORIENTATION = "chest_wall_left"
+
+
+def conversion_record(dataset) -> dict[str, Any] | None:
+    """The `conversion.json` written next to a converted dataset, or None when there is none.
+
+    `dataset` is the dataset folder, a `datasets.DatasetDict` or a split (`Dataset`) loaded from it
+    with `load_from_disk` (found through its Arrow files; `select` / `shuffle` / `map` keep them), or
+    the record itself (a mapping). An in-memory dataset has no record.
+    """
+    if dataset is None:
+        return None
+    if isinstance(dataset, Mapping) and not hasattr(dataset, "cache_files"):
+        return dict(dataset)
+    for folder in _candidate_folders(dataset):
+        path = folder / CONVERSION_FILE
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                raise ValueError(f"{path} cannot be read ({error}); re-run the converter that wrote it.") from error
+    return None
+
+
+def _candidate_folders(dataset) -> list[Path]:
+    if isinstance(dataset, (str, os.PathLike)):
+        return [Path(dataset)]
+    cache_files = getattr(dataset, "cache_files", None) or []
+    if isinstance(cache_files, Mapping):  # a DatasetDict: {split: [files]}
+        cache_files = [entry for files in cache_files.values() for entry in files]
+    folders = []
+    for entry in cache_files:
+        arrow = Path(entry["filename"])  # <dataset folder>/<split>/data-*.arrow
+        folders += [arrow.parent.parent, arrow.parent]
+    return list(dict.fromkeys(folders))
+
+
+def images_are_prepared(record: Mapping[str, Any] | None) -> bool:
+    """Whether a conversion record says its images are stored oriented and cropped to the breast.
+
+    Records written before these keys existed (they have `converter` and `image_size`) describe
+    images the converters already oriented and cropped: every converter version did.
+    """
+    if not record:
+        return False
+    if "image_orientation" in record or "image_cropped_to_breast" in record:
+        return record.get("image_orientation") == ORIENTATION and bool(record.get("image_cropped_to_breast"))
+    return "converter" in record and "image_size" in record
+
+
+def stored_image_options(dataset) -> dict[str, bool]:
+    """Image processor options for the stored images of `dataset` (see `conversion_record` for what
+    `dataset` can be): no orientation and no crop when the converter did both, else none (`{}`)."""
+    if images_are_prepared(conversion_record(dataset)):
+        return {"do_orient": False, "do_crop_to_breast": False}
+    return {}
+
+
+def tile_grid(dataset, tile_size: int, default: list[int] | None = None) -> list[int] | None:
+    """`[rows, cols]` of tiles of `tile_size` that cover a stored image at its resolution: the long
+    side the converter recorded (`image_size`) divided by the tile size, rounded up, on both axes.
+    `default` when the dataset records no positive size (unknown, or 0 = native resolution)."""
+    record = conversion_record(dataset)
+    long_side = int((record or {}).get("image_size") or 0)
+    if long_side <= 0:
+        return default
+    count = max(1, math.ceil(long_side / int(tile_size)))
+    return [count, count]
+
+
+__all__ = ["CONVERSION_FILE", "conversion_record", "images_are_prepared", "stored_image_options", "tile_grid"]
