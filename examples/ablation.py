@@ -8,11 +8,12 @@ Three studies. Each generates and converts its synthetic EMBED look-alike on fir
 recipe, changing only what the study compares:
 
 - `oracle` checks the premise of the scale benchmark, without training. On the micro-calcification
-  benchmark (`generate_embed(microcalcifications=0.5)`: 2048 x 1600 images, clusters of 2-4 px faint
-  dots on half of the breasts) a fixed dot detector (difference-of-Gaussians responses: their highest
-  values, how many peaks pass a threshold, how many crowd into one window) feeds a logistic regression
-  (cross-validated AUC) from either the global view (518 x 518 as in the paper, and the pre-training
-  size) or the full-resolution 518 x 518 tiles of the breast (features max-pooled over the tiles).
+  benchmark (`generate_embed(microcalcifications=0.5)`: by default 60 exams of 1024 x 800 images
+  (`--micro_image_size`; the paper's full field is about 2048 x 1600), clusters of 2-3 px faint dots on
+  half of the breasts) a fixed dot detector (Hessian blobness: its highest values, how many peaks pass
+  a threshold, how many crowd into one window) feeds a logistic regression (cross-validated AUC) from
+  either the global view (the pre-training size, and 518 x 518 as in the paper when the images are
+  larger) or the breast's full-resolution tiles of the pre-training size (features max-pooled over them).
 - `scale`: global-only vs `--tiles` pre-training on that benchmark (same steps, batch and seeds), then
   zero-shot detection: each test image is scored with the paper's BI-RADS 1 and BI-RADS 4 prompts (in
   this benchmark BI-RADS 4 means "micro-calcifications in this breast"), on its global view and tiled
@@ -24,6 +25,12 @@ recipe, changing only what the study compares:
   radiologist marked (EMBED `ROI_coords`), does the heat map of the sentence describing it (the
   calcification sentence, else the mass sentence, else the findings sentence) peak inside the ROI?
   Trained model vs the same architecture untrained vs a uniform random pointer.
+
+The defaults are sized for a shared 2-core CPU (about 40 min for everything, see the README): a
+64-wide tiny preset, 40 steps per run, 64 px views for the loss ablation (batch 16), 112 px views and
+112 px tiles (at most 4 per item, batch 8) for the scale study. That budget tests the pipeline and
+gives a first reading, not the paper's numbers; raise `--*_steps`, `--*_image_size` and
+`--micro_image_size` on a bigger machine.
 
 Writes `ablation.json` (settings, every run's numbers, wall times, machine load), `ablation.md` (the
 tables the README shows) and `ablation.png` into `--output_dir`. Finished runs are kept under
@@ -59,7 +66,6 @@ LOSS_TERMS_OF = {"CLIP": "clip", "+multi-view": "clip + NT-Xent + symmetric CLIP
                  "MaMA": "all four"}
 SCALE_VARIANTS = ("global", "tiles")
 STUDIES = ("oracle", "scale", "losses")
-MICRO_IMAGE_SIZE = (2048, 1600)  # rows x columns of the benchmark's full-field images
 MICRO_FRACTION = 0.5
 ORACLE_SIZES = (518,)  # global views of the oracle besides the pre-training size
 BLOB_SCALES = (0.7, 1.0, 1.5)  # dot detector scales (Gaussian sigma), in pixels of its input
@@ -84,21 +90,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--losses_dataset", default=None,
                         help="A converted EMBED look-alike (default: generate one with --losses_exams exams).")
     parser.add_argument("--losses_exams", type=int, default=200)
-    parser.add_argument("--losses_image_size", type=int, default=112)
-    parser.add_argument("--losses_steps", type=int, default=300)
-    parser.add_argument("--losses_batch_size", type=int, default=32)
+    parser.add_argument("--losses_image_size", type=int, default=64)
+    parser.add_argument("--losses_steps", type=int, default=40)
+    parser.add_argument("--losses_batch_size", type=int, default=16)
     parser.add_argument("--losses_tasks", nargs="+", default=["density", "birads"], choices=["density", "birads"],
                         help="Zero-shot tasks of the losses study.")
     parser.add_argument("--pointing_limit", type=int, default=None, help="Score at most this many pointing images.")
     # the micro-calcification benchmark (oracle and scale studies)
     parser.add_argument("--micro_dataset", default=None,
                         help="A converted micro-calcification benchmark (default: generate one).")
-    parser.add_argument("--micro_exams", type=int, default=120)
+    parser.add_argument("--micro_exams", type=int, default=60)
+    parser.add_argument("--micro_image_size", type=int, nargs=2, default=[1024, 800], metavar=("ROWS", "COLUMNS"),
+                        help="Full-field size of the benchmark's images (the paper's scale: 2048 1600).")
     parser.add_argument("--oracle_images", type=int, default=200, help="Images the oracle reads (all splits).")
-    parser.add_argument("--scale_image_size", type=int, default=224, help="Global view and tile side.")
-    parser.add_argument("--scale_steps", type=int, default=150)
-    parser.add_argument("--scale_batch_size", type=int, default=16)
-    parser.add_argument("--max_tiles", type=int, default=8, help="Random breast tiles per training item (--tiles).")
+    parser.add_argument("--scale_image_size", type=int, default=112, help="Global view and tile side.")
+    parser.add_argument("--scale_steps", type=int, default=40)
+    parser.add_argument("--scale_batch_size", type=int, default=8)
+    parser.add_argument("--max_tiles", type=int, default=4, help="Random breast tiles per training item (--tiles).")
     args = parser.parse_args(argv)
     known = set(LOSS_VARIANTS) | set(SCALE_VARIANTS)
     if args.variants and set(args.variants) - known:
@@ -131,11 +139,11 @@ def micro_dataset(args) -> Path:
     from modeling_mama.data.converters.embed import convert_embed
     from modeling_mama.data.synthetic import generate_embed
 
-    height, width = MICRO_IMAGE_SIZE
+    height, width = args.micro_image_size
     raw = Path(args.cache_dir) / f"microcalc-{args.micro_exams}-{height}x{width}-p{MICRO_FRACTION}-seed0"
     converted = raw.with_name(raw.name + "-converted")
     if not (converted / "dataset_dict.json").exists():
-        generate_embed(raw, num_exams=args.micro_exams, image_size=MICRO_IMAGE_SIZE, seed=0, workers=args.workers,
+        generate_embed(raw, num_exams=args.micro_exams, image_size=(height, width), seed=0, workers=args.workers,
                        microcalcifications=MICRO_FRACTION)
         convert_embed(raw, converted, image_size=max(height, width), workers=args.workers, seed=0)
     return converted
@@ -546,11 +554,13 @@ def run_oracle_study(args, output_dir: Path) -> dict:
         rows = rows.filter(lambda birads: birads in (1, 4), input_columns="birads")
         rows = rows.shuffle(seed=0).select(range(min(args.oracle_images, len(rows))))
         options = stored_image_options(splits["train"])
-        sizes = sorted({args.scale_image_size, *ORACLE_SIZES})
-        processors = {f"global {size}": MamaImageProcessor(size=size, do_normalize=False) for size in sizes}
-        tiler = MamaImageProcessor(mode="tiles", size=518, tile_grid=scale_grid(generated_size(dataset), 518),
+        size = args.scale_image_size
+        sizes = sorted({size, *(side for side in ORACLE_SIZES if side < min(generated_size(dataset)))})
+        processors = {f"global {side}": MamaImageProcessor(size=side, do_normalize=False) for side in sizes}
+        tiler = MamaImageProcessor(mode="tiles", size=size, tile_grid=scale_grid(generated_size(dataset), size),
                                    do_normalize=False)
-        collected = {name: [] for name in [*processors, "tiles 518"]}
+        tiles_name = f"tiles {size}"
+        collected = {name: [] for name in [*processors, tiles_name]}
         labels = []
         for row in rows:
             for name, processor in processors.items():
@@ -559,7 +569,7 @@ def run_oracle_study(args, output_dir: Path) -> dict:
             tiles = tiler(row["image"], **options)["tile_pixel_values"][0, :, 0].numpy()
             breast_share = (tiles > 0.1).mean(axis=(1, 2))  # fat is about 0.3, the background 0.03
             tiles = tiles[breast_share >= min(0.05, breast_share.max())]  # every tile holding some breast
-            collected["tiles 518"].append(np.max([dot_features(tile) for tile in tiles], axis=0))
+            collected[tiles_name].append(np.max([dot_features(tile) for tile in tiles], axis=0))
             labels.append(int(row["birads"] == 4))
         features = {name: np.asarray(values) for name, values in collected.items()}
         labels, patients = np.asarray(labels), np.asarray(rows["patient_id"])

@@ -134,3 +134,38 @@ def test_one_step_loss_ablation_writes_tables_and_resumes(synthetic_embed_datase
     again = ablation.main(argv)
     assert run_record.stat().st_mtime_ns == before
     assert again["losses"]["runs"][0]["pointing"] == runs[0]["pointing"]
+
+
+def test_one_step_scale_study_trains_global_and_tiles_and_scores_both_inferences(tmp_path):
+    from modeling_mama.data.converters.embed import convert_embed
+    from modeling_mama.data.synthetic import generate_embed
+
+    ablation = load_example("ablation")
+    raw = generate_embed(tmp_path / "raw", num_exams=10, image_size=(224, 176), seed=0, progress=False,
+                         microcalcifications=0.5)
+    convert_embed(raw, tmp_path / "converted", image_size=224, progress=False)
+    argv = ["--studies", "oracle", "scale", "--micro_dataset", str(tmp_path / "converted"), "--seeds", "0",
+            "--scale_steps", "1", "--scale_image_size", "56", "--hidden_size", "32", "--scale_batch_size", "4",
+            "--max_tiles", "2", "--pointing_limit", "2", "--output_dir", str(tmp_path / "out")]
+    results = ablation.main(argv)
+    # The oracle reads the 56 px global view and the full-resolution 56 px tiles (518 exceeds the images).
+    oracle = results["oracle"]
+    assert set(oracle["inputs"]) == {"global 56", "tiles 56"}
+    assert 0.3 * oracle["images"] < oracle["positives"] < 0.7 * oracle["images"]  # half of the breasts
+    assert all(0.0 <= value["auc"] <= 1.0 for value in oracle["inputs"].values())
+    scale = results["scale"]
+    assert scale["tile_grid"] == [4, 4]  # ceil(224 / 56), ceil(176 / 56): the grid covers the image
+    runs = {run["variant"]: run for run in scale["runs"]}
+    assert set(runs) == {"global", "tiles"}
+    assert "--tiles" not in runs["global"]["argv"]
+    assert runs["tiles"]["argv"][runs["tiles"]["argv"].index("--max_tiles") + 1] == "2"
+    for run in runs.values():
+        for inference in ("global", "tiles"):
+            detection = run["detection"][inference]
+            assert detection["images"] > detection["positives"] > 0
+            assert 0.0 <= detection["auc"] <= 1.0 and 0.0 <= detection["local_auc"] <= 1.0
+            pointing = run["pointing"][inference]
+            assert pointing["num_images"] == 2 and 0.0 <= pointing["trained"] <= 1.0
+            assert 0.0 < pointing["random"] < 0.2  # a cluster's box is a small part of the breast
+    markdown = (tmp_path / "out" / "ablation.md").read_text()
+    assert "| global |" in markdown and "| tiles |" in markdown and "| tiles 56 |" in markdown
