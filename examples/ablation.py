@@ -27,8 +27,8 @@ recipe, changing only what the study compares:
   Trained model vs the same architecture untrained vs a uniform random pointer.
 
 The defaults are sized for a shared 2-core CPU (about 40 min for everything, see the README): a
-64-wide tiny preset, 40 steps per run, 64 px views for the loss ablation (batch 16), 112 px views and
-112 px tiles (at most 4 per item, batch 8) for the scale study. That budget tests the pipeline and
+64-wide tiny preset; the loss ablation 40 steps per run at 64 px (batch 16); the scale study 30 steps at
+112 px views and 112 px tiles (at most 4 per item, batch 8). That budget tests the pipeline and
 gives a first reading, not the paper's numbers; raise `--*_steps`, `--*_image_size` and
 `--micro_image_size` on a bigger machine.
 
@@ -104,7 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Full-field size of the benchmark's images (the paper's scale: 2048 1600).")
     parser.add_argument("--oracle_images", type=int, default=200, help="Images the oracle reads (all splits).")
     parser.add_argument("--scale_image_size", type=int, default=112, help="Global view and tile side.")
-    parser.add_argument("--scale_steps", type=int, default=40)
+    parser.add_argument("--scale_steps", type=int, default=30)
     parser.add_argument("--scale_batch_size", type=int, default=8)
     parser.add_argument("--max_tiles", type=int, default=4, help="Random breast tiles per training item (--tiles).")
     args = parser.parse_args(argv)
@@ -334,29 +334,35 @@ def pointing_scores(models: dict, processor, targets: list[dict], *, mode: str =
 @torch.no_grad()
 def detection_scores(model, processor, split, *, tiles: bool, batch_size: int = 8, **image_kwargs):
     """Micro-calcification detection, zero-shot: P(BI-RADS 4 prompt) against the BI-RADS 1 prompt
-    (paper protocol prompts with each image's metadata), on the global view or the highest over its
-    breast tiles. Returns (scores, labels) for the rows labelled BI-RADS 1 or 4."""
-    from modeling_mama.reports import zero_shot_prompts
+    (paper protocol prompts with each image's metadata, `ZeroShotScorer`'s), on the global view or, tiled,
+    the highest over the breast's tiles (an image without a breast tile keeps its global score).
+    Returns (scores, labels) for the rows labelled BI-RADS 1 or 4."""
     from modeling_mama.training.converted import stored_image_options
     from modeling_mama.training.multiview import report_fields_from_row
-    from modeling_mama.zero_shot_scoring import ZeroShotBatch, zero_shot_logits
+    from modeling_mama.zero_shot_scoring import ZeroShotScorer, aggregate_scores, normalized_image_features
 
+    scorer = ZeroShotScorer(model, processor, "birads", tiles=tiles)
+    pair = [scorer.class_names.index("BI-RADS 1"), scorer.class_names.index("BI-RADS 4")]
+    scale = model.clamped_scales()[0].exp().float()
     rows = [index for index, birads in enumerate(split["birads"]) if birads in (1, 4)]
     options = {**stored_image_options(split), **image_kwargs}
     scores, labels = [], []
     for start in range(0, len(rows), batch_size):
         batch_rows = [split[index] for index in rows[start:start + batch_size]]
-        prompts = []
-        for row in batch_rows:
-            per_class = zero_shot_prompts("birads", report_fields_from_row(row))
-            prompts += [per_class[1], per_class[4]]
-        inputs = processor(images=[row["image"] for row in batch_rows], text=prompts,
-                           mode="tiles" if tiles else "global", laterality=[row["laterality"] for row in batch_rows],
-                           **options)
-        batch = ZeroShotBatch(inputs=inputs, task="birads", num_images=len(batch_rows), num_classes=2,
-                              num_phrasings=1, per_image_prompts=True, tiles=tiles)
-        logits = zero_shot_logits(model, batch, tile_aggregation="max")
-        scores += logits.softmax(-1)[:, 1].tolist()
+        fields = [report_fields_from_row(row) for row in batch_rows]
+        inputs = scorer.preprocess([row["image"] for row in batch_rows], fields, **options)
+        prompts = scorer.prompt_embeddings(fields)[:, pair]  # [N, 2, D]
+        image_embeds = normalized_image_features(model, inputs["pixel_values"]).float()
+        batch_scores = (scale * torch.einsum("nd,ncd->nc", image_embeds, prompts)).softmax(-1)[:, 1].numpy()
+        if tiles:
+            tile_mask = inputs["tile_mask"].bool()
+            owners = tile_mask.nonzero()[:, 0]
+            if len(owners):
+                tile_embeds = normalized_image_features(model, inputs["tile_pixel_values"][tile_mask]).float()
+                tile_scores = (scale * torch.einsum("td,tcd->tc", tile_embeds, prompts[owners])).softmax(-1)[:, 1]
+                images, highest = aggregate_scores(tile_scores.numpy(), owners.numpy(), how="max")
+                batch_scores[np.asarray(images, dtype=np.int64)] = highest
+        scores += batch_scores.tolist()
         labels += [int(row["birads"] == 4) for row in batch_rows]
     return np.asarray(scores), np.asarray(labels)
 
@@ -458,8 +464,10 @@ def run_scale_study(args, output_dir: Path) -> dict:
     targets = pointing_targets(test, lesion_rois(dataset))[:args.pointing_limit]
     runs = []
     for variant in [v for v in SCALE_VARIANTS if not args.variants or v in args.variants]:
-        extra = ["--tiles", "--max_tiles", str(args.max_tiles), "--tile_grid", f"{grid[0]},{grid[1]}"] \
-            if variant == "tiles" else []
+        # The detection prompts carry every metadata section and three BI-RADS sentences: a wider budget.
+        extra = ["--max_length", "256"]
+        if variant == "tiles":
+            extra += ["--tiles", "--max_tiles", str(args.max_tiles), "--tile_grid", f"{grid[0]},{grid[1]}"]
         for seed in args.seeds:
             run_dir = output_dir / "runs" / "scale" / f"{variant}-seed{seed}"
             run = pretrain_run(args, dataset, run_dir, seed=seed, image_size=size, steps=args.scale_steps,
