@@ -627,14 +627,14 @@ def write_json(path: Path, value) -> None:
     temporary.replace(path)
 
 
-def _mean_std(values, digits: int = 3) -> str:
-    """Mean ± sample standard deviation over seeds (the value alone for one seed, "-" for none)."""
+def _mean_range(values, digits: int = 3) -> str:
+    """Mean over seeds and their range, "mean (min-max)" (the value alone for one seed, "-" for none)."""
     values = np.asarray([value for value in values if value is not None and not np.isnan(value)], dtype=float)
     if not len(values):
         return "-"
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+    return f"{values.mean():.{digits}f} ({values.min():.{digits}f}-{values.max():.{digits}f})"
 
 
 def _by_variant(runs: list[dict]) -> dict[str, list[dict]]:
@@ -645,8 +645,8 @@ def _by_variant(runs: list[dict]) -> dict[str, list[dict]]:
 
 
 def markdown_report(results: dict) -> str:
-    """The tables of `ablation.md` (mean ± standard deviation over seeds; per-seed values in the JSON)."""
-    lines = [f"Command: `{results['command']}`  ", f"Seeds: {results['seeds']}; wall time "
+    """The tables of `ablation.md` (mean over seeds and the range, min-max; per-seed values in the JSON)."""
+    lines = [f"Command: `{results['command']}`  ", f"Seeds: {results['seeds']} (cells: mean over seeds (min-max)); wall time "
              f"{results['wall_time_seconds'] / 60:.1f} min; load average before / after: "
              f"{results['load_before']} / {results['load_after']} ({results['machine']})."]
     oracle = results.get("oracle")
@@ -668,19 +668,19 @@ def markdown_report(results: dict) -> str:
                   "| train time (s) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for variant, runs in _by_variant(scale["runs"]).items():
-            pointing = {inference: (_mean_std([r["pointing"][inference].get("trained") for r in runs]),
-                                    _mean_std([r["pointing"][inference].get("untrained") for r in runs]),
-                                    _mean_std([r["pointing"][inference].get("random") for r in runs]))
+            pointing = {inference: (_mean_range([r["pointing"][inference].get("trained") for r in runs]),
+                                    _mean_range([r["pointing"][inference].get("untrained") for r in runs]),
+                                    _mean_range([r["pointing"][inference].get("random") for r in runs]))
                         for inference in ("global", "tiles")}
-            detection = {(inference, key): _mean_std([r["detection"][inference].get(key) for r in runs])
+            detection = {(inference, key): _mean_range([r["detection"][inference].get(key) for r in runs])
                          for inference in ("global", "tiles") for key in ("auc", "local_auc")}
             lines.append(
                 f"| {variant} | {detection['global', 'auc']} | {detection['tiles', 'auc']} "
                 f"| {detection['global', 'local_auc']} | {detection['tiles', 'local_auc']} "
-                f"| {_mean_std([r['zero_shot']['density']['balanced_accuracy'] for r in runs])} "
+                f"| {_mean_range([r['zero_shot']['density']['balanced_accuracy'] for r in runs])} "
                 f"| {pointing['global'][0]} ({pointing['global'][1]}) | {pointing['tiles'][0]} ({pointing['tiles'][1]}) "
                 f"| {pointing['global'][2]} / {pointing['tiles'][2]} "
-                f"| {_mean_std([r['train_seconds'] for r in runs], digits=0)} |")
+                f"| {_mean_range([r['train_seconds'] for r in runs], digits=0)} |")
     losses = results.get("losses")
     if losses:
         lines += ["", f"**Losses** (the paper's ablation on the EMBED look-alike mix, {losses['steps']} steps x batch "
@@ -692,13 +692,13 @@ def markdown_report(results: dict) -> str:
         for variant, runs in _by_variant(losses["runs"]).items():
             lines.append(
                 f"| {variant} | {LOSS_TERMS_OF[variant]} "
-                f"| {_mean_std([r['zero_shot']['density']['balanced_accuracy'] for r in runs])} "
-                f"| {_mean_std([r['zero_shot']['density']['auc'] for r in runs])} "
-                f"| {_mean_std([r['zero_shot'].get('birads', {}).get('balanced_accuracy') for r in runs])} "
-                f"| {_mean_std([r['pointing'].get('trained') for r in runs])} "
-                f"| {_mean_std([r['pointing'].get('untrained') for r in runs])} "
-                f"| {_mean_std([r['pointing'].get('random') for r in runs])} "
-                f"| {_mean_std([r['train_seconds'] for r in runs], digits=0)} |")
+                f"| {_mean_range([r['zero_shot']['density']['balanced_accuracy'] for r in runs])} "
+                f"| {_mean_range([r['zero_shot']['density']['auc'] for r in runs])} "
+                f"| {_mean_range([r['zero_shot'].get('birads', {}).get('balanced_accuracy') for r in runs])} "
+                f"| {_mean_range([r['pointing'].get('trained') for r in runs])} "
+                f"| {_mean_range([r['pointing'].get('untrained') for r in runs])} "
+                f"| {_mean_range([r['pointing'].get('random') for r in runs])} "
+                f"| {_mean_range([r['train_seconds'] for r in runs], digits=0)} |")
     return "\n".join(lines) + "\n"
 
 
