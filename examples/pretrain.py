@@ -48,7 +48,12 @@ from modeling_mama import (
 )
 from modeling_mama.hub import write_model_card
 from modeling_mama.reports import build_report
-from modeling_mama.tokenization import TRUNCATION_MODES, add_special_tokens, train_report_tokenizer
+from modeling_mama.tokenization import (
+    DEFAULT_MAX_LENGTH,
+    TRUNCATION_MODES,
+    add_special_tokens,
+    train_report_tokenizer,
+)
 from modeling_mama.training.converted import tile_grid
 from modeling_mama.training.multiview import report_fields_from_row
 from modeling_mama.training.recipes import pretraining_recipe, recipe_settings
@@ -101,7 +106,8 @@ class DataArguments:
     multiview_probability: float = 0.5
     mask_prob: float = 0.8
     augmentation: str = field(default="paper", metadata={"help": "paper | mild | none (training augmentation strength)."})
-    max_length: int = field(default=144, metadata={"help": "Token budget of a report (saved with the processor)."})
+    max_length: int = field(default=DEFAULT_MAX_LENGTH,
+                            metadata={"help": "Token budget of a report (saved with the processor)."})
     truncation: str = field(default="error", metadata={
         "help": "A report over --max_length: error | warn (drop its last whole sentences)."})
     tiles: bool = field(default=False, metadata={

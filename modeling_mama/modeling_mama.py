@@ -390,6 +390,9 @@ class MamaModel(MamaPreTrainedModel):
             config.lora = {**config.lora, "target_modules": sorted(lora_config.target_modules),
                            "fan_in_fan_out": lora_config.fan_in_fan_out}
             inject_adapter_in_model(lora_config, self.text_model)
+            if not config.freeze_text_tower:
+                # peft leaves only the adapters trainable; freeze_text_tower=False means the whole tower trains.
+                self.text_model.requires_grad_(True)
         self.apply_frozen_parameters()
         self.post_init()
         if config.activation_checkpointing:

@@ -25,6 +25,7 @@ from modeling_mama.training.metrics import (
     per_class_accuracy,
     pointing_game,
     probabilistic_f1,
+    retrieval_accuracy,
     retrieval_metrics,
     sensitivity_specificity,
     softmax_scores,
@@ -361,7 +362,7 @@ def test_aggregate_scores_multiclass_mean_matches_loop_and_max_is_refused():
     np.testing.assert_allclose(exam_scores.sum(axis=1), 1.0)
     with pytest.raises(ValueError, match="how='max' needs positive-class scores"):
         aggregate_scores(scores, exam_ids, how="max")
-    with pytest.raises(ValueError, match="how must be 'mean' or 'max', got 'median'"):
+    with pytest.raises(ValueError, match=r"how must be one of \('mean', 'max'\), got 'median'"):
         aggregate_scores(scores, exam_ids, how="median")
 
 
@@ -414,6 +415,27 @@ def test_evaluate_module_offline_equals_classification_metrics():
     binary_labels = [0, 1] * 5
     assert same(metric.compute(predictions=binary, references=binary_labels, from_logits=False),
                 classification_metrics(binary, binary_labels, num_classes=2, from_logits=False))
+
+
+def test_retrieval_accuracy():
+    logits = torch.tensor([[5.0, 1.0, 0.0], [0.0, 2.0, 5.0], [0.0, 0.0, 4.0]])
+    top1_i2t, top1_t2i = retrieval_accuracy(logits, 1)
+    assert top1_i2t.item() == pytest.approx(2 / 3)  # image 1's best report is 2
+    assert top1_t2i.item() == pytest.approx(2 / 3)  # report 2's best image is 1
+    assert retrieval_accuracy(logits, 5)[0].item() == 1.0
+
+
+def test_in_batch_retrieval_accuracy_agrees_with_the_dataset_metric():
+    # One fact, two implementations (on-device for the training logs, numpy with groups for evaluation):
+    # without ties they must give the same recall@k.
+    generator = torch.Generator().manual_seed(0)
+    for size in (3, 8, 20):
+        logits = torch.randn(size, size, generator=generator)
+        expected = retrieval_metrics(logits.numpy(), ks=(1, 5))
+        for k in (1, 5):
+            image_to_text, text_to_image = retrieval_accuracy(logits, k)
+            assert image_to_text.item() == pytest.approx(expected[f"image_to_report_recall@{k}"])
+            assert text_to_image.item() == pytest.approx(expected[f"report_to_image_recall@{k}"])
 
 
 # --------------------------------------------------------------------------------------- pointing game

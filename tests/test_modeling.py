@@ -281,6 +281,18 @@ def test_lora_starts_as_identity():
             assert parameter.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_text_tower_means_what_it_says_with_lora(freeze):
+    # peft marks only the adapters trainable when it injects them; the config decides.
+    model = tiny_model(freeze_text_tower=freeze)
+    trainable = {name for name, parameter in model.text_model.named_parameters() if parameter.requires_grad}
+    adapters = {name for name, _ in model.text_model.named_parameters() if "lora_" in name}
+    assert adapters and adapters <= trainable
+    assert (trainable == adapters) is freeze
+    if not freeze:
+        assert trainable == {name for name, _ in model.text_model.named_parameters()}
+
+
 def test_save_and_auto_load_round_trip_bit_exact(tmp_path):
     model = tiny_model().train()
     # Make LoRA non-trivial, then save.

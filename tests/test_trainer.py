@@ -13,7 +13,6 @@ import torch
 
 from modeling_mama import MamaConfig, MamaDataCollator, MamaImageProcessor, MamaModel, MamaProcessor, MamaTrainer
 from modeling_mama import MamaTrainingArguments, MultiViewDataset
-from modeling_mama.training.trainer import retrieval_accuracy
 
 IMAGE = 56
 
@@ -89,14 +88,6 @@ def test_tiled_training_run(tiny_dataset, report_tokenizer, tmp_path):
     assert views == [(12, 3, IMAGE, IMAGE)] * 3
     assert all(6 <= shape[0] <= 12 and shape[1:] == (3, 28, 28) for shape in tiles)
     assert not torch.equal(before, model.patch_projection.fc1.weight)
-
-
-def test_retrieval_accuracy():
-    logits = torch.tensor([[5.0, 1.0, 0.0], [0.0, 2.0, 5.0], [0.0, 0.0, 4.0]])
-    top1_i2t, top1_t2i = retrieval_accuracy(logits, 1)
-    assert top1_i2t.item() == pytest.approx(2 / 3)  # image 1's best report is 2
-    assert top1_t2i.item() == pytest.approx(2 / 3)  # report 2's best image is 1
-    assert retrieval_accuracy(logits, 5)[0].item() == 1.0
 
 
 def test_terms_switch_on_at_their_step_and_are_logged(tiny_dataset, report_tokenizer, tmp_path):

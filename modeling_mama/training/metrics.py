@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn import metrics as sk_metrics
 
 from ..pipelines import aggregate_scores
@@ -308,6 +309,18 @@ def _recall_at_k(similarity: np.ndarray, query_codes: np.ndarray, candidate_code
         best_correct = np.where(correct, rows, -np.inf).max(axis=1)
         ranks[start:start + chunk] = 1 + np.sum(~correct & (rows >= best_correct[:, None]), axis=1)
     return {f"{direction}_recall@{k}": float(np.mean(ranks <= k)) for k in ks}
+
+
+def retrieval_accuracy(logits_per_image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k image->report and report->image accuracy in a batch whose pairs lie on the diagonal (the
+    training logs' in-batch figure, on the logits' device: no host sync per step). `retrieval_metrics`
+    is the dataset-level version (numpy, groups of equivalent reports, ties against the query); on a
+    batch without ties the two agree."""
+    k = min(k, logits_per_image.shape[0])
+    targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+    image_to_text = (logits_per_image.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
+    text_to_image = (logits_per_image.t().topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
+    return image_to_text, text_to_image
 
 
 def retrieval_metrics(similarity: Any, ks: Sequence[int] = (1, 5, 10), groups: Any = None,

@@ -30,6 +30,7 @@ from transformers.training_args import ParallelMode
 from transformers.trainer_pt_utils import get_parameter_names
 
 from ..hub import check_release_allowed
+from .metrics import retrieval_accuracy
 from .schedule import PAPER_LATE_LOSS_STEP, LossSchedule
 
 NO_DECAY_NAME_PARTS = ("bias", "layernorm", "layer_norm", "rmsnorm", "logit_scale", "local_scale")
@@ -62,15 +63,6 @@ class MamaTrainingArguments(TrainingArguments):
         metadata={"help": "DDP's find_unused_parameters (default True: late loss terms leave heads unused until "
                           "their step; see modeling_mama.training.trainer)."},
     )
-
-
-def retrieval_accuracy(logits_per_image: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k image->report and report->image accuracy in a batch whose pairs lie on the diagonal."""
-    k = min(k, logits_per_image.shape[0])
-    targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
-    image_to_text = (logits_per_image.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
-    text_to_image = (logits_per_image.t().topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean()
-    return image_to_text, text_to_image
 
 
 def _check_checkpointing_under_ddp(args: TrainingArguments) -> None:
