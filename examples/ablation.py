@@ -35,7 +35,7 @@ gives a first reading, not the paper's numbers; raise `--*_steps`, `--*_image_si
 Writes `ablation.json` (settings, every run's numbers, wall times, machine load), `ablation.md` (the
 tables the README shows) and `ablation.png` into `--output_dir`. Finished runs are kept under
 `<output_dir>/runs/<study>/<variant>-seed<k>/` with their `evaluation.json`, so an interrupted ablation
-resumes where it stopped.
+resumes where it stopped; `--report_only` writes the tables from the finished runs alone.
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=None,
                         help=f"Only these variants ({', '.join(LOSS_VARIANTS)}; {', '.join(SCALE_VARIANTS)}).")
+    parser.add_argument("--report_only", action="store_true",
+                        help="Write the tables from the runs already finished in --output_dir; train nothing.")
     parser.add_argument("--cache_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "modeling_mama", "ablation"))
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="Data generation processes.")
     parser.add_argument("--hidden_size", type=int, default=64, help="Tiny preset width.")
@@ -427,6 +429,8 @@ def run_losses_study(args, output_dir: Path) -> dict:
     for variant in [v for v in LOSS_VARIANTS if not args.variants or v in args.variants]:
         for seed in args.seeds:
             run_dir = output_dir / "runs" / "losses" / f"{variant.strip('+')}-seed{seed}"
+            if args.report_only and not (run_dir / "evaluation.json").exists():
+                continue
             run = pretrain_run(args, dataset, run_dir, seed=seed, image_size=args.losses_image_size, steps=steps,
                                batch_size=args.losses_batch_size, extra=loss_arguments(variant))
             evaluation = run_dir / "evaluation.json"
@@ -470,6 +474,8 @@ def run_scale_study(args, output_dir: Path) -> dict:
             extra += ["--tiles", "--max_tiles", str(args.max_tiles), "--tile_grid", f"{grid[0]},{grid[1]}"]
         for seed in args.seeds:
             run_dir = output_dir / "runs" / "scale" / f"{variant}-seed{seed}"
+            if args.report_only and not (run_dir / "evaluation.json").exists():
+                continue
             run = pretrain_run(args, dataset, run_dir, seed=seed, image_size=size, steps=args.scale_steps,
                                batch_size=args.scale_batch_size, extra=extra)
             evaluation = run_dir / "evaluation.json"

@@ -134,6 +134,12 @@ def test_one_step_loss_ablation_writes_tables_and_resumes(synthetic_embed_datase
     again = ablation.main(argv)
     assert run_record.stat().st_mtime_ns == before
     assert again["losses"]["runs"][0]["pointing"] == runs[0]["pointing"]
+    # --report_only: runs not finished yet (here +SLA, and seed 1 of every variant) are left out, not trained.
+    wider = [*argv[:argv.index("--seeds")], "--seeds", "0", "1", *argv[argv.index("--seeds") + 2:]]
+    wider[wider.index("--variants") + 1:wider.index("--variants") + 3] = ["CLIP", "+SLA", "MaMA"]
+    partial = ablation.main([*wider, "--report_only"])
+    assert [(run["variant"], run["seed"]) for run in partial["losses"]["runs"]] == [("CLIP", 0), ("MaMA", 0)]
+    assert sorted(path.name for path in (tmp_path / "runs" / "losses").iterdir()) == ["CLIP-seed0", "MaMA-seed0"]
 
 
 def test_one_step_scale_study_trains_with_tiles_and_scores_both_inferences(tmp_path):
