@@ -554,6 +554,7 @@ def run_oracle_study(args, output_dir: Path) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     from modeling_mama import MamaImageProcessor
+    from modeling_mama.file_utils_mama import atomic_path
     from modeling_mama.training.converted import stored_image_options
 
     record = output_dir / "oracle_features.npz"
@@ -587,10 +588,9 @@ def run_oracle_study(args, output_dir: Path) -> dict:
             labels.append(int(row["birads"] == 4))
         features = {name: np.asarray(values) for name, values in collected.items()}
         labels, patients = np.asarray(labels), np.asarray(rows["patient_id"])
-        temporary = record.with_name(".oracle_features.tmp.npz")
-        np.savez(temporary, labels=labels, patients=patients,
-                 **{f"x_{name}": values for name, values in features.items()})
-        temporary.replace(record)
+        with atomic_path(record) as temporary, open(temporary, "xb") as stream:  # a stream: no ".npz" appended
+            np.savez(stream, labels=labels, patients=patients,
+                     **{f"x_{name}": values for name, values in features.items()})
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
     # Folds by patient: the views of one breast share its texture, which would leak across folds.
     folds = StratifiedGroupKFold(5, shuffle=True, random_state=0)
@@ -627,10 +627,9 @@ def load_average() -> list[float] | None:
 
 
 def write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, default=float))
-    temporary.replace(path)
+    from modeling_mama.file_utils_mama import write_json_atomic
+
+    write_json_atomic(path, value, default=float)
 
 
 def _mean_range(values, digits: int = 3) -> str:
@@ -762,13 +761,12 @@ def plot_results(results: dict, path: Path) -> Path:
 
 
 def write_reports(results: dict, output_dir: Path) -> dict[str, Path]:
-    """`ablation.json`, `ablation.md` and `ablation.png` in `output_dir`."""
+    """`ablation.json`, `ablation.md` and `ablation.png` in `output_dir`, each written all or nothing."""
+    from modeling_mama.file_utils_mama import write_text_atomic
+
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "ablation.json", results)
-    markdown = output_dir / "ablation.md"
-    temporary = output_dir / ".ablation.md.tmp"
-    temporary.write_text(markdown_report(results))
-    temporary.replace(markdown)
+    markdown = write_text_atomic(output_dir / "ablation.md", markdown_report(results))
     return {"json": output_dir / "ablation.json", "markdown": markdown,
             "plot": plot_results(results, output_dir / "ablation.png")}
 

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from modeling_mama import MamaModel, MamaProcessor
+from modeling_mama.file_utils_mama import write_json_atomic
 from modeling_mama.reports import ReportFields, build_report
 from modeling_mama.tokenization import split_sentences
 from modeling_mama.training.visualization import plot_heat_map, sentence_heat_maps
@@ -51,10 +52,7 @@ def main(argv=None) -> dict:
         path = plot_heat_map(view, grid, output_dir / f"sentence_{index:02d}.png", title=sentence)
         summary["sentences"].append({"sentence": sentence, "file": path.name,
                                      "max_similarity": float(grid.max()), "mean_similarity": float(grid.mean())})
-    target = output_dir / "summary.json"
-    temporary = output_dir / ".summary.json.tmp"
-    temporary.write_text(json.dumps(summary, indent=2))
-    temporary.replace(target)
+    write_json_atomic(output_dir / "summary.json", summary)
     print(f"{len(sentences)} heat maps -> {output_dir}")
     return summary
 

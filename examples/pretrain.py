@@ -25,7 +25,6 @@ whole sentences instead of stopping.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -46,6 +45,7 @@ from modeling_mama import (
     MamaTrainingArguments,
     MultiViewDataset,
 )
+from modeling_mama.file_utils_mama import write_json_atomic
 from modeling_mama.hub import write_model_card
 from modeling_mama.reports import build_report
 from modeling_mama.tokenization import (
@@ -303,9 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["zero_shot_tiles"] = zero_shot_tiles
         results["wall_time_seconds"] = round(time.time() - started, 1)
         output_dir = Path(training_args.output_dir)
-        temporary = output_dir / ".results.json.tmp"
-        temporary.write_text(json.dumps(results, indent=2, default=float))
-        temporary.replace(output_dir / "results.json")
+        write_json_atomic(output_dir / "results.json", results, default=float)
         # The card written by save_model predates the results: render it again with them.
         settings = recipe_settings(training_args)
         if training_args.max_steps <= 0:

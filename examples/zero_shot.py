@@ -16,16 +16,20 @@ Writes `zero_shot_<task>.json`, a confusion matrix and a ROC curve into `--outpu
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from datasets import load_from_disk
 
 from modeling_mama import MamaModel, MamaProcessor
+from modeling_mama.file_utils_mama import write_json_atomic
 from modeling_mama.reports import CLASS_NAMES
 from modeling_mama.tokenization import TRUNCATION_MODES
-from modeling_mama.training.metrics import breast_level, classification_metrics, softmax_scores
+from modeling_mama.training.metrics import (
+    breast_level,
+    classification_metrics,
+    softmax_scores,
+)
 from modeling_mama.training.visualization import plot_confusion_matrix, plot_roc
 from modeling_mama.training.zero_shot import zero_shot_logits
 from modeling_mama.zero_shot_scoring import AGGREGATIONS, default_tile_aggregation
@@ -90,10 +94,7 @@ def main(argv=None) -> dict:
                           output_dir / f"zero_shot_{args.task}_confusion.png", title=f"zero-shot {args.task}")
     plot_roc(softmax_scores(logits), labels, names, output_dir / f"zero_shot_{args.task}_roc.png",
              title=f"zero-shot {args.task}")
-    target = output_dir / f"zero_shot_{args.task}.json"
-    temporary = target.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(results, indent=2, default=float))
-    temporary.replace(target)
+    target = write_json_atomic(output_dir / f"zero_shot_{args.task}.json", results, default=float)
     print(f"{args.task} ({args.split}, {len(labels)} images): balanced accuracy "
           f"{image_level['balanced_accuracy']:.3f}, AUC {image_level['auc']:.3f} -> {target}")
     return results

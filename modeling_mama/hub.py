@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .file_utils_mama import write_text_atomic
+
 TEMPLATE_PATH = Path(__file__).with_name("model_card.md")
 
 DATASET_TERMS: dict[str, dict[str, Any]] = {
@@ -154,11 +156,7 @@ def write_model_card(folder: str | Path, config, *, training_args: dict | None =
     if training_args is None and (folder / "training_args.json").exists():
         training_args = json.loads((folder / "training_args.json").read_text())
     card = render_model_card(config, repo_id=repo_id or folder.name, training_args=training_args, results=results)
-    target = folder / "README.md"
-    temporary = folder / ".README.md.tmp"
-    temporary.write_text(str(card), encoding="utf-8")
-    temporary.replace(target)
-    return target
+    return write_text_atomic(folder / "README.md", str(card))
 
 
 __all__ = ["DATASET_TERMS", "DatasetLicenseError", "check_release_allowed", "render_model_card", "write_model_card"]

@@ -23,11 +23,9 @@ scored during training (bACC, AUC), so `--load_best_model_at_end --metric_for_be
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments
 
 from ..configuration_mama import MamaConfig
+from ..file_utils_mama import write_json_atomic
 from ..labels import get_task
 from ..image_processing_mama import MamaImageProcessor
 from .converted import stored_image_options
@@ -288,16 +287,7 @@ def _json_ready(value):
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
     """Write `data` as indented strict JSON (nan as null), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        temporary.write_text(json.dumps(_json_ready(data), indent=2, default=float, allow_nan=False) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, _json_ready(data), default=float, allow_nan=False)
 
 
 __all__ = [
