@@ -284,7 +284,7 @@ def sentence_maps(models: dict, processor, target: dict, *, mode: str, **image_k
         return maps
     # Tiles: every breast tile's patch map, written back where the tile sits in the breast crop.
     crop_width, crop_height = crop_box[2] - crop_box[0], crop_box[3] - crop_box[1]
-    frame = (int(round(crop_height)), int(round(crop_width)))
+    frame = (round(crop_height), round(crop_width))
     tiles = inputs["tile_pixel_values"][0][inputs["tile_mask"][0]]
     tile_boxes = boxes_to_view(inputs["tile_boxes"][0][inputs["tile_mask"][0]].numpy(), crop_box, flipped, frame)
     tile_height, tile_width = tiles.shape[-2:]
@@ -301,8 +301,8 @@ def sentence_maps(models: dict, processor, target: dict, *, mode: str, **image_k
         stitched = np.full(frame, -np.inf)
         for cell_map, (x0, y0, x1, y1) in zip(cells, tile_boxes):
             pixels = np.kron(cell_map, np.ones((tile_height // cell_map.shape[0], tile_width // cell_map.shape[1])))
-            top, left = int(round(y0)), int(round(x0))
-            region = stitched[top:top + int(round(y1 - y0)), left:left + int(round(x1 - x0))]
+            top, left = round(y0), round(x0)
+            region = stitched[top:top + round(y1 - y0), left:left + round(x1 - x0)]
             np.maximum(region, pixels[:region.shape[0], :region.shape[1]], out=region)
         stitched[~np.isfinite(stitched)] = stitched[np.isfinite(stitched)].min() - 1.0
         maps[name] = (stitched, boxes, frame)
@@ -341,7 +341,11 @@ def detection_scores(model, processor, split, *, tiles: bool, batch_size: int = 
     Returns (scores, labels) for the rows labelled BI-RADS 1 or 4."""
     from modeling_mama.training.converted import stored_image_options
     from modeling_mama.training.multiview import report_fields_from_row
-    from modeling_mama.zero_shot_scoring import ZeroShotScorer, aggregate_scores, normalized_image_features
+    from modeling_mama.zero_shot_scoring import (
+        ZeroShotScorer,
+        aggregate_scores,
+        normalized_image_features,
+    )
 
     scorer = ZeroShotScorer(model, processor, "birads", tiles=tiles)
     pair = [scorer.class_names.index("BI-RADS 1"), scorer.class_names.index("BI-RADS 4")]
@@ -493,7 +497,7 @@ def run_scale_study(args, output_dir: Path) -> dict:
                                                       **tile_options)
                     scores["detection"][inference] = {"auc": binary_auc(detection, labels),
                                                       "local_auc": binary_auc(local, labels),
-                                                      "positives": int(labels.sum()), "images": int(len(labels))}
+                                                      "positives": int(labels.sum()), "images": len(labels)}
                     scores["pointing"][inference] = pointing_scores(models, processor, targets, mode=inference,
                                                                     **tile_options)
                 write_json(evaluation, scores)
@@ -602,7 +606,7 @@ def run_oracle_study(args, output_dir: Path) -> dict:
         low, high = np.nanpercentile(resampled, [2.5, 97.5])
         results[name] = {"auc": binary_auc(scores, labels), "ci95": [float(low), float(high)]}
         print(f"oracle {name}: AUC {results[name]['auc']:.3f} [{low:.3f}, {high:.3f}]", flush=True)
-    return {"dataset": str(dataset), "images": int(len(labels)), "positives": int(labels.sum()),
+    return {"dataset": str(dataset), "images": len(labels), "positives": int(labels.sum()),
             "features": f"Hessian blobness at sigma {list(BLOB_SCALES)} px inside the breast: top 1/10/50 responses, "
                         f"peaks over {list(ORACLE_THRESHOLDS)} x its 99th percentile, densest 1/8-side window",
             "probe": "standardised features, L2 logistic regression (C=0.1), 5-fold CV stratified and grouped by "
@@ -651,26 +655,26 @@ def _by_variant(runs: list[dict]) -> dict[str, list[dict]]:
 
 def markdown_report(results: dict) -> str:
     """The tables of `ablation.md` (mean over seeds and the range, min-max; per-seed values in the JSON)."""
-    lines = [f"Command: `{results['command']}`  ", f"Seeds: {results['seeds']} (cells: mean over seeds (min-max)); wall time "
+    lines = [f"Command: `{results['command']}`  ", (f"Seeds: {results['seeds']} (cells: mean over seeds (min-max)); wall time "
              f"{results['wall_time_seconds'] / 60:.1f} min; load average before / after: "
-             f"{results['load_before']} / {results['load_after']} ({results['machine']})."]
+             f"{results['load_before']} / {results['load_after']} ({results['machine']}).")]
     oracle = results.get("oracle")
     if oracle:
-        lines += ["", f"**Oracle** ({oracle['images']} images, {oracle['positives']} with micro-calcifications): "
-                      f"{oracle['probe']}; features: {oracle['features']}.", "",
+        lines += ["", (f"**Oracle** ({oracle['images']} images, {oracle['positives']} with micro-calcifications): "
+                      f"{oracle['probe']}; features: {oracle['features']}."), "",
                   "| probe input | AUC | 95% CI |", "|---|---|---|"]
         for name, value in oracle["inputs"].items():
             lines.append(f"| {name} | {value['auc']:.3f} | {value['ci95'][0]:.3f}-{value['ci95'][1]:.3f} |")
     scale = results.get("scale")
     if scale:
-        lines += ["", f"**Scale** (micro-calcification benchmark, {scale['steps']} steps x batch {scale['batch_size']}, "
+        lines += ["", (f"**Scale** (micro-calcification benchmark, {scale['steps']} steps x batch {scale['batch_size']}, "
                       f"global view {scale['image_size']} px, tiles {scale['image_size']} px at full resolution on a "
                       f"{scale['tile_grid'][0]}x{scale['tile_grid'][1]} grid, {scale['max_tiles']} random tiles per item "
-                      f"with --tiles; pointing on {scale['pointing_images']} test images):", "",
-                  "| pre-training | detection AUC: prompts, global view | prompts, tiled (max) "
+                      f"with --tiles; pointing on {scale['pointing_images']} test images):"), "",
+                  ("| pre-training | detection AUC: prompts, global view | prompts, tiled (max) "
                   "| SLA heads, global view | SLA heads, tiles | density bACC "
                   "| pointing, global view (untrained) | pointing, tiles (untrained) | random pointer (global / tiles) "
-                  "| train time (s) |",
+                  "| train time (s) |"),
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for variant, runs in _by_variant(scale["runs"]).items():
             pointing = {inference: (_mean_range([r["pointing"][inference].get("trained") for r in runs]),
@@ -688,11 +692,11 @@ def markdown_report(results: dict) -> str:
                 f"| {_mean_range([r['train_seconds'] for r in runs], digits=0)} |")
     losses = results.get("losses")
     if losses:
-        lines += ["", f"**Losses** (the paper's ablation on the EMBED look-alike mix, {losses['steps']} steps x batch "
+        lines += ["", (f"**Losses** (the paper's ablation on the EMBED look-alike mix, {losses['steps']} steps x batch "
                       f"{losses['batch_size']} at {losses['image_size']} px; zero-shot on the test split; pointing on "
-                      f"{losses['pointing_images']} held-out images with a marked finding):", "",
-                  "| variant | loss terms | density bACC | density AUC | BI-RADS bACC | pointing, trained "
-                  "| pointing, untrained | random pointer | train time (s) |",
+                      f"{losses['pointing_images']} held-out images with a marked finding):"), "",
+                  ("| variant | loss terms | density bACC | density AUC | BI-RADS bACC | pointing, trained "
+                  "| pointing, untrained | random pointer | train time (s) |"),
                   "|---|---|---|---|---|---|---|---|---|"]
         for variant, runs in _by_variant(losses["runs"]).items():
             lines.append(
