@@ -148,6 +148,46 @@ def crop_to_breast(pixels) -> np.ndarray:
     return pixels[y0:y1, x0:x1]
 
 
+def boxes_to_view(boxes, crop_box, flipped: bool, view_size, *, keep_aspect_ratio: bool = False) -> np.ndarray:
+    """Boxes drawn on a source image -> the same boxes on its processed view (oriented, cropped, resized).
+
+    Args:
+        boxes: `(x0, y0, x1, y1)` boxes in the source image's pixels ([K, 4] or one box), e.g. a
+            dataset's lesion ROIs (EMBED's `ROI_coords` are `(ymin, xmin, ymax, xmax)`: reorder them).
+        crop_box, flipped: where the breast crop lies in the source image and whether the image was
+            mirrored to put the chest wall on the left, as `MamaImageProcessor(...,
+            return_geometry=True)` returns them (`crop_boxes[i]`, `flipped[i]`).
+        view_size: (height, width) of the processed view (the processor's `size`).
+        keep_aspect_ratio: the view was made with `keep_aspect_ratio=True` (fitted and padded) rather
+            than stretched.
+
+    Returns float [K, 4] `(x0, y0, x1, y1)` in view pixels, clipped to the view (a box outside the
+    crop comes back with zero width or height).
+
+    >>> boxes_to_view([(150, 30, 170, 60)], crop_box=(100, 20, 200, 120), flipped=True, view_size=(50, 50)).tolist()
+    [[15.0, 5.0, 25.0, 20.0]]
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    crop_x0, crop_y0, crop_x1, crop_y1 = (float(value) for value in np.asarray(crop_box, dtype=np.float64))
+    height, width = (int(value) for value in view_size)
+    crop_width, crop_height = crop_x1 - crop_x0, crop_y1 - crop_y0
+    if crop_width <= 0 or crop_height <= 0:
+        raise ValueError(f"crop_box {tuple(crop_box)} must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1.")
+    if keep_aspect_ratio:  # as the processor fits it: scaled by the tighter side, placed top-left
+        scale = min(height / crop_height, width / crop_width)
+        scale_y = min(height, max(1, round(crop_height * scale))) / crop_height
+        scale_x = min(width, max(1, round(crop_width * scale))) / crop_width
+    else:
+        scale_y, scale_x = height / crop_height, width / crop_width
+    if flipped:  # x is measured from the crop's right edge, which the mirror put on the left
+        x0, x1 = (crop_x1 - boxes[:, 2]) * scale_x, (crop_x1 - boxes[:, 0]) * scale_x
+    else:
+        x0, x1 = (boxes[:, 0] - crop_x0) * scale_x, (boxes[:, 2] - crop_x0) * scale_x
+    y0, y1 = (boxes[:, 1] - crop_y0) * scale_y, (boxes[:, 3] - crop_y0) * scale_y
+    view = np.stack([x0, y0, x1, y1], axis=1)
+    return np.clip(view, 0.0, [width, height, width, height])
+
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,6 +348,6 @@ def _to_gray_array(image, input_data_format: str | None = None, rescale: bool = 
 
 __all__ = [
     "IMAGE_SUFFIXES", "LOW_BIT_DEPTHS", "PIXEL_MASS_MARGIN", "PREVIEW_SIDE", "LowBitDepthWarning",
-    "NonFinitePixelsError", "breast_bbox", "crop_to_breast", "infer_laterality", "orient_breast", "otsu_threshold",
-    "to_unit_range",
+    "NonFinitePixelsError", "boxes_to_view", "breast_bbox", "crop_to_breast", "infer_laterality", "orient_breast",
+    "otsu_threshold", "to_unit_range",
 ]
