@@ -20,6 +20,7 @@ from modeling_mama.data.converters.common import (
     SUMMARY_FILE,
     ConverterError,
     Shard,
+    StorageError,
 )
 
 
@@ -61,7 +62,9 @@ def run_converter(name: str, argv: Sequence[str] | None, *, description: str,
     """Parse `argv`, run `CONVERTERS[name]` with the dataset `options` (argument names) and print a summary.
 
     A `ConverterError` (bad root, missing table or column, mismatched cache...) prints one line and
-    returns 2; per-image problems are in `failures.csv` and do not stop the run.
+    returns 2; a `StorageError` (the output folder cannot be written: disk full, read-only, no
+    permission) prints one line and returns 1. Per-image problems are in `failures.csv` and do not
+    stop the run.
     """
     parser = common_parser(description)
     if add_arguments is not None:
@@ -76,5 +79,8 @@ def run_converter(name: str, argv: Sequence[str] | None, *, description: str,
     except ConverterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except StorageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print_summary(Path(args.out), dataset_dict)
     return 0

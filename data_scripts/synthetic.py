@@ -4,6 +4,7 @@
     python data_scripts/synthetic.py --out data/synthetic_rsna --format rsna --num-exams 50
     python data_scripts/synthetic.py --out data/synthetic_cbis --format cbis_ddsm --image-size 640x416
     python data_scripts/synthetic.py --out data/embed_full --image-size full --workers 2
+    python data_scripts/synthetic.py --out data/microcalc --image-size 2048x1664 --microcalcifications 0.5
 
 See `modeling_mama.data.synthetic` for what is generated and how it mimics each dataset.
 """
@@ -29,7 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes writing images")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--microcalcifications", type=float, default=None, metavar="FRACTION",
+                        help="EMBED only: write the micro-calcification benchmark instead of the usual mix, "
+                             "with clusters on this fraction of the breasts (use a full-field --image-size)")
     args = parser.parse_args(argv)
+    if args.microcalcifications is not None and args.format != "embed":
+        parser.error("--microcalcifications is an option of the EMBED look-alike (--format embed)")
+    if args.microcalcifications is not None and not 0.0 <= args.microcalcifications <= 1.0:
+        parser.error(f"--microcalcifications {args.microcalcifications} must be a fraction of breasts in [0, 1]")
     try:
         image_size = parse_image_size(args.image_size)
     except ValueError as error:
@@ -39,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              if args.num_exams is None else args.num_exams)
     count_argument = {"embed": "num_exams", "rsna": "num_patients", "vindr": "num_studies", "cbis_ddsm": "num_patients",
                       "cmmd": "num_patients"}[args.format]
+    if args.microcalcifications is not None:
+        options["microcalcifications"] = args.microcalcifications
     root = GENERATORS[args.format](args.out, **{count_argument: count}, **options)
     print(root)
     return 0

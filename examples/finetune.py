@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from modeling_mama.training.finetuning import (
     stratified_fraction,
     write_json,
 )
+from modeling_mama.hub import merge_datasets, recorded_datasets
 from modeling_mama.labels import get_task
 from modeling_mama.training.metrics import softmax_scores
 from modeling_mama.training.visualization import plot_confusion_matrix, plot_roc
@@ -59,6 +61,10 @@ class ClassificationArguments:
         default=True, metadata={"help": "The paper's training augmentation (--augment false: plain resize)."})
     test_split: str = field(
         default="test", metadata={"help": "Split scored at the end (EMBED BI-RADS: test_balanced)."})
+    training_datasets: str | None = field(
+        default=None, metadata={"help": "Comma-separated names added to the training data recorded in the saved "
+                                        "config (the dataset's own conversion.json and the pretrained model's "
+                                        "record are always kept)."})
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -99,9 +105,14 @@ def run_classification(argv: Sequence[str] | None, *, freeze_image_tower: bool) 
                          f"it has {sorted(splits)}.")
 
     model = build_classifier(args.model, args.task, random_init=args.random_init)
+    # The saved classifier is derived from the pretrained weights' data (unless random) and this dataset.
+    model.config.training_datasets = merge_datasets(
+        [] if args.random_init else model.config.training_datasets, recorded_datasets(args.dataset),
+        args.training_datasets)
     if freeze_image_tower:
         model.freeze_image_tower()
     image_processor = load_image_processor(args.model, model.config)
+    image_processor.training_datasets = list(model.config.training_datasets)
 
     train_full = ClassificationDataset(splits["train"], image_processor, args.task, augment=args.augment)
     test_dataset = ClassificationDataset(splits[args.test_split], image_processor, args.task)
@@ -114,6 +125,12 @@ def run_classification(argv: Sequence[str] | None, *, freeze_image_tower: bool) 
         eval_dataset = ClassificationDataset(splits["validation"], image_processor, args.task)
     logger.info("%s: %d of %d labelled train images (class counts %s)", args.task, len(train_dataset),
                 len(train_full), np.bincount(train_dataset.labels, minlength=model.config.num_labels).tolist())
+    present = np.unique(train_dataset.labels)
+    if present.size < 2:
+        warnings.warn(f"The train split of {args.dataset} has only one {args.task} class "
+                      f"({get_task(args.task).class_names[int(present[0])]}): the classifier can only learn to "
+                      "predict it, and its test metrics say nothing about the image tower. Use data with at least "
+                      "two classes.", UserWarning, stacklevel=2)
 
     trainer = BalancedTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,

@@ -39,8 +39,13 @@ from tqdm.auto import tqdm
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.data.dicom_scan import ScanFailure, group_by_exam, scan_dicoms
 from modeling_mama.dicom import DicomError, read_dicom
-from modeling_mama.zero_shot_scoring import ZeroShotScorer, aggregate_scores, concatenate_inputs
+from modeling_mama.file_utils_mama import atomic_path
 from modeling_mama.reports import CLASS_NAMES, ZERO_SHOT_TASKS
+from modeling_mama.zero_shot_scoring import (
+    ZeroShotScorer,
+    aggregate_scores,
+    concatenate_inputs,
+)
 
 LEVELS = ("image", "breast", "exam")
 ID_COLUMNS = ["level", "exam_id", "patient_id", "laterality", "laterality_source", "view", "view_source",
@@ -142,14 +147,8 @@ def _with_scores(row: dict, scores, class_names: list[str]) -> dict:
 # ------------------------------------------------------------------------------------------ files
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary name in the same folder, then rename: never a half-written file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", newline="", encoding="utf-8") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "x", newline="", encoding="utf-8") as stream:
+        write(stream)
 
 
 def write_predictions(path: Path, rows: list[dict], fmt: str, task: str, class_names: list[str], model: str) -> None:

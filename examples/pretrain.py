@@ -1,6 +1,6 @@
-"""Pre-train MaMA on one or several converted mammography datasets.
+"""Pre-train MaMA on a converted mammography dataset.
 
-    accelerate launch examples/pretrain.py --dataset DATA [DATA ...] --output_dir OUT [--preset paper|tiny] [...]
+    accelerate launch examples/pretrain.py --dataset DATA --output_dir OUT [--preset paper|tiny] [...]
 
 With **no arguments** it runs the offline demo: it generates (or reuses) a synthetic EMBED look-alike
 under `~/.cache/modeling_mama`, converts it with the EMBED converter, trains a byte-level BPE tokenizer
@@ -14,13 +14,6 @@ The preset's training recipe (`modeling_mama.training.recipes`) gives the defaul
 `--gather_with_grad`, ...). The paper preset builds MaMA from `facebook/dinov2-with-registers-base` and
 `stanford-crfm/BioMedLM` (needs the Hub) with METHOD.md's recipe; see README for the multi-GPU launch configs.
 
-Several `--dataset` folders (e.g. `data/cbis data/cmmd`) are trained on together: their splits are
-concatenated, and their patient and exam ids are prefixed with the dataset's name (so two datasets'
-ids never pair as views of one exam). The config records each dataset's name (`training_datasets`,
-from its `conversion.json`; `--training_datasets` overrides it), so the Hub push applies each one's
-licence: CC BY data (CBIS-DDSM, CMMD) may be pushed and the model card carries its attribution;
-EMBED (and a local DICOM export) is refused without `acknowledge_data_license`.
-
 `--tiles` (off by default and in the paper preset) adds the multi-scale extension: each training item
 carries the global view (global and multi-view terms) plus up to `--max_tiles` tiles of the breast at
 the stored resolution (tile side = `--image_size`; the grid covers the converter's `--image-size`,
@@ -32,7 +25,6 @@ whole sentences instead of stopping.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -40,7 +32,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import DatasetDict, concatenate_datasets, load_from_disk
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from modeling_mama import (
@@ -53,8 +44,7 @@ from modeling_mama import (
     MamaTrainingArguments,
     MultiViewDataset,
 )
-from modeling_mama.hub import write_model_card
-from modeling_mama.labels import get_task
+from modeling_mama.hub import merge_datasets, write_model_card
 from modeling_mama.reports import build_report
 from modeling_mama.tokenization import (
     DEFAULT_MAX_LENGTH,
@@ -62,7 +52,8 @@ from modeling_mama.tokenization import (
     add_special_tokens,
     train_report_tokenizer,
 )
-from modeling_mama.training.converted import conversion_record, dataset_name, stored_image_options, tile_grid
+from modeling_mama.training.converted import load_converted, tile_grid
+from modeling_mama.training.finetuning import write_json
 from modeling_mama.training.multiview import report_fields_from_row
 from modeling_mama.training.recipes import pretraining_recipe, recipe_settings
 from modeling_mama.training.zero_shot import evaluate_zero_shot
@@ -103,13 +94,15 @@ class ModelArguments:
     local_loss_symmetric: bool | None = None
     nt_xent_temperature: float | None = None
     training_datasets: str | None = field(default=None, metadata={
-        "help": "Comma-separated names recorded in the config (default: the --dataset folders' converters)."})
+        "help": "Comma-separated names added to the training data recorded in the config (what the datasets' "
+                "conversion.json says, and a continued model's record, are always kept)."})
 
 
 @dataclass
 class DataArguments:
     dataset: list[str] | None = field(default=None, metadata={
-        "help": "One or more folders written by data_scripts/*.py, trained on together; default: synthetic demo."})
+        "help": "One or more folders written by data_scripts/*.py (several are concatenated split by split); "
+                "default: the synthetic demo."})
     synthetic_exams: int = field(default=120, metadata={"help": "Exams in the synthetic demo set."})
     cache_dir: str = field(default=os.path.join(os.path.expanduser("~"), ".cache", "modeling_mama"))
     multiview_policy: str = field(default="same_exam", metadata={"help": "same_exam | ipsilateral | contralateral"})
@@ -158,66 +151,6 @@ def synthetic_dataset(data_args: DataArguments, seed: int) -> Path:
     return converted
 
 
-@dataclass
-class TrainingData:
-    """The converted datasets of a run: their splits (concatenated), names and stored-image options."""
-
-    splits: DatasetDict
-    names: list[str]  # the datasets' names for the licence lookup (`converted.dataset_name`), once each
-    image_options: dict
-    record: dict  # what tile_grid reads: the largest stored image size
-
-
-def load_training_data(folders: list[str | Path]) -> TrainingData:
-    """Load the `--dataset` folders; several are concatenated split by split, ids prefixed by dataset.
-
-    Raises `ValueError` naming the folder when one has no train split, when the folders' columns
-    differ (converted by different versions: re-run the older converter, its cache makes it quick)
-    or when their images were stored differently (oriented and cropped or not).
-    """
-    folders = [Path(folder) for folder in folders]
-    loaded = []
-    for folder in folders:
-        if not (folder / "dataset_dict.json").is_file():
-            raise ValueError(f"--dataset {folder} is not a converted dataset (no dataset_dict.json); "
-                             f"convert it with data_scripts/<name>.py first.")
-        splits = load_from_disk(str(folder))
-        if "train" not in splits:
-            raise ValueError(f"--dataset {folder} has no train split (it has {sorted(splits)}).")
-        loaded.append(splits)
-    names = [dataset_name(folder) or folder.name for folder in folders]
-    options = [stored_image_options(folder) for folder in folders]
-    sizes = [int((conversion_record(folder) or {}).get("image_size") or 0) for folder in folders]
-    record = {"image_size": 0 if 0 in sizes else max(sizes)}  # 0: one is at native size, unknown long side
-    if len(folders) == 1:
-        return TrainingData(loaded[0], names, options[0], record)
-    for folder, splits, option in zip(folders[1:], loaded[1:], options[1:]):
-        if option != options[0]:
-            raise ValueError(f"--dataset {folders[0]} and {folder} store their images differently "
-                             f"({options[0] or 'not prepared'} vs {option or 'not prepared'}); convert both with "
-                             f"data_scripts/*.py.")
-        theirs, ours = set(splits["train"].column_names), set(loaded[0]["train"].column_names)
-        if theirs != ours or splits["train"].features != loaded[0]["train"].features:
-            raise ValueError(f"--dataset {folders[0]} and {folder} have different columns "
-                             f"(only in one: {sorted(theirs ^ ours) or 'none; the types differ'}); they were "
-                             f"converted by different versions: re-run the older one's converter (its image cache "
-                             f"makes that quick).")
-    # Ids are prefixed by converter (or folder) name, with the position when two folders share one.
-    labels = [str((conversion_record(folder) or {}).get("converter") or folder.name) for folder in folders]
-    prefixes = [f"{label}/" for label in labels]
-    if len(set(prefixes)) < len(prefixes):  # e.g. two hospitals' exports, both dicom_folder
-        prefixes = [f"{index}-{label}/" for index, label in enumerate(labels)]
-    combined = {}
-    for split in dict.fromkeys(name for splits in loaded for name in splits):
-        parts = [(prefix, splits[split]) for prefix, splits in zip(prefixes, loaded) if split in splits]
-        merged = concatenate_datasets([part for _, part in parts])
-        for column in ("patient_id", "exam_id"):
-            values = [prefix + str(value) for prefix, part in parts for value in part[column]]
-            merged = merged.remove_columns(column).add_column(column, values)
-        combined[split] = merged
-    return TrainingData(DatasetDict(combined), list(dict.fromkeys(names)), options[0], record)
-
-
 def build_tokenizer(model_args: ModelArguments, train_split):
     if model_args.tokenizer_name or model_args.preset == "paper":
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.text_backbone)
@@ -235,8 +168,6 @@ def build_config_overrides(model_args: ModelArguments) -> dict:
                  "local_loss_symmetric", "nt_xent_temperature"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
-    if model_args.training_datasets:
-        overrides["training_datasets"] = [name.strip() for name in model_args.training_datasets.split(",")]
     return overrides
 
 
@@ -256,9 +187,10 @@ def build_model(model_args: ModelArguments, tokenizer, image_size: int, override
     return MamaModel(config)
 
 
-def build_processor(data_args: DataArguments, tokenizer, image_size: int, dataset) -> MamaProcessor:
+def build_processor(data_args: DataArguments, tokenizer, image_size: int, dataset,
+                    training_datasets: list[str] | None = None) -> MamaProcessor:
     """The processor every data path of the run uses (training items, collator, evaluation), saved with the
-    model; `dataset` (a converted dataset or its conversion record) sizes the tile grid."""
+    model; it records the training data too, so its own upload paths are guarded like the model's."""
     if data_args.augmentation not in (*AUGMENTATIONS, "none"):
         raise ValueError(f"--augmentation must be one of {[*AUGMENTATIONS, 'none']}, got {data_args.augmentation!r}.")
     if data_args.truncation not in TRUNCATION_MODES:
@@ -278,8 +210,10 @@ def build_processor(data_args: DataArguments, tokenizer, image_size: int, datase
             grid = tile_grid(dataset, image_size, default=[6, 3])
         tile_options = {"mode": "tiles", "tile_size": image_size, "tile_grid": grid, "max_tiles": data_args.max_tiles}
     image_processor = MamaImageProcessor(size={"height": image_size, "width": image_size},
-                                         augmentation=AUGMENTATIONS.get(data_args.augmentation), **tile_options)
-    return MamaProcessor(image_processor=image_processor, tokenizer=tokenizer, max_length=data_args.max_length)
+                                         augmentation=AUGMENTATIONS.get(data_args.augmentation),
+                                         training_datasets=training_datasets, **tile_options)
+    return MamaProcessor(image_processor=image_processor, tokenizer=tokenizer, max_length=data_args.max_length,
+                         training_datasets=training_datasets)
 
 
 def print_table(results: dict[str, dict], title: str = "zero-shot on the held-out test split") -> None:
@@ -335,28 +269,29 @@ def main(argv: list[str] | None = None) -> dict:
                         format="%(asctime)s %(name)s: %(message)s")
     set_seed(training_args.seed)
     started = time.time()
-    # Unknown task names stop the run now, not after training.
-    eval_tasks = [get_task(name.strip()).name for name in data_args.eval_tasks.split(",") if name.strip()]
 
-    folders = list(data_args.dataset or [])
-    if not folders:
+    dataset_paths = [Path(path) for path in data_args.dataset or []]
+    if not dataset_paths:
         with training_args.main_process_first(desc="synthetic data"):
-            folders = [synthetic_dataset(data_args, training_args.seed)]
-    data = load_training_data(folders)
-    splits, train_split = data.splits, data.splits["train"]
-    logger.info("datasets %s (%s): %s", [str(folder) for folder in folders], ", ".join(data.names),
+            dataset_paths = [synthetic_dataset(data_args, training_args.seed)]
+    splits, data_record = load_converted(dataset_paths)
+    train_split = splits["train"]
+    logger.info("datasets %s (%s): %s", [str(path) for path in dataset_paths], ", ".join(data_record),
                 {name: len(split) for name, split in splits.items()})
 
     image_size = model_args.image_size or (518 if model_args.preset == "paper" else 112)
     tokenizer = build_tokenizer(model_args, train_split)
-    # Each dataset's name goes into the config, so the Hub push applies its licence (modeling_mama.hub).
-    overrides = {"training_datasets": data.names, **build_config_overrides(model_args)}
-    processor = build_processor(data_args, tokenizer, image_size, data.record)
+    overrides = build_config_overrides(model_args)
     model = build_model(model_args, tokenizer, image_size, overrides, training_args)
+    # What the weights were trained on: a continued model's data, the datasets' own record, and any
+    # names given on the command line (which can only add). Every upload path checks it.
+    model.config.training_datasets = merge_datasets(model.config.training_datasets, data_record,
+                                                    model_args.training_datasets)
+    processor = build_processor(data_args, tokenizer, image_size, train_split, model.config.training_datasets)
     train_dataset = MultiViewDataset(
         train_split, processor, policy=data_args.multiview_policy,
         probability=data_args.multiview_probability, mask_prob=data_args.mask_prob, seed=training_args.seed,
-        augment=data_args.augmentation != "none", sample_tiles=True, image_options=data.image_options,
+        augment=data_args.augmentation != "none", sample_tiles=True,
     )
     trainer = build_trainer(model, processor, train_dataset, training_args, data_args)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -365,26 +300,26 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
         test_split = splits["test"] if "test" in splits else splits[list(splits)[-1]]
-        zero_shot, zero_shot_tiles = {}, {}
-        for task in eval_tasks:
-            column = get_task(task).label_column
-            if column not in test_split.column_names or all(value is None for value in test_split[column]):
-                logger.info("zero-shot %s skipped: the test split has no %s labels", task, column)
+        zero_shot, zero_shot_tiles, skipped = {}, {}, {}
+        for task in [t.strip() for t in data_args.eval_tasks.split(",") if t.strip()]:
+            if task not in test_split.column_names or all(label is None for label in test_split[task]):
+                # Said, not silently dropped: the user asked for this evaluation.
+                skipped[task] = f"the test split has no {task} labels"
+                logger.warning("Skipping the zero-shot %s evaluation: the test split of %s has no %r labels.", task,
+                               ", ".join(str(path) for path in dataset_paths), task)
                 continue
-            zero_shot[task] = evaluate_zero_shot(model, processor, test_split, task, truncation=data_args.truncation,
-                                                 image_options=data.image_options)
+            zero_shot[task] = evaluate_zero_shot(model, processor, test_split, task, truncation=data_args.truncation)
             if data_args.tiles:
                 zero_shot_tiles[task] = evaluate_zero_shot(model, processor, test_split, task, tiles=True,
-                                                           truncation=data_args.truncation,
-                                                           image_options=data.image_options)
+                                                           truncation=data_args.truncation)
         results["zero_shot"] = zero_shot
         if data_args.tiles:
             results["zero_shot_tiles"] = zero_shot_tiles
+        if skipped:
+            results["zero_shot_skipped"] = skipped
         results["wall_time_seconds"] = round(time.time() - started, 1)
         output_dir = Path(training_args.output_dir)
-        temporary = output_dir / ".results.json.tmp"
-        temporary.write_text(json.dumps(results, indent=2, default=float))
-        temporary.replace(output_dir / "results.json")
+        write_json(results, output_dir / "results.json")  # strict JSON: nan is null
         # The card written by save_model predates the results: render it again with them.
         settings = recipe_settings(training_args)
         if training_args.max_steps <= 0:

@@ -12,14 +12,13 @@ report text are all correct for it. Prints recall@k both ways next to chance, an
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 from pathlib import Path
 
 from datasets import load_from_disk
 
 from modeling_mama import MamaModel, MamaProcessor
 from modeling_mama.tokenization import TRUNCATION_MODES
+from modeling_mama.training.finetuning import write_json
 from modeling_mama.training.retrieval import evaluate_retrieval
 
 
@@ -54,10 +53,7 @@ def main(argv=None) -> dict:
     results.update(evaluate_retrieval(model, processor, splits[args.split], ks=args.ks, batch_size=args.batch_size,
                                       max_length=args.max_length, truncation=args.truncation))
     output_dir = Path(args.output_dir or Path(args.model) / "retrieval")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=output_dir, suffix=".tmp", delete=False) as handle:
-        json.dump(results, handle, indent=2)
-    Path(handle.name).replace(output_dir / "retrieval.json")
+    write_json(results, output_dir / "retrieval.json")  # strict JSON (nan is null), atomic
     images, reports = results["num_images"], results["num_reports"]
     print(f"retrieval on {images} images and {reports} distinct reports ({args.split} split)")
     # A random ranking finds one of a query's correct candidates in the top k with probability about k / R

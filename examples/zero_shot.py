@@ -16,17 +16,22 @@ Writes `zero_shot_<task>.json`, a confusion matrix and a ROC curve into `--outpu
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from datasets import load_from_disk
 
 from modeling_mama import MamaModel, MamaProcessor
+from modeling_mama.training.finetuning import write_json
 from modeling_mama.reports import CLASS_NAMES
 from modeling_mama.tokenization import TRUNCATION_MODES
-from modeling_mama.training.metrics import breast_level, classification_metrics, softmax_scores
+from modeling_mama.training.metrics import (
+    breast_level,
+    classification_metrics,
+    softmax_scores,
+)
 from modeling_mama.training.visualization import plot_confusion_matrix, plot_roc
+from modeling_mama.labels import get_task
 from modeling_mama.training.zero_shot import zero_shot_logits
 from modeling_mama.zero_shot_scoring import AGGREGATIONS, default_tile_aggregation
 
@@ -59,6 +64,13 @@ def main(argv=None) -> dict:
     if args.split not in splits:
         raise SystemExit(f"error: the dataset has no split {args.split!r}; it has {sorted(splits)}.")
     split = splits[args.split]
+    task = get_task(args.task)
+    column = task.label_column
+    if column not in split.column_names or not any(task.label_to_class(value) is not None
+                                                   for value in split[column]):
+        found = "has no" if column not in split.column_names else "has an empty"
+        raise SystemExit(f"error: the {args.split!r} split of {args.dataset} {found} {column!r} column: no image "
+                         f"has a {args.task} label to score. Pick a task this dataset labels, or another --split.")
     model = MamaModel.from_pretrained(args.model).eval()
     processor = MamaProcessor.from_pretrained(args.model)
     # The processor's saved budget is the one the model was trained with (the report's; the paper's
@@ -90,10 +102,7 @@ def main(argv=None) -> dict:
                           output_dir / f"zero_shot_{args.task}_confusion.png", title=f"zero-shot {args.task}")
     plot_roc(softmax_scores(logits), labels, names, output_dir / f"zero_shot_{args.task}_roc.png",
              title=f"zero-shot {args.task}")
-    target = output_dir / f"zero_shot_{args.task}.json"
-    temporary = target.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(results, indent=2, default=float))
-    temporary.replace(target)
+    target = write_json(results, output_dir / f"zero_shot_{args.task}.json")  # strict JSON: nan is null
     print(f"{args.task} ({args.split}, {len(labels)} images): balanced accuracy "
           f"{image_level['balanced_accuracy']:.3f}, AUC {image_level['auc']:.3f} -> {target}")
     return results

@@ -18,7 +18,11 @@ from __future__ import annotations
 import math
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers import __version__ as transformers_version
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.configuration_utils import SubConfigSpec
+
+from .hub import normalize_datasets
 
 # ln(1 / 0.07): CLIP's initial temperature, used for both the global and the local scale.
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -80,8 +84,9 @@ class MamaConfig(PreTrainedConfig):
         activation_checkpointing: turn on gradient checkpointing in both towers when the model is built.
         sentence_separator_token_id: the tokenizer's sentence separator; used to find sentence ends when
             `sentence_positions` are not given.
-        training_datasets: names of the datasets the weights were trained on; the Hub path reads it to
-            respect licences that forbid releasing weights (EMBED).
+        training_datasets: the datasets the weights were trained on (`hub.normalize_datasets`: "Emory
+            EMBED" is recorded as `embed`); every upload path reads it to respect licences that forbid
+            releasing weights (EMBED) and the model card shows their terms and attribution.
     """
 
     model_type = "mama"
@@ -118,9 +123,18 @@ class MamaConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        for name in self.sub_configs_defaults:
+            value = getattr(self, name)
+            model_type = value.get("model_type") if isinstance(value, dict) else None
+            if model_type is not None and model_type not in CONFIG_MAPPING:
+                # transformers would list its ~400 known types; say which tower and what to do.
+                raise ValueError(
+                    f"MamaConfig.{name} has model_type {model_type!r}, which transformers {transformers_version} "
+                    "does not know: upgrade transformers (pip install -U transformers) if that model is newer, or "
+                    "fix the model_type in config.json.")
         super().__post_init__(**kwargs)
-        if self.training_datasets is None:
-            self.training_datasets = []
+        # A single name is one dataset, never its letters; known names become DATASET_TERMS keys.
+        self.training_datasets = normalize_datasets(self.training_datasets)
         for name, value, allowed in (
             ("image_pooling", self.image_pooling, IMAGE_POOLINGS),
             ("text_pooling", self.text_pooling, TEXT_POOLINGS),

@@ -37,6 +37,7 @@ True
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import warnings
@@ -340,6 +341,11 @@ def _read_dataset(source) -> tuple[Dataset, str | None]:
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"read_dicom expects a path or a pydicom Dataset, got {type(source).__name__}.")
     path = Path(source)
+    if path.is_dir():
+        files = sorted(entry.name for entry in path.iterdir() if entry.is_file())
+        example = f" (it holds {', '.join(files[:3])}{', ...' if len(files) > 3 else ''})" if files else ""
+        raise DicomError(f"{path} is a folder, not a DICOM file{example}: pass one of its files, or convert a whole "
+                         "folder of DICOM files with data_scripts/dicom_folder.py.")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such DICOM file.")
     try:
@@ -553,6 +559,11 @@ def _calibration(ds: Dataset, stored: np.ndarray, name: str, voi_index: int) -> 
         slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
         calibration.slope = float(slope) if slope not in (None, "") else 1.0
         calibration.intercept = float(intercept) if intercept not in (None, "") else 0.0
+        if calibration.slope == 0 or not math.isfinite(calibration.slope) or not math.isfinite(calibration.intercept):
+            # Slope 0 maps every pixel to the intercept: an all-black image that looks like a decoded one.
+            raise DicomError(f"{name}: RescaleSlope {slope} / RescaleIntercept {intercept} would turn every pixel "
+                             "into the same value; the file's modality rescale tags are broken (re-export it, or "
+                             "fix (0028,1053) RescaleSlope).")
 
     voi_items = ds.get("VOILUTSequence")
     if voi_items:

@@ -32,6 +32,7 @@ import functools
 import inspect
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,9 +46,11 @@ from transformers.image_utils import ChannelDimension, PILImageResampling, valid
 from transformers.processing_utils import ImagesKwargs
 
 from .dicom import DicomImage, read_dicom
+from .hub import ReleaseGuardMixin, normalize_datasets
 from .image_utils_mama import (  # noqa: F401  (re-exported: the processor's public pixel helpers)
     IMAGE_SUFFIXES,
     PIXEL_MASS_MARGIN,
+    NonFinitePixelsError,
     _box_from_mask,
     _breast_mask,
     _is_image_file,
@@ -95,6 +98,19 @@ UNSUPPORTED_STOCK_ARGUMENTS = {
     "rescale_factor": "intensities are mapped to [0, 1] by their type (do_rescale)",
     "data_format": "pixel values are always channels first",
 }
+NO_BREAST_ACTIONS = ("warn", "error", "ignore")
+# An image holds no breast when its calibrated values span less than this (blank, constant, 1x1) ...
+MIN_BREAST_CONTRAST = 0.02
+# ... or when the breast region found covers less than this share of it (e.g. black with a marker).
+MIN_BREAST_FRACTION = 0.01
+
+
+class NoBreastFoundError(ValueError):
+    """An image in which no breast was found (blank, constant, all background), with `no_breast="error"`."""
+
+
+class NoBreastWarning(UserWarning):
+    """An image in which no breast was found: its outputs (scores, embeddings) mean nothing."""
 
 
 def load_mammogram(source) -> tuple[np.ndarray, str | None]:
@@ -141,6 +157,15 @@ def _as_source(image, laterality: str | None, do_rescale: bool = True, input_dat
     return _Source(array, _unit_scaler(array) if do_rescale else _as_float, laterality)
 
 
+def _image_name(image, index: int, count: int) -> str:
+    """How an error names one input image: its file, else its place in the batch."""
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    if isinstance(image, DicomImage) and image.path:
+        return image.path
+    return f"image {index} of the batch of {count}" if count > 1 else "the image"
+
+
 @dataclass
 class _Located:
     """Where the breast is: the (maybe flipped) stored view, its crop box in that view, and more."""
@@ -149,6 +174,7 @@ class _Located:
     flipped: bool
     box: tuple[int, int, int, int]
     threshold: float
+    no_breast: str | None = None  # why no breast was found, or None
 
     def source_box(self, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
         """A box of the oriented view in the coordinates of the original image."""
@@ -167,7 +193,25 @@ def _locate(source: _Source, do_orient: bool, do_crop: bool) -> _Located:
     if flipped:  # the sampled columns are mirror-symmetric, so the preview flips with the image
         stored, mask = stored[:, ::-1], mask[:, ::-1]
     box = _box_from_mask(mask, rows, cols, stored.shape) if do_crop else (0, 0, stored.shape[1], stored.shape[0])
-    return _Located(stored, flipped, box, threshold)
+    return _Located(stored, flipped, box, threshold, _no_breast_reason(preview, mask))
+
+
+def _no_breast_reason(preview: np.ndarray, mask: np.ndarray) -> str | None:
+    low, high = (float(preview.min()), float(preview.max())) if preview.size else (0.0, 0.0)
+    if high - low < MIN_BREAST_CONTRAST:
+        return f"its values only span {low:.3f}-{high:.3f} of the intensity range"
+    fraction = float(mask.mean())
+    if fraction < MIN_BREAST_FRACTION:
+        return f"the largest bright region covers only {fraction:.2%} of it"
+    return None
+
+
+def _report_no_breast(name: str, reason: str, action: str) -> None:
+    message = (f"{name}: no breast found ({reason}). Is it blank or all background? Its outputs mean nothing. "
+               "(no_breast='error' refuses such images, no_breast='ignore' silences this.)")
+    if action == "error":
+        raise NoBreastFoundError(message)
+    warnings.warn(message, NoBreastWarning, stacklevel=4)
 
 
 def _resize(pixels: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
@@ -439,9 +483,10 @@ class MamaImageProcessorKwargs(ImagesKwargs, total=False):
     seed: int
     laterality: Any
     return_geometry: bool
+    no_breast: str
 
 
-class MamaImageProcessor(BaseImageProcessor):
+class MamaImageProcessor(ReleaseGuardMixin, BaseImageProcessor):
     r"""
     Turns mammograms (DICOM files, pydicom datasets, numpy arrays, torch tensors, PIL images in any
     mode including 16-bit I;16 / I; one image or a list) into MaMA model inputs.
@@ -474,6 +519,12 @@ class MamaImageProcessor(BaseImageProcessor):
             max_tiles, padded slots masked; with `augment` each tile is also flipped and
             intensity-augmented). `None`: T = rows * cols. Evaluation returns every grid tile.
         augmentation: overrides of `PAPER_AUGMENTATION` for `preprocess(..., augment=True)`.
+        training_datasets: the data of the model this processor ships with (saved in its config);
+            `push_to_hub` checks its licences (`hub.ReleaseGuardMixin`).
+        no_breast: what to do with an image in which no breast is found (blank, constant or all
+            background: its calibrated values span less than `MIN_BREAST_CONTRAST`, or the breast region
+            covers less than `MIN_BREAST_FRACTION` of it): "warn" (`NoBreastWarning`, default),
+            "error" (`NoBreastFoundError`) or "ignore".
 
     Arguments are checked when the processor is built and at every call: a value the pipeline cannot
     use (an `image_mean` of the wrong length, an unknown `resample`...) raises `ValueError`, an
@@ -517,11 +568,17 @@ class MamaImageProcessor(BaseImageProcessor):
         min_tile_foreground: float = 0.05,
         max_tiles: int | None = None,
         augmentation: dict | None = None,
+        training_datasets=None,
+        no_breast: str = "warn",
         **kwargs,
     ):
         # Unknown keys are kept as attributes, as every transformers processor does: a saved folder
         # written by another version must still load.
         super().__init__(**kwargs)
+        self.training_datasets = normalize_datasets(training_datasets)
+        if no_breast not in NO_BREAST_ACTIONS:
+            raise ValueError(f"no_breast={no_breast!r} is not one of {NO_BREAST_ACTIONS}.")
+        self.no_breast = no_breast
         height, width = _size_pair(PAPER_IMAGE_SIZE if size is None else size, "size")
         channels = 3 if do_convert_rgb else 1
         self.mode = mode
@@ -614,6 +671,7 @@ class MamaImageProcessor(BaseImageProcessor):
         sample_tiles: bool | None = None,
         seed: int | None = None,
         return_geometry: bool = False,
+        no_breast: str | None = None,
         input_data_format: str | ChannelDimension | None = None,
         return_tensors: str | None = "pt",
         **kwargs,
@@ -632,6 +690,7 @@ class MamaImageProcessor(BaseImageProcessor):
             return_geometry: also return `crop_boxes`, `flipped` and (tiles mode) `tile_boxes`, to map
                 outputs back onto the source image (see the class docstring).
             input_data_format: "channels_first" / "channels_last" for 3D array inputs (default: inferred).
+            no_breast: "warn", "error" or "ignore" for an image in which no breast is found.
             return_tensors: "pt" (default) or "np".
 
         Images the converters wrote are already oriented and cropped: pass `do_orient=False,
@@ -672,6 +731,9 @@ class MamaImageProcessor(BaseImageProcessor):
         std = _channel_values(image_std, channels, "image_std")
         interpolation = RESAMPLING_MODES[resample]
         rows, cols = tile_grid
+        no_breast = getattr(self, "no_breast", "warn") if no_breast is None else no_breast
+        if no_breast not in NO_BREAST_ACTIONS:
+            raise ValueError(f"no_breast={no_breast!r} is not one of {NO_BREAST_ACTIONS}.")
 
         images = self._as_list(images)
         lateralities = laterality if isinstance(laterality, (list, tuple)) else [laterality] * len(images)
@@ -695,8 +757,13 @@ class MamaImageProcessor(BaseImageProcessor):
             if seed is not None:
                 torch.manual_seed(seed)
             for index, (image, image_laterality) in enumerate(zip(images, lateralities)):
-                source = _as_source(image, image_laterality, do_rescale, input_data_format)
+                try:
+                    source = _as_source(image, image_laterality, do_rescale, input_data_format)
+                except NonFinitePixelsError as error:
+                    raise NonFinitePixelsError(f"{_image_name(image, index, count)}: {error}") from None
                 located = _locate(source, do_orient, do_crop)
+                if located.no_breast is not None and no_breast != "ignore":
+                    _report_no_breast(_image_name(image, index, count), located.no_breast, no_breast)
                 x0, y0, x1, y1 = located.box
                 crop = torch.from_numpy(np.ascontiguousarray(source.calibrate(located.stored[y0:y1, x0:x1])))
                 if transform is not None:
@@ -765,7 +832,8 @@ class MamaImageProcessor(BaseImageProcessor):
 
 
 __all__ = [
-    "MODES", "PAPER_AUGMENTATION", "PAPER_IMAGE_MEAN", "PAPER_IMAGE_SIZE", "PAPER_IMAGE_STD", "PIXEL_MASS_MARGIN",
-    "MamaImageProcessor", "MamaTrainTransform", "breast_bbox", "cached_train_transform", "crop_to_breast",
-    "infer_laterality", "load_mammogram", "orient_breast", "otsu_threshold", "to_unit_range",
+    "MODES", "NO_BREAST_ACTIONS", "PAPER_AUGMENTATION", "PAPER_IMAGE_MEAN", "PAPER_IMAGE_SIZE", "PAPER_IMAGE_STD",
+    "PIXEL_MASS_MARGIN", "MamaImageProcessor", "MamaTrainTransform", "NoBreastFoundError", "NoBreastWarning",
+    "breast_bbox", "cached_train_transform", "crop_to_breast", "infer_laterality", "load_mammogram",
+    "orient_breast", "otsu_threshold", "to_unit_range",
 ]

@@ -18,6 +18,7 @@ little next to decoding a full-field mammogram.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +34,18 @@ PREVIEW_SIDE = 512
 # of the total intensity than the other (real mammograms: the chest-wall half holds 60-80%).
 PIXEL_MASS_MARGIN = 0.1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Bit depths a 16-bit container may really hold (mammography units store 10-14 bits; 8-bit data is
+# sometimes widened): a uint16 image whose values all fit in one of these is scaled by its maximum.
+# 14 bits is left out: a dark but genuine 16-bit image (e.g. a converted one) can stay below 2**14.
+LOW_BIT_DEPTHS = (8, 10, 12)
+
+
+class NonFinitePixelsError(ValueError):
+    """The image holds NaN or infinite values, which have no intensity (the message says how many)."""
+
+
+class LowBitDepthWarning(UserWarning):
+    """A 16-bit image used only 8-12 bits: it was scaled by that depth's maximum, not by 65535."""
 
 # Frame bands of scanned films (`_frame_bands`): a band is at most this share of the image's height
 # or width, its lines are within BAND_TOLERANCE of one level for BAND_FILL of their pixels, and
@@ -54,6 +67,9 @@ def to_unit_range(array) -> np.ndarray:
     uint8 / uint16 (and bool) are divided by their type's maximum, so a 16-bit PNG written from
     [0, 1] pixels reads back unchanged; floats already in [0, 1] are kept; anything else (other
     integer types, floats outside [0, 1]) is min-max scaled. A constant image becomes zeros.
+    A uint16 image whose values all fit in 8, 10 or 12 bits (12-bit data stored in a 16-bit PNG)
+    is divided by that depth's maximum instead, with a `LowBitDepthWarning`, so it is not near-black.
+    NaN or infinite values raise `NonFinitePixelsError`.
 
     >>> to_unit_range(np.array([0, 255], dtype=np.uint8)).tolist()
     [0.0, 1.0]
@@ -72,6 +88,8 @@ def otsu_threshold(values, bins: int = 256) -> float:
     """
     values = np.asarray(values, dtype=np.float32).ravel()
     low, high = float(values.min()), float(values.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise NonFinitePixelsError("otsu_threshold got NaN or infinite values; replace them first.")
     if high <= low:
         return low
     # np.histogram's bins (the last one closed), counted with bincount, which is several times faster.
@@ -152,6 +170,46 @@ def crop_to_breast(pixels) -> np.ndarray:
     return pixels[y0:y1, x0:x1]
 
 
+def boxes_to_view(boxes, crop_box, flipped: bool, view_size, *, keep_aspect_ratio: bool = False) -> np.ndarray:
+    """Boxes drawn on a source image -> the same boxes on its processed view (oriented, cropped, resized).
+
+    Args:
+        boxes: `(x0, y0, x1, y1)` boxes in the source image's pixels ([K, 4] or one box), e.g. a
+            dataset's lesion ROIs (EMBED's `ROI_coords` are `(ymin, xmin, ymax, xmax)`: reorder them).
+        crop_box, flipped: where the breast crop lies in the source image and whether the image was
+            mirrored to put the chest wall on the left, as `MamaImageProcessor(...,
+            return_geometry=True)` returns them (`crop_boxes[i]`, `flipped[i]`).
+        view_size: (height, width) of the processed view (the processor's `size`).
+        keep_aspect_ratio: the view was made with `keep_aspect_ratio=True` (fitted and padded) rather
+            than stretched.
+
+    Returns float [K, 4] `(x0, y0, x1, y1)` in view pixels, clipped to the view (a box outside the
+    crop comes back with zero width or height).
+
+    >>> boxes_to_view([(150, 30, 170, 60)], crop_box=(100, 20, 200, 120), flipped=True, view_size=(50, 50)).tolist()
+    [[15.0, 5.0, 25.0, 20.0]]
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    crop_x0, crop_y0, crop_x1, crop_y1 = (float(value) for value in np.asarray(crop_box, dtype=np.float64))
+    height, width = (int(value) for value in view_size)
+    crop_width, crop_height = crop_x1 - crop_x0, crop_y1 - crop_y0
+    if crop_width <= 0 or crop_height <= 0:
+        raise ValueError(f"crop_box {tuple(crop_box)} must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1.")
+    if keep_aspect_ratio:  # as the processor fits it: scaled by the tighter side, placed top-left
+        scale = min(height / crop_height, width / crop_width)
+        scale_y = min(height, max(1, round(crop_height * scale))) / crop_height
+        scale_x = min(width, max(1, round(crop_width * scale))) / crop_width
+    else:
+        scale_y, scale_x = height / crop_height, width / crop_width
+    if flipped:  # x is measured from the crop's right edge, which the mirror put on the left
+        x0, x1 = (crop_x1 - boxes[:, 2]) * scale_x, (crop_x1 - boxes[:, 0]) * scale_x
+    else:
+        x0, x1 = (boxes[:, 0] - crop_x0) * scale_x, (boxes[:, 2] - crop_x0) * scale_x
+    y0, y1 = (boxes[:, 1] - crop_y0) * scale_y, (boxes[:, 3] - crop_y0) * scale_y
+    view = np.stack([x0, y0, x1, y1], axis=1)
+    return np.clip(view, 0.0, [width, height, width, height])
+
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,14 +221,37 @@ def _unit_scaler(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     if array.dtype == np.bool_:
         return lambda part: part.astype(np.float32)
     if array.dtype in (np.uint8, np.uint16):
-        scale = np.float32(1.0 / np.iinfo(array.dtype).max)
+        maximum = np.iinfo(array.dtype).max
+        if array.dtype == np.uint16 and array.size:
+            maximum = _container_maximum(int(array.max()))
+        scale = np.float32(1.0 / maximum)
         return lambda part: part.astype(np.float32) * scale
+    if array.dtype.kind == "f" and array.size:
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - np.count_nonzero(finite))
+            raise NonFinitePixelsError(
+                f"the image has {bad} NaN or infinite pixel value(s) out of {array.size}: they have no intensity. "
+                "Replace them (e.g. numpy.nan_to_num(pixels, nan=0.0)) or check how the image was read.")
     low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 1.0)
     if array.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
         return lambda part: part.astype(np.float32)
     if high <= low:
         return lambda part: np.zeros(part.shape, dtype=np.float32)
     return lambda part: ((part.astype(np.float64) - low) / (high - low)).astype(np.float32)
+
+
+def _container_maximum(largest: int) -> int:
+    """The maximum of the bit depth a uint16 image really uses (65535 unless all values fit in
+    `LOW_BIT_DEPTHS`); warns when it is not 65535. An all-zero image keeps 65535."""
+    for bits in LOW_BIT_DEPTHS:
+        if 0 < largest < 2**bits:
+            warnings.warn(
+                f"A 16-bit image uses only {bits} bits (all values below {2**bits}): scaled by {2**bits - 1}, not "
+                "65535, so it is not near-black. Pass float pixels in [0, 1] to choose the scale yourself.",
+                LowBitDepthWarning, stacklevel=4)
+            return 2**bits - 1
+    return 65535
 
 
 def _preview_positions(shape) -> tuple[np.ndarray, np.ndarray]:
@@ -370,6 +451,7 @@ def _to_gray_array(image, input_data_format: str | None = None, rescale: bool = 
 
 __all__ = [
     "BAND_FILL", "BAND_MARGIN", "BAND_MAX_FRACTION", "BAND_TOLERANCE", "IMAGE_SUFFIXES", "JOIN_REACH",
-    "PIXEL_MASS_MARGIN", "PREVIEW_SIDE", "breast_bbox", "crop_to_breast", "infer_laterality", "needs_flip",
-    "orient_breast", "otsu_threshold", "to_unit_range",
+    "LOW_BIT_DEPTHS", "PIXEL_MASS_MARGIN", "PREVIEW_SIDE", "LowBitDepthWarning", "NonFinitePixelsError",
+    "boxes_to_view", "breast_bbox", "crop_to_breast", "infer_laterality", "needs_flip", "orient_breast",
+    "otsu_threshold", "to_unit_range",
 ]

@@ -40,7 +40,13 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import TransformersKwargs, can_return_tuple
 
 from .configuration_mama import LOSS_TERMS, MamaConfig
-from .hub import check_release_allowed, write_model_card
+from .hub import (
+    ReleaseGuardMixin,
+    check_pretrained_location,
+    corrupt_weights_error,
+    normalize_datasets,
+    write_model_card,
+)
 from .losses import contrastive_loss, local_alignment_loss, nt_xent_loss
 
 
@@ -264,7 +270,15 @@ def _unsharded_class(cls: type) -> type:
     return next(base for base in cls.__bases__ if not issubclass(base, FSDPModule))
 
 
-class MamaPreTrainedModel(PreTrainedModel):
+class MamaPreTrainedModel(ReleaseGuardMixin, PreTrainedModel):
+    """Base class of the MaMA models: loading, saving (with the model card) and the licence guard.
+
+    Every upload path (`push_to_hub`, `save_pretrained(..., push_to_hub=True)`) first checks
+    `config.training_datasets` with `hub.check_release_allowed` (EMBED and a hospital's own data
+    need `acknowledge_data_license=True`), and uploads this package's model card (with the
+    attribution CC BY data asks for) rather than a generic one.
+    """
+
     config_class = MamaConfig
     config: MamaConfig
     base_model_prefix = "mama"
@@ -277,18 +291,29 @@ class MamaPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        check_pretrained_location(pretrained_model_name_or_path)
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            corrupt = corrupt_weights_error(pretrained_model_name_or_path, error)
+            if corrupt is None:
+                raise
+            raise corrupt from error
         # Loading replaces parameters (and their requires_grad flags): re-apply what the config freezes.
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.apply_frozen_parameters()
         return loaded
+
+    def release_training_datasets(self) -> list[str]:
+        return normalize_datasets(self.config.training_datasets)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the rendered model card as README.md.
 
         When the classes are registered for auto classes (importing `modeling_mama` does it), the
         folder also carries the code, and `auto_map` names every Auto class that can load it.
+        With `push_to_hub=True` the licence guard runs first (see the class docstring).
         """
         model_class = _unsharded_class(type(self))
         if model_class is not type(self):
@@ -312,11 +337,11 @@ class MamaPreTrainedModel(PreTrainedModel):
             write_model_card(save_directory, self.config)
         return result
 
-    def push_to_hub(self, repo_id: str, *args, acknowledge_data_license: bool = False, **kwargs):
-        """`PreTrainedModel.push_to_hub`, refused before any upload when the recorded training data
-        forbids releasing weights (EMBED) unless `acknowledge_data_license=True`."""
-        check_release_allowed(self.config.training_datasets, acknowledge_data_license)
-        return super().push_to_hub(repo_id, *args, **kwargs)
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        # Both upload paths end here, after transformers wrote a generic card (or the Hub's) into the
+        # folder: upload this package's card instead, with the training data's terms and attribution.
+        write_model_card(working_dir, self.config, repo_id=repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def apply_frozen_parameters(self) -> None:
         """Freeze what the config says: the text tower except LoRA, the image tower's final-norm affine."""

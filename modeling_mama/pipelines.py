@@ -90,7 +90,9 @@ class MammographyZeroShotPipeline(Pipeline):
     view), `use_metadata` (paper: True), `aggregate` ("mean" or "max": views -> breast and exam),
     `tiles` (score full-resolution tiles, default False), `tile_aggregation` ("mean" or "max": tiles
     -> image; default max for cancer, mean otherwise), `max_length` (default: the processor's saved
-    budget), `truncation` ("error" or "warn").
+    budget), `truncation` ("error" or "warn"), `no_breast` ("warn": a `NoBreastWarning` names an image in which no
+    breast is found, e.g. a blank or all-background one, whose scores mean nothing; "error" refuses it;
+    "ignore").
     """
 
     _load_processor = True
@@ -109,8 +111,10 @@ class MammographyZeroShotPipeline(Pipeline):
         self._scorers: dict[tuple, ZeroShotScorer] = {}  # per task and settings: they cache prompt embeddings
 
     def _sanitize_parameters(self, task=None, fields=None, use_metadata=None, aggregate=None, max_length=None,
-                             tiles=None, tile_aggregation=None, truncation=None, **kwargs):
+                             tiles=None, tile_aggregation=None, truncation=None, no_breast=None, **kwargs):
         preprocess: dict[str, Any] = {}
+        if no_breast is not None:
+            preprocess["no_breast"] = no_breast
         if task is not None:
             if task not in ZERO_SHOT_TASKS:
                 raise ValueError(f"task must be one of {ZERO_SHOT_TASKS}, got {task!r}.")
@@ -145,7 +149,7 @@ class MammographyZeroShotPipeline(Pipeline):
 
     def preprocess(self, inputs, task: str = "density", fields=None, use_metadata: bool = True,
                    max_length: int | None = None, truncation: str = "error", tiles: bool = False,
-                   tile_aggregation: str | None = None):
+                   tile_aggregation: str | None = None, no_breast: str | None = None):
         shared = _fields(fields)
         is_exam = isinstance(inputs, Mapping) and "views" in inputs
         if is_exam:
@@ -160,7 +164,9 @@ class MammographyZeroShotPipeline(Pipeline):
                              tiles=tiles, tile_aggregation=tile_aggregation)
         view_fields = [fields for _, fields in views]
         return {
-            "inputs": scorer.preprocess([source for source, _ in views], view_fields), "fields": view_fields,
+            "inputs": scorer.preprocess([source for source, _ in views], view_fields,
+                                        **({} if no_breast is None else {"no_breast": no_breast})),
+            "fields": view_fields,
             "scorer": scorer, "task": task, "is_exam": is_exam,
             "lateralities": [fields.laterality or "?" for fields in view_fields],
             "view_names": [fields.view for fields in view_fields],

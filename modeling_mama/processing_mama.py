@@ -55,6 +55,7 @@ import numpy as np
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .hub import ReleaseGuardMixin, normalize_datasets
 from .reports import DATASET_COLUMNS, ReportFields, build_report
 from .tokenization import DEFAULT_MAX_LENGTH, TRUNCATION_MODES, batch_tokenize_reports, split_sentences
 
@@ -63,7 +64,7 @@ TILE_INPUT_NAMES = ["tile_pixel_values", "tile_mask"]
 PADDING_MODES = (True, "longest", "max_length")
 
 
-class MamaProcessor(ProcessorMixin):
+class MamaProcessor(ReleaseGuardMixin, ProcessorMixin):
     r"""
     Image processor + tokenizer for MaMA.
 
@@ -73,15 +74,20 @@ class MamaProcessor(ProcessorMixin):
             (`tokenization.add_special_tokens` adds them).
         max_length: the token budget of a report (paper: 144; the RSNA prompts: 72), saved with the
             processor. A longer report raises unless called with `truncation="warn"`.
+        training_datasets: the data the tokenizer (and the model it ships with) was trained on, saved
+            with the processor; `push_to_hub` / `save_pretrained(push_to_hub=True)` check its licences
+            (`hub.ReleaseGuardMixin`), which also guards the tokenizer files the processor uploads.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, max_length: int = DEFAULT_MAX_LENGTH, **kwargs):
+    def __init__(self, image_processor=None, tokenizer=None, max_length: int = DEFAULT_MAX_LENGTH,
+                 training_datasets=None, **kwargs):
         if image_processor is None or tokenizer is None:
             raise ValueError("MamaProcessor needs both an image_processor (MamaImageProcessor) and a tokenizer.")
         super().__init__(image_processor, tokenizer, **kwargs)
         if isinstance(max_length, bool) or int(max_length) != max_length or max_length < 4:
             raise ValueError(f"max_length must be a whole number of tokens >= 4, got {max_length!r}.")
         self.max_length = int(max_length)
+        self.training_datasets = normalize_datasets(training_datasets)
 
     def __call__(
         self,

@@ -166,8 +166,9 @@ def _encode(reports: list[list[str]], tokenizer, max_length: int, truncation: st
             message = (f"Report {index} needs {needed} tokens (bos, {len(report)} sentences with their separators, "
                        f"eos), more than max_length={max_length}.")
             if truncation == "error":
-                raise ValueError(message + " Shorten the report, raise max_length, or pass truncation='warn' to "
-                                           "drop whole sentences from the end.")
+                raise ValueError(message + " Shorten the report, raise max_length (--max_length in the example "
+                                           "scripts), or pass truncation='warn' (--truncation warn) to drop whole "
+                                           "sentences from the end.")
             sentence_tokens = _fit(sentence_tokens, max_length)
             warnings.warn(message + f" Kept its first {len(sentence_tokens)} sentence(s).", stacklevel=3)
         input_ids, positions = [bos], []

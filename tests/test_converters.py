@@ -1,11 +1,12 @@
 """Dataset converters: tables as published, joins, labels, splits, failures, resumability, errors."""
 
 import csv
+import errno
 import json
+import multiprocessing
 import os
 import re
 import signal
-import multiprocessing
 import textwrap
 import time
 from collections import Counter
@@ -14,14 +15,17 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-
 from scripts import load_script
 
 from modeling_mama.data.converters import common
 from modeling_mama.data.converters.common import ConverterError
 from modeling_mama.data.converters.embed import convert_embed, plan_embed
 from modeling_mama.data.converters.rsna import convert_rsna, plan_rsna
-from modeling_mama.data.converters.vindr import convert_vindr, parse_categories, plan_vindr
+from modeling_mama.data.converters.vindr import (
+    convert_vindr,
+    parse_categories,
+    plan_vindr,
+)
 from modeling_mama.data.synthetic import generate_embed, generate_rsna, generate_vindr
 
 IMAGE_SIZE = (128, 104)
@@ -750,3 +754,262 @@ def test_every_converter_writes_the_shared_schema_with_lesion_boxes(tmp_path):
         assert list(split.features) == common.COLUMNS
         assert {"mass_margin", "pathology", "lesion_boxes"} <= set(split.features)
         assert split["lesion_boxes"] == [[] for _ in range(len(split))]  # unknown: an empty list
+# ----------------------------------------------------------------------------------------------
+# Faults: a full or read-only disk, paths outside the folders, a kill during the final switch
+# ----------------------------------------------------------------------------------------------
+
+
+def full_disk_after(images: int, slots: Path):
+    """A PNG writer that fails with ENOSPC once `images` PNGs were written (in any process).
+
+    Each write first claims one of `images` slot files in `slots` with O_EXCL, so two worker
+    processes can never both take the last one (counting the cache's PNGs instead would race).
+    """
+    write_png = common.write_png
+    slots.mkdir(parents=True, exist_ok=True)
+
+    def write(path, pixels, **options):  # laterality, lesion_boxes
+        for slot in range(images):
+            try:
+                os.close(os.open(slots / str(slot), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            return write_png(path, pixels, **options)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    return write
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_disk_full_stops_the_run_and_a_rerun_resumes(rsna_root, tmp_path, monkeypatch, capsys, workers):
+    main = load_script("data_scripts/rsna.py").main
+    out = tmp_path / "out"
+    arguments = ["--root", str(rsna_root), "--out", str(out), "--image-size", "64", "--no-progress",
+                 "--workers", str(workers)]
+    # Worker processes are forked, so they inherit the faulty writer.
+    monkeypatch.setattr(common, "write_png", full_disk_after(3, tmp_path / "slots"))
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    assert f"error: Cannot write the converted dataset to {out}: No space left on device" in error
+    assert "Free some space" in error and "run the same command again" in error
+    # Nothing was committed, no image was blamed for the disk, no temporary file holds space.
+    assert not (out / "dataset_dict.json").exists() and not (out / "failures.csv").exists()
+    assert len(list((out / common.CACHE_DIR).glob("*.png"))) == 3
+    assert not list((out / common.CACHE_DIR).glob(".*partial*"))
+
+    monkeypatch.undo()
+    decoded = []
+    run_job = common.run_job
+    monkeypatch.setattr(common, "run_job", lambda job: decoded.append(job.image_id) or run_job(job))
+    assert main([*arguments[:-2], "--workers", "1"]) == 0
+    resumed = len(decoded)
+    reference = convert_rsna(rsna_root, tmp_path / "reference", image_size=64, progress=False)
+    assert_same_dataset(datasets.load_from_disk(str(out)), reference)
+    assert resumed == len(reference["train"]) + len(reference["validation"]) + len(reference["test"]) - 3
+
+
+def test_output_errors_are_sentences_and_keep_the_old_dataset(rsna_root, tmp_path, monkeypatch, capsys):
+    main = load_script("data_scripts/rsna.py").main
+    out = tmp_path / "out"
+    arguments = ["--root", str(rsna_root), "--out", str(out), "--image-size", "64", "--no-progress", "--limit", "6"]
+    assert main(arguments) == 0
+    old = datasets.load_from_disk(str(out))
+    old_failures = (out / "failures.csv").read_text()
+    capsys.readouterr()
+
+    # Disk full while failures.csv is written (the last files of the new version).
+    write_text_atomic = common.write_text_atomic
+
+    def full_on_failures(path, text):
+        if path.name == "failures.csv":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write_text_atomic(path, text)
+
+    monkeypatch.setattr(common, "write_text_atomic", full_on_failures)
+    assert main([*arguments[:-1], "5"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert_same_dataset(datasets.load_from_disk(str(out)), old)
+    assert (out / "failures.csv").read_text() == old_failures
+    assert len(list((out / common.VERSIONS_DIR).iterdir())) == 1  # the half-written version is gone
+    monkeypatch.undo()
+
+    # A read-only file system, and a folder the user may not write to.
+    for code, expected in ((errno.EROFS, "The file system is read-only: pass --out a folder on a writable disk"),
+                           (errno.EACCES, "You may not write there: pass --out a folder you can write to")):
+        def refuse(path, pixels, *, code=code, **options):
+            raise OSError(code, os.strerror(code), str(path))
+
+        monkeypatch.setattr(common, "write_png", refuse)
+        assert main(["--root", str(rsna_root), "--out", str(tmp_path / f"new{code}"), "--no-progress",
+                     "--image-size", "64", "--limit", "2"]) == 1
+        assert expected in capsys.readouterr().err
+    monkeypatch.undo()
+
+    # An unreadable input file is that image's failure; the run goes on.
+    preprocess = common.preprocess_image
+
+    def unreadable(source, **kwargs):
+        if source.endswith(f"{reference_id}.dcm"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), source)
+        return preprocess(source, **kwargs)
+
+    reference_id = old["train"][0]["image_id"]
+    monkeypatch.setattr(common, "preprocess_image", unreadable)
+    fresh = tmp_path / "fresh"
+    assert main(["--root", str(rsna_root), "--out", str(fresh), "--image-size", "64", "--no-progress",
+                 "--limit", "6"]) == 0
+    reasons = {entry["image_id"]: entry["reason"] for entry in read_failures(fresh)}
+    assert reasons[reference_id].startswith("decode error: [Errno 13] Permission denied")
+
+
+def test_read_only_output_folder_is_a_sentence(rsna_root, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if str(self).startswith(str(out)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(common.StorageError, match=re.escape(
+            f"Cannot write the converted dataset to {out}: Read-only file system ({out / common.CACHE_DIR})")):
+        convert_rsna(rsna_root, out, image_size=64, progress=False, limit=2)
+
+
+def test_table_ids_cannot_reach_outside_the_dataset_folder(rsna_root, tmp_path):
+    with open(rsna_root / "train.csv", newline="") as handle:
+        record = next(csv.DictReader(handle))
+    source = rsna_root / "train_images" / record["patient_id"] / f"{record['image_id']}.dcm"
+    root = tmp_path / "rsna"
+    (root / "train_images" / "7").mkdir(parents=True)
+    (root / "train_images" / "7" / "70.dcm").write_bytes(source.read_bytes())
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    for name in ("71.dcm", "72.dcm", "73.dcm"):
+        (outside / name).write_bytes(source.read_bytes())  # real DICOMs the table must not reach
+    write_csv(root / "train.csv", RSNA_HEADER + textwrap.dedent(f"""\
+        1,7,70,L,CC,61,0,0,0,1,0,B,49,False
+        1,../../secret,71,L,MLO,61,0,0,0,1,0,B,49,False
+        1,7,../../../secret/72,R,CC,61,0,0,0,1,0,B,49,False
+        1,{outside},73,R,MLO,61,0,0,0,1,0,B,49,False
+        """))
+    converted = convert_rsna(root, tmp_path / "out", image_size=64, progress=False)
+    assert [row["image_id"] for split in converted.values() for row in split] == ["70"]
+    reasons = [entry["reason"] for entry in read_failures(tmp_path / "out")]
+    assert len(reasons) == 3 and all(reason.startswith("source path outside the dataset folder") for reason in reasons)
+
+    vindr = tmp_path / "vindr"
+    write_csv(vindr / "breast-level_annotations.csv",
+              "study_id,series_id,image_id,laterality,view_position,height,width,breast_birads,breast_density,split\n"
+              f"{outside},s,71,L,CC,1,1,BI-RADS 1,DENSITY A,training\n")
+    write_csv(vindr / "finding_annotations.csv", "image_id,finding_categories,finding_birads\n")
+    (outside / "71.dicom").write_bytes(source.read_bytes())
+    converted = convert_vindr(vindr, tmp_path / "vindr_out", image_size=64, progress=False)
+    assert sum(len(split) for split in converted.values()) == 0
+    assert read_failures(tmp_path / "vindr_out")[0]["reason"].startswith("source path outside the dataset folder")
+
+
+def test_nothing_outside_out_is_removed(rsna_root, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    # A dataset folder as written before the versioned layout, whose split list was tampered with.
+    (out / "conversion.json").write_text("{}")
+    (out / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "../victim"]}))
+    with pytest.raises(ConverterError, match=re.escape("lists a split '../victim', which is not a plain folder name")):
+        convert_rsna(rsna_root, out, image_size=64, progress=False, limit=2)
+    assert (victim / "precious.txt").read_text() == "keep me"
+    for target in (victim, out / ".." / "victim", out / "link"):
+        with pytest.raises(ConverterError, match="not inside the output folder"):
+            if target.name == "link":
+                target.symlink_to(victim)
+                target = target / "precious.txt"  # resolves outside through the link
+            common.remove_inside(out, target)
+    assert (victim / "precious.txt").read_text() == "keep me"
+    common.remove_inside(out, out / "link")  # the link itself is inside: removing it leaves its target alone
+    assert (victim / "precious.txt").read_text() == "keep me" and not (out / "link").is_symlink()
+
+
+def _small_dataset_dict(values: dict[str, list[int]]):
+    return datasets.DatasetDict({name: datasets.Dataset.from_dict({"value": list(column)})
+                                 for name, column in values.items()})
+
+
+OLD_VALUES = {"train": [1, 2, 3], "test": [4]}
+NEW_VALUES = {"train": [10, 20], "test": [30], "test_balanced": [30]}
+SETTINGS = {"converter": "test", "image_size": 1}
+
+
+def _commit_and_die(out: Path, step: str) -> None:
+    """In a forked child: commit NEW_VALUES and SIGKILL ourselves at `step`."""
+    datasets.disable_progress_bars()
+    common.prepare_output(out, SETTINGS)
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if step == "while saving":
+        save = datasets.Dataset.save_to_disk
+        saved = []
+
+        def save_then_die(self, *args, **kwargs):
+            if saved:
+                die()
+            saved.append(1)
+            return save(self, *args, **kwargs)
+
+        datasets.Dataset.save_to_disk = save_then_die
+    elif step == "before the switch":
+        link = common._link
+        common._link = lambda out, name, target: die() if name == common.CURRENT_LINK else link(out, name, target)
+    elif step == "after the switch":
+        common._remove_stale_versions = die
+    elif step == "removing old links":
+        common._unlink_names = die
+    common.commit_dataset(out, _small_dataset_dict(NEW_VALUES), files={"conversion.json": "{\"new\": true}"})
+    os._exit(0)
+
+
+def _values(out: Path) -> dict[str, list[int]]:
+    return {name: list(split["value"]) for name, split in datasets.load_from_disk(str(out)).items()}
+
+
+@pytest.mark.parametrize(("step", "expected"), [
+    ("while saving", OLD_VALUES), ("before the switch", OLD_VALUES),
+    ("after the switch", NEW_VALUES), ("removing old links", NEW_VALUES),
+])
+def test_kill_during_the_commit_leaves_the_old_or_the_new_dataset(tmp_path, step, expected):
+    out = tmp_path / "out"
+    datasets.disable_progress_bars()
+    common.prepare_output(out, SETTINGS)
+    common.commit_dataset(out, _small_dataset_dict(OLD_VALUES), files={"conversion.json": "{\"new\": false}"})
+    process = multiprocessing.get_context("fork").Process(target=_commit_and_die, args=(out, step))
+    process.start()
+    process.join(60)
+    assert process.exitcode == -signal.SIGKILL
+    assert _values(out) == expected
+    assert json.loads((out / "conversion.json").read_text())["new"] == (expected is NEW_VALUES)
+    # The next run cleans up what the killed one left and commits normally.
+    common.prepare_output(out, SETTINGS)
+    common.commit_dataset(out, _small_dataset_dict(NEW_VALUES), files={"conversion.json": "{\"new\": true}"})
+    assert _values(out) == NEW_VALUES
+    assert len(list((out / common.VERSIONS_DIR).iterdir())) == 1
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "conversion.json", "dataset_dict.json", "test", "test_balanced", "train"]
+    common.commit_dataset(out, _small_dataset_dict(OLD_VALUES))
+    assert _values(out) == OLD_VALUES and not (out / "test_balanced").is_symlink()  # a split no longer written
+
+
+def test_a_dataset_from_before_versioning_is_replaced(tmp_path):
+    out = tmp_path / "out"
+    datasets.disable_progress_bars()
+    common.prepare_output(out, SETTINGS)
+    _small_dataset_dict(OLD_VALUES).save_to_disk(str(out))  # real split folders, as older versions wrote
+    (out / "failures.csv").write_text("old")
+    common.prepare_output(out, SETTINGS)
+    common.commit_dataset(out, _small_dataset_dict(NEW_VALUES), files={"failures.csv": "new"})
+    assert _values(out) == NEW_VALUES and (out / "failures.csv").read_text() == "new"
+    assert all((out / name).is_symlink() for name in ("train", "test", "dataset_dict.json", "failures.csv"))

@@ -393,6 +393,20 @@ def test_dataset_without_a_file_is_named_by_its_uid():
         read_dicom(ds)
 
 
+@pytest.mark.parametrize("rescale", [(0.0, 100.0), (float("nan"), 0.0), (1.0, float("inf"))])
+def test_broken_rescale_is_refused_naming_the_file(tmp_path, rescale):
+    path = write_mammogram(tmp_path / "zero_slope.dcm", rescale=rescale)
+    with pytest.raises(DicomError, match=rf"^{path}: RescaleSlope .* would turn every pixel into the same value"):
+        read_dicom(path)
+
+
+def test_a_folder_is_not_a_dicom_file(tmp_path):
+    write_mammogram(tmp_path / "L-CC.dcm")
+    with pytest.raises(DicomError, match=rf"^{tmp_path} is a folder, not a DICOM file \(it holds L-CC.dcm\): "
+                                         "pass one of its files"):
+        read_dicom(tmp_path)
+
+
 # ----------------------------------------------------------------------------------------------
 # Reduced-resolution JPEG 2000 decoding
 # ----------------------------------------------------------------------------------------------

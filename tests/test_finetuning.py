@@ -319,8 +319,12 @@ def test_scripts_end_to_end(main, task, extra, tiny_mama, synthetic_embed_datase
         assert (output_dir / name).read_bytes()[:8] == PNG_SIGNATURE
     assert saved["test"]["balanced_accuracy"] == results["test"]["balanced_accuracy"]
 
-    # The saved classifier and processor reproduce the reported test metrics.
+    # The saved classifier records its training data (the dataset's own record), as does its processor.
     classifier = MamaForImageClassification.from_pretrained(output_dir)
+    assert classifier.config.training_datasets == ["synthetic"]
+    assert MamaImageProcessor.from_pretrained(output_dir).training_datasets == ["synthetic"]
+
+    # The saved classifier and processor reproduce the reported test metrics.
     metrics, logits, labels = evaluate_classifier(classifier, MamaImageProcessor.from_pretrained(output_dir),
                                                   splits[test_split], task, progress=False)
     assert labels.tolist() == [label - 1 if task == "density" else label for label in test_labels]
@@ -344,6 +348,8 @@ def test_script_errors(tiny_mama, tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match=re.escape("lacks the split(s) ['test_balanced']; "
                                                    "it has ['test', 'train', 'validation']")):
         main_probe([*base, "--dataset", str(tiny_dataset), "--test_split", "test_balanced"])
+    with pytest.raises(ValueError, match="--max_steps 0 trains nothing"):
+        main_probe([*base, "--dataset", str(tiny_dataset), "--max_steps", "0"])
     without_cancer = tmp_path / "no_cancer"
     load_from_disk(str(tiny_dataset)).map(lambda row: {"cancer": None}).save_to_disk(str(without_cancer))
     with pytest.raises(ValueError, match=f"The train split of {without_cancer} has no image with a cancer label"):
@@ -362,3 +368,19 @@ def test_probe_on_pretrained_tower_beats_random_tower(pretrained_tiny_mama, synt
     pretrained = main_probe([*common, "--output_dir", str(tmp_path / "pretrained")])
     random = main_probe([*common, "--output_dir", str(tmp_path / "random"), "--random_init"])
     assert pretrained["test"]["auc"] > random["test"]["auc"]
+
+
+def test_one_class_probe_warns_and_data_records_merge(tmp_path):
+    """A probe on data with one class warns; the classifier keeps the pretrained model's data record."""
+    pretrained = tmp_path / "pretrained"
+    MamaModel(MamaConfig.tiny(vocab_size=64, image_size=IMAGE_SIZE, training_datasets=["EMBED"])).save_pretrained(
+        pretrained)
+    one_class = tmp_path / "one_class"
+    split = _split(12, 0).map(lambda row: {"density": 2})
+    DatasetDict(train=split, test=split).save_to_disk(str(one_class))
+    (one_class / "conversion.json").write_text(json.dumps({"converter": "cmmd", "dataset": "cmmd"}))
+    with pytest.warns(UserWarning, match=r"has only one density class \(B\)"):
+        main_probe(["--model", str(pretrained), "--dataset", str(one_class), "--task", "density", "--output_dir",
+                    str(tmp_path / "out"), "--max_steps", "1", "--per_device_train_batch_size", "4", *FAST_TRAINING])
+    # A probe of an EMBED-pretrained model is still EMBED-derived.
+    assert MamaForImageClassification.from_pretrained(tmp_path / "out").config.training_datasets == ["embed", "cmmd"]

@@ -1,66 +1,195 @@
 """Model card rendering and the licence guard on pushing weights (METHOD.md section 8)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 
-from modeling_mama import MamaConfig, MamaModel
-from modeling_mama.hub import DatasetLicenseError, check_release_allowed, render_model_card
+from modeling_mama import MamaConfig, MamaForImageClassification, MamaModel
+from modeling_mama.hub import (
+    DatasetLicenseError,
+    check_release_allowed,
+    merge_datasets,
+    normalize_datasets,
+    recorded_datasets,
+    render_model_card,
+)
 
 
 def test_release_guard_rules():
     check_release_allowed([])
-    check_release_allowed(["synthetic", "RSNA-Mammo"])
-    with pytest.raises(DatasetLicenseError, match="EMBED.*written permission"):
+    check_release_allowed(["synthetic", "RSNA-Mammo", "CBIS-DDSM", "cmmd"])
+    with pytest.raises(DatasetLicenseError, match="embed.*written permission"):
         check_release_allowed(["synthetic", "EMBED"])
     check_release_allowed(["embed"], acknowledge_data_license=True)
+    # A string is one name, not a list of letters; every spelling of EMBED (and a hospital's data) is caught.
+    for name in ("EMBED", "Emory EMBED", "embed-open-data", "EMBED_v2", "EMBED+CMMD", "dicom_folder"):
+        with pytest.raises(DatasetLicenseError):
+            check_release_allowed(name)
+    with pytest.raises(TypeError, match="expected dataset names"):
+        check_release_allowed([["EMBED"]])
 
 
-def test_open_data_is_released_with_its_attribution():
-    # CBIS-DDSM (CC BY 3.0) and CMMD (CC BY 4.0) may be shared; a local DICOM export may not, unasked.
-    check_release_allowed(["cbis_ddsm", "CMMD"])
-    with pytest.raises(DatasetLicenseError, match="dicom_folder.*data owner"):
-        check_release_allowed(["cmmd", "dicom_folder"])
-    check_release_allowed(["dicom_folder"], acknowledge_data_license=True)
-    card = ModelCard(str(render_model_card(MamaConfig.tiny(training_datasets=["cbis_ddsm", "cmmd"]))))
-    assert card.data.license == "other"  # two licences (cc-by-3.0, cc-by-4.0): the card lists both
-    assert "Creative Commons Attribution 3.0" in card.text and "Creative Commons Attribution 4.0" in card.text
-    attribution = card.text.split("### Attribution", 1)[1]
-    assert "10.7937/K9/TCIA.2016.7O02S9CY" in attribution and "10.7937/tcia.eqde-4b16" in attribution
-    assert "Release restriction" not in card.text
+def test_dataset_names_are_normalised_and_merged():
+    assert normalize_datasets("EMBED") == ["embed"]
+    assert normalize_datasets("cbis_ddsm, CMMD") == ["cbis_ddsm", "cmmd"]
+    assert normalize_datasets(["my-hospital-2024", "RSNA-Mammo", "vindr-mammo", "my-data", " my-data "]) == [
+        "dicom_folder", "rsna", "vindr", "my-data"]
+    assert merge_datasets(["embed"], "CBIS-DDSM", None) == ["embed", "cbis_ddsm"]
+    assert MamaConfig.tiny(training_datasets="EMBED").training_datasets == ["embed"]
+    assert MamaConfig.tiny(training_datasets=None).training_datasets == []
+
+
+def test_recorded_datasets_read_conversion_json(tmp_path, caplog):
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    (converted / "conversion.json").write_text(json.dumps({"converter": "embed", "dataset": "embed"}))
+    assert recorded_datasets(converted) == ["embed"]
+    (converted / "conversion.json").write_text(json.dumps({"converter": "embed", "dataset": "synthetic"}))
+    assert recorded_datasets(converted) == ["synthetic"]
+    foreign = tmp_path / "Hand-Made"
+    foreign.mkdir()
+    with caplog.at_level("WARNING"):
+        assert recorded_datasets(foreign) == ["Hand-Made"]
+    assert "terms not recorded" in caplog.text
+
+
+# ------------------------------------------------------------------------------ every upload path
+HUB_METHODS = ("create_repo", "create_commit", "upload_folder", "upload_file", "create_branch",
+               "preupload_lfs_files", "model_info")
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """Records every Hub call instead of making it; uploads keep the README.md they would send."""
+    import huggingface_hub
+    from huggingface_hub import RepoUrl
+
+    calls, cards = [], []
+
+    def record(name):
+        def fake(self, *args, **kwargs):
+            calls.append(name)
+            if name == "create_repo":
+                repo_id = kwargs.get("repo_id", args[0] if args else None)
+                return RepoUrl(f"https://huggingface.co/{repo_id}")
+            if name == "create_commit":
+                for operation in kwargs["operations"]:
+                    if operation.path_in_repo == "README.md":
+                        cards.append(Path(operation.path_or_fileobj).read_text())
+            if name == "upload_folder":
+                readme = Path(kwargs["folder_path"]) / "README.md"
+                cards.append(readme.read_text() if readme.exists() else "")
+            return None
+        return fake
+
+    for name in HUB_METHODS:
+        monkeypatch.setattr(huggingface_hub.HfApi, name, record(name))
+    # The Hub already holds a generic card for the repo: what transformers would otherwise upload.
+    monkeypatch.setattr(huggingface_hub.ModelCard, "load",
+                        classmethod(lambda cls, *a, **k: calls.append("card") or ModelCard("generic card")))
+    return calls, cards
+
+
+def _processor(training_datasets):
+    from modeling_mama import MamaImageProcessor, MamaProcessor
+    from modeling_mama.tokenization import train_report_tokenizer
+
+    tokenizer = train_report_tokenizer(["Overall Assessment: Negative."] * 20, vocab_size=300)
+    return MamaProcessor(MamaImageProcessor(size=28, training_datasets=training_datasets), tokenizer,
+                         training_datasets=training_datasets)
+
+
+def _upload_paths(tmp_path):
+    """Every way the package's objects reach the Hub, as (name, call(obj, **acknowledgement))."""
+    return [
+        ("model.push_to_hub", "model", lambda m, **k: m.push_to_hub("me/x", **k)),
+        ("model.save_pretrained(push_to_hub=True)", "model",
+         lambda m, **k: m.save_pretrained(str(tmp_path / "m"), push_to_hub=True, repo_id="me/x", **k)),
+        ("processor.push_to_hub", "processor", lambda p, **k: p.push_to_hub("me/x", **k)),
+        ("processor.save_pretrained(dir, True)", "processor",
+         lambda p, **k: p.save_pretrained(str(tmp_path / "p"), True, repo_id="me/x", **k)),
+        ("image_processor.push_to_hub", "processor", lambda p, **k: p.image_processor.push_to_hub("me/x", **k)),
+        ("image_processor.save_pretrained(push_to_hub=True)", "processor",
+         lambda p, **k: p.image_processor.save_pretrained(str(tmp_path / "i"), push_to_hub=True, repo_id="me/x", **k)),
+    ]
+
+
+@pytest.mark.parametrize("model_class", [MamaModel, MamaForImageClassification])
+@pytest.mark.parametrize("data", ["EMBED", "dicom_folder"])
+def test_every_upload_path_refuses_before_any_network_call(model_class, data, hub, tmp_path):
+    calls, _ = hub
+    objects = {"model": model_class(MamaConfig.tiny(vocab_size=64, training_datasets=[data, "cmmd"])),
+               "processor": _processor([data])}
+    for name, kind, upload in _upload_paths(tmp_path):
+        with pytest.raises(DatasetLicenseError, match="acknowledge_data_license=True"):
+            upload(objects[kind])
+        assert calls == [], name
+    # With the acknowledgement each path goes on to the Hub.
+    for name, kind, upload in _upload_paths(tmp_path):
+        calls.clear()
+        upload(objects[kind], acknowledge_data_license=True)
+        assert calls[0] == "create_repo" and "create_commit" in calls, name
+
+
+def test_cc_by_weights_are_pushed_with_the_attribution_in_the_card(hub, tmp_path):
+    calls, cards = hub
+    model = MamaModel(MamaConfig.tiny(vocab_size=64, training_datasets=["cbis_ddsm", "CMMD"]))
+    model.push_to_hub("me/mama-open")
+    model.save_pretrained(tmp_path / "saved", push_to_hub=True, repo_id="me/mama-open")
+    assert calls.count("create_commit") == 2 and len(cards) == 2
+    for text in cards:
+        card = ModelCard(text)
+        assert card.data.license == "other" and card.data.datasets == ["cbis_ddsm", "cmmd"]
+        assert "generic card" not in text
+        assert "### Attribution" in text
+        assert "https://doi.org/10.7937/K9/TCIA.2016.7O02S9CY" in text and "CC BY 3.0" in text
+        assert "https://doi.org/10.7937/tcia.eqde-4b16" in text and "CC BY 4.0" in text
+        assert "10.1038/sdata.2017.177" in text and "10.1007/s10278-013-9622-7" in text  # paper, TCIA
+        assert "Release restriction" not in text
     single = ModelCard(str(render_model_card(MamaConfig.tiny(training_datasets=["cmmd"]))))
     assert single.data.license == "cc-by-4.0"
-    assert "### Attribution" not in str(render_model_card(MamaConfig.tiny(training_datasets=["EMBED"])))
 
 
-def test_push_to_hub_refuses_embed_before_any_upload(monkeypatch, tmp_path):
-    model = MamaModel(MamaConfig.tiny(vocab_size=64, training_datasets=["EMBED"]))
-    calls = []
-    # Any network use would go through these; the guard must fire first.
-    import huggingface_hub
+def test_trainer_upload_paths_are_guarded(hub, tmp_path):
+    from modeling_mama import MamaTrainer, MamaTrainingArguments
+    from modeling_mama.training.finetuning import BalancedTrainer, ClassificationTrainingArguments
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda *a, **k: calls.append("create_repo"))
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", lambda *a, **k: calls.append("create_commit"))
-    with pytest.raises(DatasetLicenseError, match="acknowledge_data_license=True"):
-        model.push_to_hub("someone/mama-embed")
-    assert calls == []
+    calls, cards = hub
+    cases = [
+        (MamaTrainer, MamaTrainingArguments, MamaModel),
+        (BalancedTrainer, ClassificationTrainingArguments, MamaForImageClassification),
+    ]
+    for trainer_class, arguments_class, model_class in cases:
+        model = model_class(MamaConfig.tiny(vocab_size=64, training_datasets=["Emory EMBED"]))
 
+        def arguments(**kwargs):
+            return arguments_class(output_dir=str(tmp_path / trainer_class.__name__), use_cpu=True, report_to="none",
+                                   hub_model_id="me/x", **kwargs)
 
-def test_push_to_hub_with_acknowledgement_reaches_the_upload(monkeypatch):
-    model = MamaModel(MamaConfig.tiny(vocab_size=64, training_datasets=["EMBED"]))
-    reached = []
+        with pytest.raises(DatasetLicenseError):
+            trainer_class(model=model, args=arguments(push_to_hub=True))
+        trainer = trainer_class(model=model, args=arguments())
+        with pytest.raises(DatasetLicenseError):
+            trainer.push_to_hub()
+        with pytest.raises(DatasetLicenseError):
+            trainer._push_from_checkpoint(str(tmp_path))  # what a save with push_to_hub=True calls
+        with pytest.raises(DatasetLicenseError):
+            trainer.init_hf_repo()
+        assert calls == [], trainer_class.__name__
+        trainer_class(model=model, args=arguments(push_to_hub=True, acknowledge_data_license=True))
+        assert calls == ["create_repo"]
+        calls.clear()
 
-    def fake_create_repo(self, repo_id, *args, **kwargs):
-        reached.append(repo_id)
-        raise RuntimeError("stop here: no network in tests")
-
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create_repo)
-    with pytest.raises(RuntimeError, match="stop here"):
-        model.push_to_hub("someone/mama-embed", acknowledge_data_license=True)
-    assert reached == ["someone/mama-embed"]
+    # CC BY data: the Trainer's push uploads the package's card, with the attribution.
+    model = MamaModel(MamaConfig.tiny(vocab_size=64, training_datasets=["cbis_ddsm"]))
+    trainer = MamaTrainer(model=model, args=MamaTrainingArguments(output_dir=str(tmp_path / "open"), use_cpu=True,
+                                                                  report_to="none", hub_model_id="me/open"))
+    trainer.push_to_hub()
+    assert calls[0] == "create_repo" and "upload_folder" in calls
+    card = ModelCard(cards[-1])
+    assert card.data.license == "cc-by-3.0" and "https://doi.org/10.7937/K9/TCIA.2016.7O02S9CY" in card.text
 
 
 def test_card_metadata_and_sections():
@@ -70,7 +199,7 @@ def test_card_metadata_and_sections():
     parsed = ModelCard(str(card))  # parses the YAML front matter again
     assert parsed.data.library_name == "transformers"
     assert parsed.data.pipeline_tag == "zero-shot-image-classification"
-    assert parsed.data.datasets == ["EMBED", "synthetic"]
+    assert parsed.data.datasets == ["embed", "synthetic"]
     assert parsed.data.license == "other"
     text = parsed.text
     for heading in ("## Intended use", "## Out-of-scope use", "## Training data", "## Training recipe",
@@ -168,25 +297,3 @@ def test_saved_folder_loads_without_the_package(pretrained_tiny_mama, tmp_path):
         image.convert("RGB"), candidate_labels=["fat", "dense"])
     assert [e["label"] for e in remote["pipeline"]] == [e["label"] for e in local]
     np.testing.assert_allclose([e["score"] for e in remote["pipeline"]], [e["score"] for e in local], atol=1e-5)
-
-
-def test_trainer_push_paths_are_guarded(tmp_path, monkeypatch):
-    from transformers import Trainer
-
-    from modeling_mama import MamaTrainer, MamaTrainingArguments
-    from modeling_mama.hub import DatasetLicenseError
-
-    model = MamaModel(MamaConfig.tiny(vocab_size=64, training_datasets=["EMBED"]))
-    uploads = []
-    monkeypatch.setattr(Trainer, "push_to_hub", lambda self, *a, **k: uploads.append("push"))
-    with pytest.raises(DatasetLicenseError):
-        MamaTrainer(model=model, args=MamaTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
-                                                            push_to_hub=True, hub_model_id="me/x"))
-    trainer = MamaTrainer(model=model, args=MamaTrainingArguments(output_dir=str(tmp_path), use_cpu=True,
-                                                                  report_to="none"))
-    with pytest.raises(DatasetLicenseError):
-        trainer.push_to_hub()
-    assert uploads == []
-    trainer.args.acknowledge_data_license = True
-    trainer.push_to_hub()
-    assert uploads == ["push"]

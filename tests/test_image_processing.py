@@ -1,6 +1,7 @@
 """Pixel helpers, MamaImageProcessor (global and tiles modes), training augmentation, serialisation."""
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -620,3 +621,59 @@ def test_digital_crops_are_the_plain_otsu_largest_region_box():
         assert (y0 <= ys.min() * stride < y0 + stride) or ys.min() == 0
         assert xs.max() * stride < x1 <= (xs.max() + 1) * stride or x1 == width
         assert ys.max() * stride < y1 <= (ys.max() + 1) * stride or y1 == height
+def test_nan_or_infinite_pixels_are_named():
+    from modeling_mama.image_utils_mama import NonFinitePixelsError
+
+    image = np.zeros((60, 40), dtype=np.float32)
+    image[10:50, :25] = 0.8
+    broken = image.copy()
+    broken[3, 4], broken[5, 6] = np.nan, np.inf
+    with pytest.raises(NonFinitePixelsError, match=r"^image 1 of the batch of 2: the image has 2 NaN or infinite "
+                                                   r"pixel value\(s\) out of 2400"):
+        MamaImageProcessor(size=28)([image, broken])
+    with pytest.raises(NonFinitePixelsError, match=r"^the image has 2 NaN"):
+        to_unit_range(broken)
+    with pytest.raises(NonFinitePixelsError):
+        otsu_threshold(broken)
+
+
+def test_12_bit_data_in_a_16_bit_container_is_scaled_by_its_depth(tmp_path):
+    from modeling_mama.image_utils_mama import LowBitDepthWarning
+
+    twelve_bit = (np.linspace(0, 1, 60 * 40).reshape(60, 40) * 4095).round().astype(np.uint16)
+    Image.fromarray(twelve_bit).save(tmp_path / "12bit.png")
+    with pytest.warns(LowBitDepthWarning, match="uses only 12 bits"):
+        pixels, _ = load_mammogram(tmp_path / "12bit.png")
+    np.testing.assert_allclose(pixels, twelve_bit / 4095.0, atol=1e-6)
+    assert pixels.max() == 1.0
+    with pytest.warns(LowBitDepthWarning, match="uses only 10 bits"):
+        to_unit_range(np.array([0, 1000], dtype=np.uint16))
+    # Full 16-bit data (a converted dataset's PNG) and blank images are left alone.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert to_unit_range(np.array([0, 13107, 65535], dtype=np.uint16)).tolist() == pytest.approx([0, 0.2, 1])
+        assert to_unit_range(np.array([0, 20000], dtype=np.uint16)).tolist() == pytest.approx([0, 20000 / 65535])
+        assert to_unit_range(np.zeros(3, dtype=np.uint16)).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("image", [
+    np.zeros((80, 60), dtype=np.uint16),                      # all black
+    np.full((80, 60), 65535, dtype=np.uint16),                # all white
+    np.full((1, 1), 0.5, dtype=np.float32),                   # 1x1
+    np.pad(np.full((2, 2), 60000, dtype=np.uint16), 60),      # background with one small marker
+])
+def test_no_breast_warns_or_raises(image):
+    from modeling_mama.image_processing_mama import NoBreastFoundError, NoBreastWarning
+
+    breast = np.zeros((80, 60), dtype=np.uint16)
+    breast[5:75, :40] = 40000
+    with pytest.warns(NoBreastWarning, match=r"^image 1 of the batch of 2: no breast found \(.*\)\. Is it blank"):
+        MamaImageProcessor(size=28)([breast, image])
+    with pytest.raises(NoBreastFoundError, match="the image: no breast found"):
+        MamaImageProcessor(size=28, no_breast="error")(image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MamaImageProcessor(size=28)(image, no_breast="ignore")
+        MamaImageProcessor(size=28)(breast)  # a breast: no warning
+    with pytest.raises(ValueError, match="no_breast='maybe' is not one of"):
+        MamaImageProcessor(no_breast="maybe")

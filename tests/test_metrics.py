@@ -23,6 +23,7 @@ from modeling_mama.training.metrics import (
     confusion_matrix,
     load_metric,
     per_class_accuracy,
+    pointing_game,
     probabilistic_f1,
     retrieval_accuracy,
     retrieval_metrics,
@@ -437,21 +438,52 @@ def test_in_batch_retrieval_accuracy_agrees_with_the_dataset_metric():
             assert text_to_image.item() == pytest.approx(expected[f"report_to_image_recall@{k}"])
 
 
-# ------------------------------------------------------------------------------------- pointing game
+# --------------------------------------------------------------------------------------- pointing game
+def test_pointing_game_hand_made_maps():
+    heat = np.zeros((3, 4, 4))
+    heat[0, 0, 3] = 5.0  # peak at the centre of cell (row 0, col 3): (x, y) = (3.5, 0.5) in cells
+    heat[1, 2, 1] = 1.0
+    heat[2] = 7.0  # constant: every cell ties
+    boxes = [(3, 0, 4, 1), [(0, 0, 1, 1), (1, 2, 2, 3)], (0, 0, 2, 2)]
+    result = pointing_game(heat, boxes)  # boxes in cell units
+    assert result["hits"] == [1.0, 1.0, 0.25]  # the constant map hits as often as a random cell would
+    assert result["accuracy"] == pytest.approx(2.25 / 3)
+    assert result["peaks"][:2] == [[3.5, 0.5], [1.5, 2.5]]
+    # A uniform pointer lands in 1/16, 2/16 and 4/16 of the images.
+    assert result["random_accuracy"] == pytest.approx((1 + 2 + 4) / 16 / 3)
+    assert result["num_images"] == 3
 
 
-def test_pointing_game():
-    from modeling_mama.training.metrics import pointing_game, pointing_game_accuracy
+def test_pointing_game_pixel_frames_tolerance_and_overlap():
+    # Two maps of different grids over images of different sizes (as lists of arrays).
+    first = np.zeros((8, 8)); first[2, 6] = 1.0  # peak at (x, y) = (6.5, 2.5) * 14 px = (91, 35)
+    second = np.zeros((4, 2)); second[3, 0] = 1.0  # peak at (25, 175) in a 200 x 100 image
+    boxes = [(80, 30, 100, 40), (30, 160, 60, 190)]
+    result = pointing_game([first, second], boxes, image_sizes=[(112, 112), (200, 100)])
+    assert result["hits"] == [1.0, 0.0] and result["peaks"] == [[91.0, 35.0], [25.0, 175.0]]
+    # 5 px of tolerance reaches the second peak (x = 25 >= 30 - 5).
+    assert pointing_game([first, second], boxes, image_sizes=[(112, 112), (200, 100)], tolerance=5)["hits"] == [1.0, 1.0]
+    # Overlapping boxes count their union once; tolerance grows the boxes and is clipped to the image.
+    single = np.ones((1, 2, 2))
+    overlap = pointing_game(single, [[(0, 0, 6, 6), (2, 2, 8, 8)]], image_sizes=(10, 10))
+    assert overlap["random_accuracy"] == pytest.approx((36 + 36 - 16) / 100)
+    grown = pointing_game(single, [(0, 0, 2, 2)], image_sizes=(10, 10), tolerance=3)
+    assert grown["random_accuracy"] == pytest.approx(25 / 100)
+    # Torch tensors work as well as numpy.
+    assert pointing_game(torch.from_numpy(first)[None], [boxes[0]], image_sizes=(112, 112))["accuracy"] == 1.0
 
-    grid = np.zeros((37, 37))
-    grid[10, 20] = 2.0  # the maximum's cell centre in a 518 x 518 view: x = 20.5 * 14 = 287, y = 10.5 * 14 = 147
-    assert pointing_game(grid, [[280, 140, 300, 160]], image_size=(518, 518)) is True
-    assert pointing_game(grid, [[290, 140, 300, 160]], image_size=(518, 518)) is False
-    assert pointing_game(grid, [[290, 140, 300, 160]], image_size=(518, 518), tolerance=3.0) is True
-    assert pointing_game(grid, [[0, 0, 10, 10], [280, 140, 300, 160]], image_size=(518, 518)) is True  # any box
-    assert pointing_game(torch.tensor(grid), np.array([[20, 10, 21, 11]])) is True  # default: the grid's own pixels
-    assert pointing_game(grid, []) is None
-    with pytest.raises(ValueError, match="2-D heat map"):
-        pointing_game(np.zeros(5), [[0, 0, 1, 1]])
-    assert pointing_game_accuracy([True, None, False, False]) == pytest.approx(1 / 3)
-    assert np.isnan(pointing_game_accuracy([None]))
+
+def test_pointing_game_rejects_bad_inputs():
+    heat = np.zeros((2, 4, 4))
+    with pytest.raises(ValueError, match="2 heat maps but 1 box"):
+        pointing_game(heat, [(0, 0, 1, 1)])
+    with pytest.raises(ValueError, match="leave out images without a lesion box"):
+        pointing_game(heat, [(0, 0, 1, 1), []])
+    with pytest.raises(ValueError, match="x0 <= x1"):
+        pointing_game(heat, [(0, 0, 1, 1), (3, 0, 1, 1)])
+    with pytest.raises(ValueError, match="NaN"):
+        pointing_game(np.full((1, 2, 2), np.nan), [(0, 0, 1, 1)])
+    with pytest.raises(ValueError, match="image_sizes"):
+        pointing_game(heat, [(0, 0, 1, 1)] * 2, image_sizes=[(4, 4)] * 3)
+    with pytest.raises(ValueError, match="tolerance"):
+        pointing_game(heat, [(0, 0, 1, 1)] * 2, tolerance=-1)

@@ -410,3 +410,23 @@ def test_a_bert_text_tower_gets_its_own_lora_targets_and_mean_sentence_pooling()
 
     with pytest.raises(ValueError, match="No default LoRA target modules for a 'my_tower' text tower"):
         resolve_lora_config({"r": 4}, SimpleNamespace(config=SimpleNamespace(model_type="my_tower")))
+
+
+def test_loading_errors_name_the_folder_or_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for missing in (tmp_path / "nowhere" / "model", "./nope", "runs/mama", "runs/mama/checkpoint-5"):
+        with pytest.raises(FileNotFoundError, match="No model folder .*Pass the folder that save_pretrained"):
+            MamaModel.from_pretrained(missing)
+    folder = tmp_path / "saved"
+    MamaModel(MamaConfig.tiny(vocab_size=64)).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy that stopped early
+    with pytest.raises(OSError, match=f"^{weights} is truncated or corrupt .*copy, download or save the model again"):
+        MamaModel.from_pretrained(folder)
+
+
+def test_unknown_tower_type_is_one_sentence():
+    with pytest.raises(ValueError, match=r"^MamaConfig.vision_config has model_type 'dinov9', which transformers "
+                                         r"\S+ does not know: upgrade transformers"):
+        MamaConfig(vision_config={"model_type": "dinov9"})

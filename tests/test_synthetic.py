@@ -11,8 +11,7 @@ import pandas as pd
 import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-from modeling_mama.data.synthetic import rendering as synthetic_rendering
+from scipy import ndimage
 from scripts import load_script
 
 from modeling_mama.data.synthetic import (
@@ -25,6 +24,7 @@ from modeling_mama.data.synthetic import (
     parse_image_size,
     render_mammogram,
 )
+from modeling_mama.data.synthetic import rendering as synthetic_rendering
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
@@ -590,3 +590,98 @@ def test_cmmd_look_alike(tmp_path):
     assert sum(ds.BitsAllocated == 8 for ds in headers) > len(headers) / 2  # mostly 8-bit
     assert {("ViewPosition" in ds, "ViewCodeSequence" in ds) for ds in headers} == {(True, False), (False, True)}
     assert all(ds.ImageLaterality in ("L", "R") and ds.PatientID == path.parts[-4] for ds, path in zip(headers, files))
+# ------------------------------------------------------------------------------- micro-calcifications
+
+
+def blobness(pixels, sigma=1.0):
+    """A dot detector: minus the larger Hessian eigenvalue (positive where the image curves down in
+    every direction, as on a bright dot and not on an edge), scale-normalised."""
+    h_xx = ndimage.gaussian_filter(pixels, sigma, order=(0, 2))
+    h_yy = ndimage.gaussian_filter(pixels, sigma, order=(2, 0))
+    h_xy = ndimage.gaussian_filter(pixels, sigma, order=(1, 1))
+    return np.maximum(-((h_xx + h_yy) / 2 + np.sqrt(((h_xx - h_yy) / 2) ** 2 + h_xy**2)), 0.0) * sigma**2
+
+
+def test_microcalcifications_are_clear_at_full_resolution_and_lost_at_518():
+    import torch
+
+    # A full-field image: the breast is about 1700 px tall, 3.3x the 518 view.
+    kwargs = dict(height=2048, width=1600, laterality="L", view="CC", density=3, bits_stored=12)
+    lesion = Lesion(kind="microcalcifications", morphology="pleomorphic", distribution="clustered", size=0.03,
+                    position=(0.5, 0.1))
+    plain = render_mammogram(np.random.default_rng(7), findings=[], **kwargs) / 4095.0
+    shown, boxes = render_mammogram(np.random.default_rng(7), findings=[lesion], return_boxes=True, **kwargs)
+    shown = shown / 4095.0
+    plan = synthetic_rendering._plan_image(np.random.default_rng(7), height=2048, width=1600, view="CC", density=3,
+                                           findings=[lesion])
+    dots = np.array([(y, x) for y, x, _, _ in plan.lesions[0].dots])
+    assert 8 <= len(dots) <= 18
+    # Drawn where the box says, nowhere else; 2-3 px dots (full width at half maximum) of contrast 0.07-0.10.
+    difference = shown - plain
+    (y0, x0, y1, x1), = boxes
+    inside = box_mask(difference.shape, [(y0, x0, y1, x1)], margin=1)
+    assert np.abs(difference[~inside]).max() < 0.02  # the quantum noise differs a little
+    assert 0.05 < difference.max() < 0.11
+    assert y1 - y0 < 0.1 * 2048 and x1 - x0 < 0.1 * 1600
+    for y, x in dots:
+        row = difference[int(y), int(x) - 6:int(x) + 7]
+        assert 1 <= np.count_nonzero(row > 0.5 * row.max()) <= 5
+
+    # Full resolution: the typical dot stands far above anything the tissue texture makes at that scale.
+    breast = ndimage.binary_erosion(plain > 0.2, iterations=30)  # away from the skin line
+    at_dots = ndimage.maximum_filter(blobness(shown), size=3)[dots[:, 0].astype(int), dots[:, 1].astype(int)]
+    texture = np.quantile(blobness(plain)[breast], 0.999)
+    assert np.median(at_dots) > 1.5 * texture
+
+    # The 518 view (breast crop, antialiased resize as MamaImageProcessor does): lost in the texture.
+    def view(pixels):
+        crop = torch.from_numpy(np.ascontiguousarray(pixels[200:1850, :1300], dtype=np.float32))
+        resized = torch.nn.functional.interpolate(crop[None, None], size=(518, 518), mode="bilinear",
+                                                  antialias=True, align_corners=False)
+        return resized[0, 0].numpy()
+
+    small_dots = ((dots - [200, 0]) * [518 / 1650, 518 / 1300]).astype(int)
+    small_shown, small_plain = view(shown), view(plain)
+    at_small_dots = ndimage.maximum_filter(blobness(small_shown, 0.7), size=3)[small_dots[:, 0], small_dots[:, 1]]
+    small_breast = ndimage.binary_erosion(small_plain > 0.2, iterations=8)
+    small_texture = np.quantile(blobness(small_plain, 0.7)[small_breast], 0.999)
+    assert np.median(at_small_dots) < small_texture
+
+
+def test_embed_microcalcification_benchmark(tmp_path):
+    options = dict(num_exams=6, image_size=SIZE, seed=2, progress=False, microcalcifications=0.5)
+    root = generate_embed(tmp_path / "micro", **options)
+    plain = without_drawing_findings(generate_embed, tmp_path / "plain", **options)
+    metadata = pd.read_csv(root / "tables/EMBED_OpenData_metadata.csv")
+    clinical = pd.read_csv(root / "tables/EMBED_OpenData_clinical.csv")
+    assert '"microcalcifications": 0.5' in (root / ".synthetic.json").read_text()
+    # Exactly half of the 12 breasts, each with its own BI-RADS 4 row; every other breast is negative.
+    affected = clinical[clinical.asses == "S"]
+    assert len(affected) == 6 and set(clinical.asses) == {"S", "N"}
+    assert set(affected.calcfind) <= {"I", "A", "P"} and set(affected.calcdistri) <= {"C", "G"}
+    assert affected.massshape.isna().all() and (affected.path_severity == 1.0).all()
+    assert set(metadata.FinalImageType) <= {"2D", "ROI_SSC"}
+    for row in metadata[metadata.FinalImageType == "2D"].itertuples():
+        rows = clinical[clinical.acc_anon == row.acc_anon]
+        has_calcs = bool(((rows.side == row.ImageLateralityFinal) & (rows.asses == "S")).any())
+        relative = row.anon_dicom_path.split("/anon_dicom/", 1)[1]
+        lesion = lesion_pixels(root / relative, plain / relative)
+        assert bool(row.num_roi) == has_calcs  # an ROI on every image that shows the cluster
+        if not has_calcs:
+            assert not lesion.any()
+            continue
+        # Faint dots of a few pixels, inside the ROI (the quantum noise differs a little elsewhere).
+        assert 0.04 < lesion.max() < 0.12
+        inside = box_mask(lesion.shape, ast.literal_eval(row.ROI_coords))
+        assert lesion[inside].max() == lesion.max() and np.abs(lesion[~inside]).max() < 0.02
+        assert np.count_nonzero(lesion > 0.05) < 0.01 * lesion.size
+
+    with pytest.raises(ValueError, match="microcalcifications=1.5"):
+        generate_embed(tmp_path / "bad", num_exams=2, image_size=SIZE, progress=False, microcalcifications=1.5)
+    main = load_script("data_scripts/synthetic.py").main
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "rsna"), "--format", "rsna", "--microcalcifications", "0.5"])
+
+
+def test_embed_default_mix_has_no_microcalcifications(embed_root):
+    assert "microcalcifications" not in (embed_root / ".synthetic.json").read_text()

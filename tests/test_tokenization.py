@@ -159,6 +159,9 @@ def test_too_long_report_raises_naming_the_limit(tokenizer):
     assert len(tokenize_report(sentences, tokenizer, max_length=needed)["input_ids"]) == needed  # exactly fits
     with pytest.raises(ValueError, match=rf"Report 0 needs {needed} tokens .* more than max_length={needed - 1}\."):
         tokenize_report(sentences, tokenizer, max_length=needed - 1)
+    # The advice names the example scripts' flags too: a CLI user cannot pass a keyword argument.
+    with pytest.raises(ValueError, match=r"raise max_length \(--max_length .*truncation='warn' \(--truncation warn\)"):
+        tokenize_report(sentences, tokenizer, max_length=needed - 1)
     with pytest.raises(ValueError, match=r"Report 1 needs .* max_length=20"):
         batch_tokenize_reports([["Negative."], sentences], tokenizer, max_length=20)
 

@@ -1,11 +1,12 @@
 """Zero-shot: the stock transformers pipeline, the mammography pipeline, the paper protocol and its script."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
-from datasets import load_from_disk
+from datasets import DatasetDict, load_from_disk
 from transformers import pipeline
 
 from conftest import load_example
@@ -125,3 +126,35 @@ def test_zero_shot_script_writes_json_and_plots(pretrained_tiny_mama, synthetic_
     assert saved["breast_level"]["num_breasts"] <= saved["num_images"]
     for name in ("zero_shot_cancer_confusion.png", "zero_shot_cancer_roc.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_zero_shot_script_json_is_strict_and_missing_labels_are_named(pretrained_tiny_mama, synthetic_embed_dataset,
+                                                                      tmp_path):
+    script = load_example("zero_shot")
+    script.main(["--model", str(pretrained_tiny_mama), "--dataset", str(synthetic_embed_dataset), "--task", "birads",
+                 "--split", "validation", "--output_dir", str(tmp_path)])
+
+    def refuse(constant):
+        raise AssertionError(f"bare {constant} in the JSON")
+
+    saved = json.loads((tmp_path / "zero_shot_birads.json").read_text(), parse_constant=refuse)
+    assert None in saved["image_level"]["auc_per_class"]  # BI-RADS classes absent from the split: null, not NaN
+
+    unlabelled = tmp_path / "unlabelled"
+    test = load_from_disk(str(synthetic_embed_dataset))["test"]
+    DatasetDict(test=test.select(range(4)).map(lambda row: {"cancer": None})).save_to_disk(str(unlabelled))
+    with pytest.raises(SystemExit, match=re.escape(f"the 'test' split of {unlabelled} has an empty 'cancer' column")):
+        script.main(["--model", str(pretrained_tiny_mama), "--dataset", str(unlabelled), "--task", "cancer"])
+
+
+def test_pipeline_names_an_image_without_a_breast(pretrained_tiny_mama):
+    import modeling_mama  # noqa: F401  (registers the pipeline)
+    from modeling_mama.image_processing_mama import NoBreastFoundError, NoBreastWarning
+
+    classifier = pipeline("mammography-zero-shot", model=str(pretrained_tiny_mama))
+    blank = np.zeros((96, 80), dtype=np.uint16)
+    with pytest.warns(NoBreastWarning, match="no breast found"):
+        scores = classifier(blank, task="density")
+    assert len(scores) == 4
+    with pytest.raises(NoBreastFoundError, match="no breast found"):
+        classifier(blank, task="density", no_breast="error")

@@ -23,11 +23,9 @@ scored during training (bACC, AUC), so `--load_best_model_at_end --metric_for_be
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +38,14 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments
 
 from ..configuration_mama import MamaConfig
+from ..file_utils_mama import write_json_atomic
 from ..labels import get_task
 from ..image_processing_mama import MamaImageProcessor
 from .converted import stored_image_options
 from .metrics import classification_metrics
 from ..modeling_mama import MamaForImageClassification
 from .recipes import PAPER_CLASSIFICATION
-from .trainer import ConvertedCheckpointsTrainer
+from .trainer import ConvertedCheckpointsTrainer, check_max_steps
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +210,12 @@ class ClassificationTrainingArguments(TrainingArguments):
     max_steps: int = field(default=_PAPER["max_steps"], metadata={"help": "Optimizer steps."})
     per_device_train_batch_size: int = field(default=_PAPER["per_device_train_batch_size"],
                                              metadata={"help": "Batch size per device."})
+    acknowledge_data_license: bool = field(
+        default=False, metadata={"help": "You hold written permission to release weights trained on data whose "
+                                         "licence needs it (EMBED, a hospital's own images)."})
 
     def __post_init__(self):
+        check_max_steps(self.max_steps)
         # min_lr belongs to cosine_with_min_lr: another scheduler would reject it.
         if self.lr_scheduler_type != "cosine_with_min_lr" and self.lr_scheduler_kwargs == _PAPER["lr_scheduler_kwargs"]:
             self.lr_scheduler_kwargs = {}
@@ -288,16 +291,7 @@ def _json_ready(value):
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
     """Write `data` as indented strict JSON (nan as null), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        temporary.write_text(json.dumps(_json_ready(data), indent=2, default=float, allow_nan=False) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, _json_ready(data), default=float, allow_nan=False)
 
 
 __all__ = [

@@ -398,50 +398,108 @@ def breast_level(scores: Any, labels: Any, patient_ids: Any, lateralities: Any,
     return unique_ids, breast_scores, breast_labels
 
 
-# ------------------------------------------------------------------------------------- localisation
-def pointing_game(heat_map: Any, boxes: Any, *, image_size: tuple[int, int] | None = None,
-                  tolerance: float = 0.0) -> bool | None:
-    """The pointing game (Zhang et al., "Top-down neural attention by excitation backprop", 2016): a
-    hit when the heat map's maximum falls inside one of the lesion boxes.
+# --------------------------------------------------------------------------------------- localisation
+def _as_heat_maps(heat_maps: Any) -> list[np.ndarray]:
+    """A list of finite float 2-D maps from an [N, h, w] array / tensor or a sequence of 2-D maps."""
+    if hasattr(heat_maps, "detach") or isinstance(heat_maps, np.ndarray):
+        heat_maps = _to_numpy(heat_maps)
+        if heat_maps.ndim != 3:
+            raise ValueError(f"heat_maps must be [N, h, w] or a sequence of 2-D maps, got shape {heat_maps.shape}.")
+    maps = [_to_numpy(heat_map).astype(np.float64) for heat_map in heat_maps]
+    for index, heat_map in enumerate(maps):
+        if heat_map.ndim != 2 or heat_map.size == 0:
+            raise ValueError(f"heat map {index} must be a non-empty 2-D array, got shape {heat_map.shape}.")
+        if not np.all(np.isfinite(heat_map)):
+            raise ValueError(f"heat map {index} contains NaN or infinite values.")
+    return maps
+
+
+def _as_boxes(boxes: Any, index: int) -> np.ndarray:
+    """One image's boxes as float [K, 4] (x0, y0, x1, y1), K >= 1, each with x0 <= x1 and y0 <= y1."""
+    array = _to_numpy(boxes).astype(np.float64)
+    if array.size == 0 or array.size % 4 or array.ndim > 2 or (array.ndim == 2 and array.shape[1] != 4):
+        raise ValueError(f"boxes[{index}] must be one box (x0, y0, x1, y1) or a list of them, got shape "
+                         f"{array.shape}; leave out images without a lesion box.")
+    array = array.reshape(-1, 4)
+    if not np.all(np.isfinite(array)) or np.any(array[:, 2] < array[:, 0]) or np.any(array[:, 3] < array[:, 1]):
+        raise ValueError(f"boxes[{index}] must hold finite (x0, y0, x1, y1) boxes with x0 <= x1 and y0 <= y1, "
+                         f"got {array.tolist()}.")
+    return array
+
+
+def _union_area(boxes: np.ndarray) -> float:
+    """Area of the union of boxes [K, 4] (x0, y0, x1, y1), on the grid of their edges (exact)."""
+    xs, ys = np.unique(boxes[:, [0, 2]]), np.unique(boxes[:, [1, 3]])
+    centres_x, centres_y = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2
+    covered = np.zeros((len(centres_y), len(centres_x)), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        covered |= ((centres_y >= y0) & (centres_y <= y1))[:, None] & ((centres_x >= x0) & (centres_x <= x1))[None, :]
+    return float((np.diff(ys)[:, None] * np.diff(xs)[None, :])[covered].sum())
+
+
+def pointing_game(heat_maps: Any, boxes: Sequence[Any], *, image_sizes: Any = None,
+                  tolerance: float = 0.0) -> dict[str, Any]:
+    """The pointing game (Zhang et al., ECCV 2016): does each heat map peak inside its image's lesion box?
 
     Args:
-        heat_map: [h, w] scores over an image (e.g. a patch-sentence similarity grid); cell (i, j)
-            covers rows i * H / h .. (i + 1) * H / h and the matching columns of the image.
-        boxes: (x0, y0, x1, y1) boxes in the pixels of that image (end-exclusive edges).
-        image_size: (H, W) of the image the boxes are given in; default the heat map's own shape.
-        tolerance: pixels a box is widened by on every side (the original protocol uses 15 at 224 px).
+        heat_maps: one map per image: an [N, h, w] array / tensor, or a sequence of N 2-D arrays whose
+            sizes may differ (e.g. `visualization.patch_sentence_similarity(...)[sentence]` for the
+            sentence that describes the finding). A map covers its whole image: cell (i, j) of an h x w
+            map is the pixel rectangle x in [j W / w, (j + 1) W / w], y in [i H / h, (i + 1) H / h].
+        boxes: per image, one box or a list of boxes `(x0, y0, x1, y1)` (x to the right, y down) in
+            the image's pixel frame, the frame of the processed view the map was computed on (map
+            dataset boxes there first, e.g. with `image_utils_mama.boxes_to_view`). An image with
+            several lesions scores a hit when the peak falls in any of them. Images without a box
+            have no pointing result: leave them out.
+        image_sizes: (H, W) of every image, or one (H, W) per image. None: boxes are given in
+            heat-map cells (H, W = h, w).
+        tolerance: a margin in pixels added around every box (Zhang et al. use 15 px), clipped to the image.
 
-    Returns None when there is no box (nothing to point at), else whether the centre of the maximal
-    cell (the first in row-major order on a tie) lies in a widened box.
+    The peak is the centre of the highest cell. When several cells share the highest value, the
+    hit counts as the fraction of them whose centres are inside a box (the expected result of
+    breaking the tie at random), so a constant map is no better than chance.
 
-    >>> grid = np.zeros((4, 4)); grid[1, 2] = 1.0                  # maximum in row 1, column 2
-    >>> pointing_game(grid, [[8, 4, 12, 8]], image_size=(16, 16)), pointing_game(grid, [[0, 0, 4, 4]], image_size=(16, 16))
-    (True, False)
-    >>> pointing_game(grid, []) is None
-    True
+    Returns a JSON-ready dict: `accuracy` (mean hit), `random_accuracy` (the expected accuracy of a
+    pointer drawn uniformly over the image: the mean fraction of the image area the boxes cover),
+    `num_images`, and per image `hits` (0..1) and `peaks` ([x, y] of the first highest cell's centre).
+
+    >>> heat = np.zeros((2, 4, 4)); heat[0, 1, 2] = 1.0; heat[1, 3, 0] = 1.0
+    >>> result = pointing_game(heat, [(8, 0, 16, 8), [(0, 0, 4, 4), (12, 12, 16, 16)]], image_sizes=(16, 16))
+    >>> result["accuracy"], result["hits"], result["peaks"][0], result["random_accuracy"]
+    (0.5, [1.0, 0.0], [10.0, 6.0], 0.1875)
     """
-    values = _to_numpy(heat_map).astype(np.float64)
-    if values.ndim != 2:
-        raise ValueError(f"pointing_game takes a 2-D heat map, got shape {values.shape}.")
-    boxes = _to_numpy(boxes).astype(np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
-    if len(boxes) == 0:
-        return None
-    height, width = image_size if image_size is not None else values.shape
-    row, column = np.unravel_index(int(np.argmax(values)), values.shape)
-    y, x = (row + 0.5) * height / values.shape[0], (column + 0.5) * width / values.shape[1]
-    x0, y0, x1, y1 = boxes.T
-    return bool(np.any((x0 - tolerance <= x) & (x <= x1 + tolerance) & (y0 - tolerance <= y) & (y <= y1 + tolerance)))
+    maps = _as_heat_maps(heat_maps)
+    if len(boxes) != len(maps):
+        raise ValueError(f"Got {len(maps)} heat maps but {len(boxes)} box lists; give one box list per map.")
+    if not maps:
+        raise ValueError("pointing_game needs at least one heat map.")
+    if image_sizes is None:
+        sizes = np.array([heat_map.shape for heat_map in maps], dtype=np.float64)
+    else:
+        sizes = _to_numpy(image_sizes).astype(np.float64)
+        sizes = np.broadcast_to(sizes, (len(maps), 2)) if sizes.shape == (2,) else sizes
+        if sizes.shape != (len(maps), 2) or not np.all(sizes > 0):
+            raise ValueError(f"image_sizes must be one positive (H, W) or one per heat map ({len(maps)}), "
+                             f"got shape {sizes.shape}.")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}.")
 
-
-def pointing_game_accuracy(hits: Sequence[bool | None]) -> float:
-    """The share of hits among the images that have a box (`pointing_game` gives None for the others);
-    nan when none has one.
-
-    >>> pointing_game_accuracy([True, False, None, True])
-    0.6666666666666666
-    """
-    scored = [hit for hit in hits if hit is not None]
-    return float(np.mean(scored)) if scored else float("nan")
+    hits, peaks, covered = [], [], []
+    for index, (heat_map, (height, width)) in enumerate(zip(maps, sizes)):
+        image_boxes = _as_boxes(boxes[index], index)
+        grown = image_boxes + np.array([-tolerance, -tolerance, tolerance, tolerance])
+        grown = np.clip(grown, 0.0, [width, height, width, height])
+        rows, cols = np.nonzero(heat_map == heat_map.max())
+        centres_x = (cols + 0.5) * width / heat_map.shape[1]
+        centres_y = (rows + 0.5) * height / heat_map.shape[0]
+        inside = np.zeros(len(rows), dtype=bool)
+        for x0, y0, x1, y1 in grown:
+            inside |= (centres_x >= x0) & (centres_x <= x1) & (centres_y >= y0) & (centres_y <= y1)
+        hits.append(float(inside.mean()))
+        peaks.append([float(centres_x[0]), float(centres_y[0])])
+        covered.append(_union_area(grown) / (height * width))
+    return {"accuracy": float(np.mean(hits)), "random_accuracy": float(np.mean(covered)), "num_images": len(maps),
+            "hits": hits, "peaks": peaks}
 
 
 # ---------------------------------------------------------------------------------- evaluate module

@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.training_args import ParallelMode
 from transformers.trainer_pt_utils import get_parameter_names
 
-from ..hub import check_release_allowed
+from ..hub import check_release_allowed, write_model_card
 from .metrics import retrieval_accuracy
 from .schedule import PAPER_LATE_LOSS_STEP, LossSchedule
 
@@ -56,13 +56,25 @@ class MamaTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "CLIP / SLA over the batch of every process (paper: off; NT-Xent always gathers)."},
     )
     acknowledge_data_license: bool = field(
-        default=False, metadata={"help": "You hold written permission to release weights trained on EMBED."},
+        default=False, metadata={"help": "You hold written permission to release weights trained on data whose "
+                                         "licence needs it (EMBED, a hospital's own images)."},
     )
     ddp_find_unused_parameters: bool | None = field(
         default=True,
         metadata={"help": "DDP's find_unused_parameters (default True: late loss terms leave heads unused until "
                           "their step; see modeling_mama.training.trainer)."},
     )
+
+    def __post_init__(self):
+        check_max_steps(self.max_steps)
+        super().__post_init__()
+
+
+def check_max_steps(max_steps: int) -> None:
+    """`--max_steps 0` would still run one optimizer step and save a "trained" model: refuse it."""
+    if max_steps == 0:
+        raise ValueError("--max_steps 0 trains nothing: give a positive number of optimizer steps, or leave it out "
+                         "(-1) to train for --num_train_epochs epochs.")
 
 
 def _check_checkpointing_under_ddp(args: TrainingArguments) -> None:
@@ -88,14 +100,46 @@ class _EpochCallback(TrainerCallback):
 
 
 class ConvertedCheckpointsTrainer(Trainer):
-    """A `Trainer` that reloads its own checkpoints through `from_pretrained`.
+    """The `Trainer` both MaMA trainers build on (pre-training, probe / fine-tune): checkpoints and the Hub.
 
-    transformers 5.23's Trainer restores checkpoints (resume, `load_best_model_at_end`) with a raw
-    `load_state_dict(strict=False)`, but `save_pretrained` writes some towers (DINOv2) under their
-    legacy key names: the image tower's attention weights silently keep their current values (only
-    a warning is logged). Loading through `from_pretrained` applies the key conversions; the copy is
-    strict, so any other mismatch fails loudly.
+    Checkpoints: transformers 5.23's Trainer restores checkpoints (resume, `load_best_model_at_end`)
+    with a raw `load_state_dict(strict=False)`, but `save_pretrained` writes some towers (DINOv2)
+    under their legacy key names: the image tower's attention weights silently keep their current
+    values (only a warning is logged). Loading through `from_pretrained` applies the key
+    conversions; the copy is strict, so any other mismatch fails loudly.
+
+    The Hub: the Trainer uploads through its own paths (`push_to_hub=True` creates the repository
+    in `__init__`, checkpoints are pushed on save, `trainer.push_to_hub()` uploads the output
+    folder), not through the model's. Each of them first checks the model's
+    `config.training_datasets` with `hub.check_release_allowed` (the training arguments'
+    `acknowledge_data_license` is the acknowledgement), and the card uploaded is this package's
+    (training data, terms, attribution), not the Trainer's generic one.
     """
+
+    def check_release_allowed(self) -> None:
+        """Raise `hub.DatasetLicenseError` when the model's training data forbids uploading it."""
+        model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        check_release_allowed(getattr(getattr(model, "config", None), "training_datasets", None),
+                              getattr(self.args, "acknowledge_data_license", False))
+
+    def init_hf_repo(self, *args, **kwargs) -> None:
+        self.check_release_allowed()
+        return super().init_hf_repo(*args, **kwargs)
+
+    def push_to_hub(self, *args, **kwargs):
+        self.check_release_allowed()
+        return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        self.check_release_allowed()
+        return super()._push_from_checkpoint(checkpoint_folder)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        config = getattr(model, "config", None)
+        if not self.is_world_process_zero() or getattr(config, "model_type", None) != "mama":
+            return super().create_model_card(*args, **kwargs)
+        write_model_card(self.args.output_dir, config, training_args=self.args.to_dict(), repo_id=self.hub_model_id)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
@@ -126,22 +170,11 @@ class MamaTrainer(ConvertedCheckpointsTrainer):
             changes["ddp_find_unused_parameters"] = True
         args = dataclasses.replace(args, **changes)
         _check_checkpointing_under_ddp(args)
-        if args.push_to_hub:
-            # Before super().__init__, which already creates the Hub repository.
-            check_release_allowed(getattr(getattr(model, "config", None), "training_datasets", None),
-                                  getattr(args, "acknowledge_data_license", False))
         super().__init__(model, args, *positional, **kwargs)
         if hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(_EpochCallback(self.train_dataset))
         self._log_sums: dict[str, torch.Tensor] = {}
         self._log_count = 0
-
-    def push_to_hub(self, *args, **kwargs):
-        # The Trainer uploads through its own path, not the model's push_to_hub: guard it too.
-        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-        check_release_allowed(getattr(config, "training_datasets", None),
-                              getattr(self.args, "acknowledge_data_license", False))
-        return super().push_to_hub(*args, **kwargs)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         if getattr(self.args, "decay_all_parameters", False):
@@ -186,4 +219,5 @@ class MamaTrainer(ConvertedCheckpointsTrainer):
         super().log(logs, *args, **kwargs)
 
 
-__all__ = ["ConvertedCheckpointsTrainer", "MamaTrainer", "MamaTrainingArguments", "retrieval_accuracy"]
+__all__ = ["ConvertedCheckpointsTrainer", "MamaTrainer", "MamaTrainingArguments", "check_max_steps",
+           "retrieval_accuracy"]

@@ -15,7 +15,6 @@ so a crash never leaves a half-written PNG behind.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from sklearn import metrics as sk_metrics
 
+from ..file_utils_mama import atomic_path
 from .metrics import TARGET_SENSITIVITY, _as_labels, _to_numpy, specificity_at_sensitivity
 
 NORMALIZE_CHOICES = (None, "true", "pred", "all")
@@ -45,16 +45,9 @@ def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     The parent folder is created if needed. Returns the final path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique name opened with "xb" (not mkstemp, whose 0600 mode would make the PNG private)
-    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(temporary, "xb") as stream:
-            figure.savefig(stream, format="png")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    # opened with "xb" (not mkstemp, whose 0600 mode would make the PNG private)
+    with atomic_path(path) as temporary, open(temporary, "xb") as stream:
+        figure.savefig(stream, format="png")
     return path
 
 

@@ -59,6 +59,8 @@ def zero_shot_logits(model, processor, dataset, task: str, *, use_metadata: bool
     options = stored_image_options(dataset) if image_options is None else dict(image_options)
     labels = [label_to_class(task, value) for value in dataset[column]]
     rows = [i for i, label in enumerate(labels) if label is not None]
+    if not rows:
+        raise ValueError(f"No row of the dataset has a {task} label: its {column!r} column is empty.")
     all_logits = []
     for start in tqdm(range(0, len(rows), batch_size), desc=f"zero-shot {task}", disable=not progress):
         batch_rows = [dataset[i] for i in rows[start:start + batch_size]]

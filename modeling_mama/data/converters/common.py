@@ -7,11 +7,18 @@ becomes an output row or a failure (with a reason), and hands the rows to `write
    cached as a 16-bit PNG under `<out>/.cache/<image_id>.png`, written under a temporary name and
    renamed, so a killed run loses at most the images in flight and a re-run skips cached images;
 2. logs an image that cannot be decoded to `<out>/failures.csv` (image_id, source_path, reason,
-   table, row_index) without stopping the run; failures are retried on a re-run;
-3. saves the `datasets.DatasetDict` into `<out>/.partial/`, renames its split folders into `<out>`
-   and replaces `<out>/dataset_dict.json` last: `load_from_disk(out)` sees the old dataset, no
-   dataset, or the complete new one, never a mix. `conversion.json` records the options, the counts
-  and what was done to the stored images (`STORED_IMAGES`: oriented, cropped; `image_size`).
+   table, row_index) without stopping the run; failures are retried on a re-run. A problem of the
+   machine instead (disk full, read-only file system, no permission to write `<out>`) stops the
+   run with a `StorageError` that says what to do; the cache keeps what was finished;
+3. commits the `datasets.DatasetDict`, `failures.csv` and `conversion.json` as one new version
+   (`commit_dataset`): `load_from_disk(out)` sees the old dataset or the complete new one at every
+   instant, also when the process is killed during the switch. `conversion.json` records the
+   options, the counts and what was done to the stored images (`STORED_IMAGES`: oriented, cropped;
+   `image_size`).
+
+Nothing is read from outside the dataset folder (a table id with `../` or an absolute path is a
+failure, `refuse_outside_roots`), and nothing is written, renamed or removed outside `<out>`
+(`inside`; split names read from disk must be plain folder names).
 
 Image preprocessing (`preprocess_image`): calibrated pixels from `read_dicom`, chest wall left
 (`orient_breast`, laterality from the table, checked against the pixels), cropped to the breast
@@ -35,7 +42,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import hashlib
+import io
 import json
 import math
 import multiprocessing
@@ -55,8 +64,16 @@ from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from ...dicom import read_dataset, read_dicom, reduced_size
+from ...hub import CONVERSION_FILE
 from ...image_utils_mama import IMAGE_SUFFIXES
-from ...labels import cell_text, normalize_id, normalize_laterality, parse_age, parse_int, parse_number  # noqa: F401
+from ...labels import (  # noqa: F401
+    cell_text,
+    normalize_id,
+    normalize_laterality,
+    parse_age,
+    parse_int,
+    parse_number,
+)
 
 
 def parse_laterality(value) -> str | None:
@@ -89,11 +106,15 @@ COLUMNS = ["patient_id", "exam_id", "image_id", "laterality", "view", "source_pa
 CACHE_DIR = ".cache"
 PARTIAL_DIR = ".partial"
 SETTINGS_FILE = "settings.json"
-SUMMARY_FILE = "conversion.json"
+SUMMARY_FILE = CONVERSION_FILE  # its `dataset` key is what the training scripts record (hub.py)
 FAILURES_FILE = "failures.csv"
 SHARD_FILE = "shard.json"
 # Only the cache format changes this; a cache written by another format version is refused.
 CACHE_FORMAT = 1
+# Errors of the machine, not of one input file: a disk or quota that is full, a read-only file system.
+FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# ... and, when writing into the output folder, a permission problem: each stops the run (StorageError).
+ENVIRONMENT_ERRNOS = FULL_OR_READ_ONLY | {errno.EACCES, errno.EPERM}
 # What `preprocess_image` did to every stored image, recorded in conversion.json so that training and
 # evaluation neither orient nor crop them again (modeling_mama.training.converted.stored_image_options).
 STORED_IMAGES = {"image_orientation": "chest_wall_left", "image_cropped_to_breast": True}
@@ -502,9 +523,7 @@ def write_png(path: Path, pixels: np.ndarray, *, laterality: str | None,
         info.add_text("laterality", laterality)
     if lesion_boxes is not None:
         info.add_text(BOX_COLUMN, json.dumps([list(box) for box in lesion_boxes]))
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    Image.fromarray(pixels).save(temporary, format="PNG", pnginfo=info)
-    os.replace(temporary, path)
+    _write_atomic(path, lambda temporary: Image.fromarray(pixels).save(temporary, format="PNG", pnginfo=info))
 
 
 def read_cached_laterality(path: Path) -> str | None:
@@ -548,17 +567,27 @@ class ImageResult:
 
 
 def run_job(job: ImageJob) -> ImageResult:
-    """Decode, preprocess and cache one image; any error becomes a failure reason, never a crash."""
+    """Decode, preprocess and cache one image.
+
+    A problem with the input file (missing, not DICOM, undecodable, unreadable) becomes the image's
+    failure reason and the run goes on. A problem of the machine (`ENVIRONMENT_ERRNOS` while
+    decoding, any `OSError` while writing the cache) is raised: it would fail every later image
+    too, so the run must stop instead of listing every image as failed.
+    """
     if not Path(job.source_path).is_file():
         return ImageResult(job.image_id, "file missing", None)
     try:
         pixels, laterality, geometry = preprocess_image_geometry(
             job.source_path, laterality=job.laterality, image_size=job.image_size, decode_threads=job.decode_threads)
         boxes = stored_boxes(job, geometry) if job.has_lesions else None
-        write_png(Path(job.cache_path), pixels, laterality=laterality, lesion_boxes=boxes)
+    except OSError as error:
+        if error.errno in FULL_OR_READ_ONLY:
+            raise
+        return ImageResult(job.image_id, f"decode error: {error}", None)
     except Exception as error:  # one bad file must not stop a 480,000-image run
         message = str(error) or type(error).__name__
         return ImageResult(job.image_id, f"decode error: {message}", None)
+    write_png(Path(job.cache_path), pixels, laterality=laterality, lesion_boxes=boxes)
     return ImageResult(job.image_id, None, laterality, geometry.reduction,
                        None if boxes is None else tuple(map(tuple, boxes)))
 
@@ -623,21 +652,83 @@ def process_images(jobs: Sequence[ImageJob], *, workers: int = 1, progress: bool
 # ----------------------------------------------------------------------------------------------
 
 
+class StorageError(OSError):
+    """The output folder cannot be written (disk full, read-only file system, no permission).
+
+    The run stops (a machine problem would fail every remaining image); the message names the folder,
+    the cause and what to do. Nothing already committed is touched: the previous dataset (if any)
+    stays loadable, and the images cached so far are reused by the next run.
+    """
+
+
+def storage_error(error: OSError, out: Path) -> StorageError:
+    """A `StorageError` explaining `error` (raised while writing into `out`) in a sentence."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = (f"Free some space (or pass --out a folder on a larger disk) and run the same command again: "
+                  f"the images finished so far are cached in {out / CACHE_DIR} and are not decoded again.")
+    elif error.errno == errno.EROFS:
+        advice = "The file system is read-only: pass --out a folder on a writable disk."
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        advice = "You may not write there: pass --out a folder you can write to (or fix its permissions)."
+    else:
+        advice = "Check the disk and the folder, then run the same command again (it resumes)."
+    where = f" ({error.filename})" if error.filename else ""
+    cause = error.strerror or str(error)
+    storage = StorageError(f"Cannot write the converted dataset to {out}: {cause}{where}. {advice}")
+    storage.errno = error.errno
+    return storage
+
+
+def inside(out: Path, path: Path) -> Path:
+    """`path` itself, after checking that it lies inside the output folder `out` (its folder, with
+    symbolic links resolved, is `out` or below, and its name is a plain name): nothing the converter
+    writes, renames or removes may resolve outside `--out`."""
+    root = os.path.realpath(out)
+    parent = os.path.realpath(path.parent)
+    if path.name in ("", ".", "..") or (parent != root and not parent.startswith(root + os.sep)):
+        raise ConverterError(f"Refusing to touch {path}: it is not inside the output folder {out}.")
+    return path
+
+
+def remove_inside(out: Path, path: Path) -> None:
+    """Remove a file, a symbolic link (never what it points to) or a folder tree inside `out`."""
+    inside(out, path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def check_split_name(name: str, *, source: Path) -> str:
+    """A split name read from disk, checked to be a plain folder name ("train", "test_balanced")."""
+    if not isinstance(name, str) or not SPLIT_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConverterError(
+            f"{source} lists a split {name!r}, which is not a plain folder name: this file was not written by a "
+            f"converter. Move it away (or use a new --out folder) and run again.")
+    return name
+
+
 def prepare_output(out, settings: Mapping[str, Any]) -> Path:
     """Create `out` (or reuse one of our own output folders) and check its cache matches `settings`.
 
     A folder that holds other files is refused (the converter replaces split folders in it), as
-    is a cache written with different settings (its images would not match the options).
+    is a cache written with different settings (its images would not match the options), and a
+    `dataset_dict.json` whose split names are not plain folder names. Leftovers of a killed run
+    (temporary files, dataset versions that never became current) are removed.
     """
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConverterError(f"--out {out} is a file: pass a folder to write the dataset into.")
     cache = out / CACHE_DIR
     settings = {"cache_format": CACHE_FORMAT, **settings}
-    ours = (cache / SETTINGS_FILE).is_file() or (out / SUMMARY_FILE).is_file()
+    ours = (cache / SETTINGS_FILE).is_file() or (out / SUMMARY_FILE).is_file() or (out / CURRENT_LINK).is_symlink()
     if out.is_dir() and any(out.iterdir()) and not ours:
         raise ConverterError(
             f"--out {out} already holds files that this converter did not write: use an empty or new folder.")
+    marker = out / DATASET_DICT_FILE
+    if marker.is_file():
+        for name in _listed_splits(marker):
+            check_split_name(name, source=marker)
     cache.mkdir(parents=True, exist_ok=True)
     manifest = cache / SETTINGS_FILE
     if manifest.is_file():
@@ -649,27 +740,40 @@ def prepare_output(out, settings: Mapping[str, Any]) -> Path:
     else:
         write_text_atomic(manifest, json.dumps(settings, sort_keys=True, indent=1))
     for partial in [*cache.glob(".*.partial-*"), *out.glob(".*.partial-*")]:
-        partial.unlink()  # a file a killed run was writing
-    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+        remove_inside(out, partial)  # a file a killed run was writing
+    if (out / PARTIAL_DIR).exists():
+        remove_inside(out, out / PARTIAL_DIR)  # left by versions before the versioned layout
+    _remove_stale_versions(out)
     return out
 
 
+def _write_atomic(path: Path, write) -> None:
+    """Call `write(temporary)` for a temporary name next to `path`, then rename it to `path`.
+
+    A failed write (disk full...) removes its temporary file, so it does not hold on to the space.
+    """
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    _write_atomic(path, lambda temporary: temporary.write_text(text))
 
 
-def write_failures(path: Path, failures: Sequence[Mapping[str, Any]]) -> None:
-    """`failures.csv` (FAILURE_COLUMNS, one row per image that is not in the dataset), atomically."""
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FAILURE_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for failure in failures:
-            writer.writerow({column: "" if failure.get(column) is None else failure.get(column)
-                             for column in FAILURE_COLUMNS})
-    os.replace(temporary, path)
+def failures_csv(failures: Sequence[Mapping[str, Any]]) -> str:
+    """The text of `failures.csv`: FAILURE_COLUMNS, one row per image that is not in the dataset."""
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=FAILURE_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for failure in failures:
+        writer.writerow({column: "" if failure.get(column) is None else failure.get(column)
+                         for column in FAILURE_COLUMNS})
+    return handle.getvalue()
 
 
 def failure(row: Mapping[str, Any], reason: str) -> dict[str, Any]:
@@ -678,30 +782,134 @@ def failure(row: Mapping[str, Any], reason: str) -> dict[str, Any]:
             "table": row.get("table"), "row_index": row.get("row_index")}
 
 
-def commit_dataset(out: Path, dataset_dict) -> None:
-    """Save `dataset_dict` into `out` so that readers never see a half-written dataset.
+# The committed output: `out/.versions/<n>/` holds one complete version (the DatasetDict as
+# `save_to_disk` writes it, plus failures.csv and conversion.json); `out/.current` is a relative
+# symbolic link to the current version; every name a reader opens in `out` (dataset_dict.json,
+# one folder per split, failures.csv, conversion.json) is a link through `.current`. Replacing
+# `.current` (one `os.replace`) switches all of them at once.
+VERSIONS_DIR = ".versions"
+CURRENT_LINK = ".current"
+DATASET_DICT_FILE = "dataset_dict.json"
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
-    It is saved in `out/.partial/`; then the old `dataset_dict.json` is removed (from here until the
-    last step `out` holds no dataset), old and new split folders are replaced by renames, and the new
-    `dataset_dict.json` is moved in last with `os.replace`.
+
+def _listed_splits(marker: Path) -> list:
+    try:
+        splits = json.loads(marker.read_text()).get("splits", [])
+    except (OSError, ValueError, AttributeError) as error:
+        raise ConverterError(f"{marker} cannot be read as a dataset_dict.json ({error}): move it away (or use a "
+                             "new --out folder) and run again.") from error
+    return list(splits) if isinstance(splits, list) else [splits]
+
+
+def _current_version(out: Path) -> str | None:
+    link = out / CURRENT_LINK
+    if not link.is_symlink():
+        return None
+    return Path(os.readlink(link)).name
+
+
+def _next_version(out: Path) -> str:
+    numbers = [int(entry.name) for entry in (out / VERSIONS_DIR).glob("*") if entry.name.isdigit()]
+    current = _current_version(out)
+    if current is not None and current.isdigit():
+        numbers.append(int(current))
+    return str(max(numbers, default=0) + 1)
+
+
+def _remove_stale_versions(out: Path, keep: str | None = None) -> None:
+    """Remove every version but the current one (and `keep`): the old one after a switch, or one a
+    killed run left half-written."""
+    versions = out / VERSIONS_DIR
+    if not versions.is_dir():
+        return
+    current = _current_version(out)
+    for entry in versions.iterdir():
+        if entry.name not in (current, keep):
+            remove_inside(out, entry)
+
+
+def _link(out: Path, name: str, target: str) -> None:
+    """Make `out/name` the relative symbolic link `target` (atomically replacing another link)."""
+    path = inside(out, out / name)
+    if path.is_symlink() and os.readlink(path) == target:
+        return
+    temporary = inside(out, out / f".{name}.partial-{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target, temporary)
+    os.replace(temporary, path)
+
+
+def _retire_unversioned(out: Path) -> None:
+    """A dataset written before the versioned layout (real dataset_dict.json and split folders) is
+    removed before the links replace it; `load_from_disk` sees no dataset until the switch."""
+    marker = out / DATASET_DICT_FILE
+    if marker.is_symlink() or not marker.is_file():
+        return
+    splits = [check_split_name(name, source=marker) for name in _listed_splits(marker)]
+    marker.unlink()
+    for name in [*splits, FAILURES_FILE, SUMMARY_FILE, SHARD_FILE]:
+        path = out / name
+        if path.exists() and not path.is_symlink():
+            remove_inside(out, path)
+
+
+def _link_names(out: Path, names: Sequence[str]) -> None:
+    for name in names:
+        path = out / name
+        if path.exists() and not path.is_symlink():
+            remove_inside(out, path)  # only an unversioned leftover can be a real file or folder here
+        _link(out, name, f"{CURRENT_LINK}/{name}")
+
+
+def _unlink_names(out: Path, keep: Sequence[str]) -> None:
+    """Remove the links of names the current version does not have (e.g. a split no longer written)."""
+    for entry in out.iterdir():
+        if entry.is_symlink() and entry.name not in keep and os.readlink(entry).startswith(f"{CURRENT_LINK}/"):
+            remove_inside(out, entry)
+
+
+def commit_dataset(out: Path, dataset_dict, *, files: Mapping[str, str] | None = None) -> None:
+    """Save `dataset_dict` (and the text `files`, e.g. failures.csv) as the new version of `out`'s dataset.
+
+    Every converter (and a step that merges shards into one DatasetDict) commits through here. What a
+    reader (`datasets.load_from_disk(out)`) sees at each instant:
+
+    1. the new version is written into `out/.versions/<n>/`, which no reader looks at: the old
+       dataset (or none, on a first run) is what it sees, unchanged;
+    2. a link `out/<name> -> .current/<name>` is made for every split and file of the new version that
+       has none yet (a link to a name the current version lacks is never read: the current
+       `dataset_dict.json` does not list it); old dataset still;
+    3. `out/.current` is replaced by a link to the new version with one `os.replace`: from this
+       instant every name resolves into the new version: the new dataset;
+    4. the old version and the links of names only it had are removed: new dataset.
+
+    A process killed at any point leaves the old or the new dataset loadable; the next run removes
+    what the killed one left (`prepare_output`). A folder converted before this layout existed
+    (real split folders) is the exception, once: its dataset is removed just before step 2, so until
+    step 3 a reader finds no dataset. A reader that has already opened the old version keeps
+    reading its files (they are memory-mapped) even after step 4 removes them.
     """
-    partial = out / PARTIAL_DIR
-    shutil.rmtree(partial, ignore_errors=True)
-    # datasets writes no shard at all for an empty split and then cannot load it: ask for one.
-    empty_splits = {name: 1 for name, split in dataset_dict.items() if len(split) == 0}
-    dataset_dict.save_to_disk(str(partial), num_shards=empty_splits)
-    marker = out / "dataset_dict.json"
-    old_splits: list[str] = []
-    if marker.is_file():
-        old_splits = list(json.loads(marker.read_text()).get("splits", []))
-        marker.unlink()
-    for split in {*old_splits, *dataset_dict}:
-        if (out / split).is_dir() and split not in (CACHE_DIR, PARTIAL_DIR):
-            shutil.rmtree(out / split)
-    for split in dataset_dict:
-        os.replace(partial / split, out / split)
-    os.replace(partial / "dataset_dict.json", marker)
-    shutil.rmtree(partial, ignore_errors=True)
+    version = _next_version(out)
+    target = inside(out, out / VERSIONS_DIR / version)
+    target.parent.mkdir(exist_ok=True)
+    names = [*dataset_dict, DATASET_DICT_FILE, *(files or {})]
+    for name in names:
+        check_split_name(name, source=out)
+    try:
+        # datasets writes no shard at all for an empty split and then cannot load it: ask for one.
+        empty_splits = {name: 1 for name, split in dataset_dict.items() if len(split) == 0}
+        dataset_dict.save_to_disk(str(target), num_shards=empty_splits)
+        for name, text in (files or {}).items():
+            write_text_atomic(target / name, text)
+    except BaseException:
+        remove_inside(out, target)
+        raise
+    _retire_unversioned(out)
+    _link_names(out, names)
+    _link(out, CURRENT_LINK, f"{VERSIONS_DIR}/{version}")
+    _remove_stale_versions(out, keep=version)
+    _unlink_names(out, names)
 
 
 def write_dataset(
@@ -782,28 +990,27 @@ def write_dataset(
         name: datasets.Dataset.from_dict(columns, features=schema) for name, columns in by_split.items()
     })
     sort_failures(failures)
-    write_failures(out / FAILURES_FILE, failures)
-    bars_were_on = datasets.is_progress_bar_enabled()
-    if not progress:
-        datasets.disable_progress_bars()
-    try:
-        commit_dataset(out, dataset_dict)
-    finally:
-        if bars_were_on:
-            datasets.enable_progress_bars()
     # How many of the images decoded in this run were decoded at 1/2**r of their size, by r.
     reductions = Counter(str(result.reduction) for result in results.values() if result.reduction is not None)
     counts = {name: len(columns["image_id"]) for name, columns in by_split.items()}
     info = {**(summary or {}), "image_size": image_size, **STORED_IMAGES, "seed": seed}
+    files = {FAILURES_FILE: failures_csv(failures)}
     if shard.count > 1:
         info["shard"] = {"index": shard.index, "count": shard.count}
-        write_text_atomic(out / SHARD_FILE, json.dumps(
-            {"index": shard.index, "count": shard.count, "balanced": balanced, "order": order}))
-    else:
-        (out / SHARD_FILE).unlink(missing_ok=True)
-    write_summary(out, info, counts, failures, reductions)
+        files[SHARD_FILE] = json.dumps({"index": shard.index, "count": shard.count, "balanced": balanced,
+                                        "order": order})
+    files[SUMMARY_FILE] = summary_json(info, counts, failures, reductions)
+    bars_were_on = datasets.is_progress_bar_enabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        # The dataset, its failures, its summary (and a shard's place in the run) become current together.
+        commit_dataset(out, dataset_dict, files=files)
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     if not keep_cache:
-        shutil.rmtree(cache)
+        remove_inside(out, cache)
     return datasets.load_from_disk(str(out))
 
 
@@ -812,16 +1019,16 @@ def sort_failures(failures: list[dict[str, Any]]) -> None:
     failures.sort(key=lambda entry: (str(entry.get("table")), _row_order(entry.get("row_index"))))
 
 
-def write_summary(out: Path, info: Mapping[str, Any], counts: Mapping[str, int], failures: Sequence[Mapping],
-                  reductions: Mapping[str, int]) -> None:
-    """`conversion.json`: the run's options (`info`, with `image_size` and `seed`), rows per split,
-    failures by reason and how many images were decoded at 1/2**r of their size, by r."""
+def summary_json(info: Mapping[str, Any], counts: Mapping[str, int], failures: Sequence[Mapping],
+                 reductions: Mapping[str, int]) -> str:
+    """The text of `conversion.json`: the run's options (`info`, with `image_size` and `seed`), rows per
+    split, failures by reason and how many images were decoded at 1/2**r of their size, by r."""
     image_size = info["image_size"]
     reasons = Counter(entry["reason"].split(":")[0] for entry in failures)
-    write_text_atomic(out / SUMMARY_FILE, json.dumps(
+    return json.dumps(
         {**info, "stored_size": "native" if image_size == 0 else f"long side at most {image_size} px",
          "decode_reductions": dict(sorted(reductions.items())), "rows": dict(counts),
-         "failures": len(failures), "failure_reasons": dict(sorted(reasons.items()))}, indent=1, default=str))
+         "failures": len(failures), "failure_reasons": dict(sorted(reasons.items()))}, indent=1, default=str)
 
 
 def _row_order(row_index) -> int:
@@ -843,6 +1050,31 @@ def check_options(*, image_size: int, workers: int, limit: int | None) -> None:
         raise ConverterError(f"--limit {limit} must be at least 1 (or leave it out to convert everything).")
 
 
+def refuse_outside_roots(rows: Sequence[dict], roots: Sequence[Path]) -> tuple[list[dict], list[dict]]:
+    """Split planned rows into those whose `source_path` lies under one of `roots` and failures.
+
+    The check is on the path as written (normalised, `..` resolved textually, symbolic links not
+    followed), so an id in a table such as "../../etc/x" or "/home/someone/x" never makes the
+    converter read a file outside the dataset, while a dataset whose folders are links to another
+    disk still converts.
+
+    >>> rows = [{"image_id": "a", "source_path": "/data/ds/p/a.dcm"}, {"image_id": "b", "source_path": "/data/ds/p/../../b.dcm"}]
+    >>> kept, refused = refuse_outside_roots(rows, [Path("/data/ds")])
+    >>> [row["image_id"] for row in kept], refused[0]["reason"]
+    (['a'], 'source path outside the dataset folder: /data/ds/p/../../b.dcm (the table holds a ../ or absolute path)')
+    """
+    allowed = [os.path.abspath(root) for root in roots]
+    kept, refused = [], []
+    for row in rows:
+        path = os.path.abspath(str(row["source_path"]))  # abspath also normalises ".." away
+        if any(path.startswith(root.rstrip(os.sep) + os.sep) for root in allowed):
+            kept.append(row)
+        else:
+            refused.append(failure(row, f"source path outside the dataset folder: {row['source_path']} "
+                                        "(the table holds a ../ or absolute path)"))
+    return kept, refused
+
+
 class DatasetConverter:
     """The contract every converter follows (DESIGN.md "Add a dataset").
 
@@ -850,17 +1082,21 @@ class DatasetConverter:
     subclass sets
 
     - `name`: the registry key (`CONVERTERS[name]`), recorded as `converter` in `conversion.json`;
-      the datasets' licence terms are looked up under it (`hub.DATASET_TERMS`);
+      it is also the licence key of the data (`hub.DATASET_TERMS`), recorded as `dataset` (except
+      for the package's synthetic look-alikes, recorded as `synthetic`), which the training scripts
+      copy into every model trained on it;
     - `description`: what the progress bar shows;
     - `balanced`: `(source split, label column, new split)` for a class-balanced extra split, or None;
 
     and implements `plan(limit=, seed=)`, which reads the tables (never an image) and returns the
     planned rows (the schema columns except `image`, plus `split`, `table`, `row_index`) and the rows
-    refused with a reason. `split_names()` lists the splits written (default train/validation/test).
-    Options of the dataset (e.g. EMBED's `dicom_root`) are keyword arguments of `__init__`, kept in
-    `options` and recorded in `conversion.json`. `convert(out, ...)` does the rest: option checks, the
-    resumable image cache, `failures.csv`, the atomic `DatasetDict` and `conversion.json`.
-    Register a subclass with `@register_converter`; its command line is `data_scripts/<name>.py`.
+    refused with a reason. `split_names()` lists the splits written (default train/validation/test)
+    and `source_roots()` the folders images may be read from (default `root`; a row whose
+    `source_path` is elsewhere is refused). Options of the dataset (e.g. EMBED's `dicom_root`) are
+    keyword arguments of `__init__`, kept in `options` and recorded in `conversion.json`.
+    `convert(out, ...)` does the rest: option checks, the resumable image cache, `failures.csv`, the
+    atomic `DatasetDict` and `conversion.json`. Register a subclass with `@register_converter`; its
+    command line is `data_scripts/<name>.py`.
     """
 
     name: str = ""
@@ -877,22 +1113,43 @@ class DatasetConverter:
     def split_names(self) -> tuple[str, ...]:
         return tuple(SPLIT_FRACTIONS)
 
+    def source_roots(self) -> list[Path]:
+        return [Path(self.root)]
+
+    def dataset_name(self) -> str:
+        """The licence key of the converted data: `name`, or "synthetic" for a generated look-alike."""
+        from ..synthetic.files import SYNTHETIC_MANIFEST
+
+        return "synthetic" if (Path(self.root) / SYNTHETIC_MANIFEST).is_file() else self.name
+
     def convert(self, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
                 seed: int = 0, progress: bool = True, keep_cache: bool = True, shard: Shard | None = None):
         """Convert the dataset into a `DatasetDict` saved at `out`; returns it (loaded back).
 
         `image_size` 0 keeps the native size; `shard` converts one part of the patients (see `Shard`).
+        Raises `ConverterError` for a problem with the input (folder, table, column, option) and
+        `StorageError` when `out` cannot be written (disk full, read-only, no permission).
         """
         check_options(image_size=image_size, workers=workers, limit=limit)
         rows, refused = self.plan(limit=limit, seed=seed)
-        out = prepare_output(out, {"converter": self.name, "image_size": image_size})
+        rows, outside = refuse_outside_roots(rows, self.source_roots())
         options = {key: None if value is None else str(value) for key, value in self.options.items()}
-        return write_dataset(
-            out, rows, refused, split_names=self.split_names(), image_size=image_size, workers=workers,
-            progress=progress, description=self.description, balanced=self.balanced, seed=seed,
-            summary={"converter": self.name, "root": str(Path(self.root)), **options, "limit": limit},
-            keep_cache=keep_cache, shard=shard,
-        )
+        folder = Path(out).expanduser()
+        try:
+            out = prepare_output(out, {"converter": self.name, "image_size": image_size})
+            return write_dataset(
+                out, rows, [*refused, *outside], split_names=self.split_names(), image_size=image_size,
+                workers=workers, progress=progress, description=self.description, balanced=self.balanced,
+                seed=seed, keep_cache=keep_cache, shard=shard,
+                summary={"converter": self.name, "dataset": self.dataset_name(), "root": str(Path(self.root)),
+                         **options, "limit": limit},
+            )
+        except StorageError:
+            raise
+        except OSError as error:
+            if error.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            raise storage_error(error, folder) from error
 
 
 CONVERTERS: dict[str, type[DatasetConverter]] = {}

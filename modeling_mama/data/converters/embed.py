@@ -209,6 +209,9 @@ class EmbedConverter(DatasetConverter):
     def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
         return plan_embed(self.root, dicom_root=self.options["dicom_root"], limit=limit, seed=seed)
 
+    def source_roots(self) -> list[Path]:
+        return [Path(self.options["dicom_root"] or self.root)]
+
     def convert(self, out, **kwargs):
         if self.options["dicom_root"] is None:
             self.options["dicom_root"] = self.root  # recorded in conversion.json as the folder actually read

@@ -11,8 +11,9 @@ patient-level splits from the full tables, then converts only the patients of sh
    subset (EMBED's `test_balanced`), which needs all rows, is drawn here with the run's seed;
 3. concatenates the failures files (the tables' refusals are in shard 0; decode failures in the
    shard that met them) and sums `conversion.json`;
-4. writes them into `--out` the way a converter does (`common.commit_dataset`): a reader sees no
-   dataset or the complete merged one.
+4. commits them into `--out` the way a converter does (`common.commit_dataset`: dataset,
+   failures.csv and conversion.json switch together): a reader sees the previous dataset (or none)
+   or the complete merged one.
 
 The result equals a single-machine conversion with the same seed: same rows in the same order,
 same splits, same image bytes. The merged folder holds the images (the shards' `.cache` folders are
@@ -37,9 +38,9 @@ from .common import (
     ConverterError,
     balanced_subset,
     commit_dataset,
+    failures_csv,
     sort_failures,
-    write_failures,
-    write_summary,
+    summary_json,
 )
 
 # conversion.json entries that differ from shard to shard (everything else must agree).
@@ -56,7 +57,7 @@ def _read_shard(folder: Path) -> tuple[dict, dict]:
 
 
 def _read_failures(path: Path) -> list[dict]:
-    """failures.csv rows as written by `write_failures` (empty cells back to None, row_index int)."""
+    """failures.csv rows as written by `failures_csv` (empty cells back to None, row_index int)."""
     with open(path, newline="") as handle:
         rows = [{column: (row.get(column) or None) for column in FAILURE_COLUMNS} for row in csv.DictReader(handle)]
     for row in rows:
@@ -114,18 +115,17 @@ def merge_shards(shards: Sequence, out, *, progress: bool = True):
 
     failures = [row for folder, _ in by_index for row in _read_failures(folder / FAILURES_FILE)]
     sort_failures(failures)
-    write_failures(out / FAILURES_FILE, failures)
+    reductions = sum((Counter(summary.get("decode_reductions", {})) for _, (_, summary) in by_index), Counter())
+    info = {key: value for key, value in first_summary.items() if key not in _PER_SHARD}
+    info["merged_shards"] = [str(folder) for folder, _ in by_index]
+    counts = {name: len(split) for name, split in dataset_dict.items()}
     bars_were_on = datasets.is_progress_bar_enabled()
     if not progress:
         datasets.disable_progress_bars()
     try:
-        commit_dataset(out, dataset_dict)
+        commit_dataset(out, dataset_dict, files={FAILURES_FILE: failures_csv(failures),
+                                                 SUMMARY_FILE: summary_json(info, counts, failures, reductions)})
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
-    reductions = sum((Counter(summary.get("decode_reductions", {})) for _, (_, summary) in by_index), Counter())
-    info = {key: value for key, value in first_summary.items() if key not in _PER_SHARD}
-    info["merged_shards"] = [str(folder) for folder, _ in by_index]
-    write_summary(out, info, {name: len(split) for name, split in dataset_dict.items()}, failures, reductions)
-    (out / SHARD_FILE).unlink(missing_ok=True)
     return datasets.load_from_disk(str(out))

@@ -63,6 +63,12 @@ _MANUFACTURERS = [
 # How the first patients start, so that even a tiny dataset has every kind of exam.
 _FIRST_SCENARIOS = ["N", "A", "B", "S", "N", "M", "P", "K"]
 
+# The micro-calcification benchmark (`generate_embed(microcalcifications=...)`): a suspicious cluster
+# (BI-RADS 4) coded with these legend codes, biopsied and found to be ductal carcinoma in situ, the
+# cancer that most often shows as nothing but micro-calcifications.
+_MICRO_MORPHOLOGY = {"I": "pleomorphic", "A": "amorphous", "P": "punctate"}  # calcfind -> renderer words
+_MICRO_DISTRIBUTION = {"C": "clustered", "G": "grouped"}  # calcdistri -> renderer words
+
 
 @dataclass
 class _EmbedPatient:
@@ -86,6 +92,7 @@ class _EmbedFinding:
     calcdistri: str | None = None
     position: tuple[float, float] = (0.5, 0.0)
     pathology: dict = field(default_factory=dict)
+    microcalcifications: bool = False  # the coded calcifications are drawn as micro-calcifications
 
 
 @dataclass
@@ -166,6 +173,10 @@ def _embed_lesions(rng: np.random.Generator, finding: _EmbedFinding) -> list[Les
                 size=rng.uniform(*size_range),
                 position=finding.position,
             ))
+    if finding.microcalcifications:
+        return [Lesion(kind="microcalcifications", morphology=_MICRO_MORPHOLOGY[finding.calcfind],
+                       distribution=_MICRO_DISTRIBUTION[finding.calcdistri], size=rng.uniform(0.02, 0.035),
+                       position=finding.position)]
     if finding.calcfind is not None:
         morphology = {"A": "amorphous", "I": "pleomorphic", "K": "pleomorphic", "F": "fine-linear",
                       "B": "fine-linear", "P": "punctate", "R": "punctate"}.get(finding.calcfind, "coarse")
@@ -208,6 +219,19 @@ def _embed_pathology(rng: np.random.Generator, finding: _EmbedFinding, exam_date
     }
 
 
+def _embed_patient(rng: np.random.Generator, empi: int, patient_index: int, *, allow_male: bool = True) -> _EmbedPatient:
+    male = allow_male and patient_index >= len(_FIRST_SCENARIOS) and rng.uniform() < 0.01
+    return _EmbedPatient(
+        empi=empi,
+        cohort=2 if patient_index == 1 or (patient_index > 1 and rng.uniform() < 0.25) else 1,
+        race=_choice(rng, _RACES, _RACE_P),
+        ethnicity=_choice(rng, _ETHNICITIES, _ETHNICITY_P),
+        birth=dt.date(1935, 1, 1) + dt.timedelta(days=int(rng.integers(0, 365 * 40))),
+        density=5 if male else int(_choice(rng, [1, 2, 3, 4], [0.12, 0.40, 0.36, 0.12])),
+        male=male,
+    )
+
+
 def _embed_exams(rng: np.random.Generator, num_exams: int) -> list[_EmbedExam]:
     exams: list[_EmbedExam] = []
     used_empi: set[int] = set()
@@ -226,16 +250,7 @@ def _embed_exams(rng: np.random.Generator, num_exams: int) -> list[_EmbedExam]:
         if empi in used_empi:
             continue
         used_empi.add(empi)
-        male = patient_index >= len(_FIRST_SCENARIOS) and rng.uniform() < 0.01
-        patient = _EmbedPatient(
-            empi=empi,
-            cohort=2 if patient_index == 1 or (patient_index > 1 and rng.uniform() < 0.25) else 1,
-            race=_choice(rng, _RACES, _RACE_P),
-            ethnicity=_choice(rng, _ETHNICITIES, _ETHNICITY_P),
-            birth=dt.date(1935, 1, 1) + dt.timedelta(days=int(rng.integers(0, 365 * 40))),
-            density=5 if male else int(_choice(rng, [1, 2, 3, 4], [0.12, 0.40, 0.36, 0.12])),
-            male=male,
-        )
+        patient = _embed_patient(rng, empi, patient_index)
         first_day = dt.date(2013, 1, 1) + dt.timedelta(days=int(rng.integers(0, 365 * 4)))
         first_day = max(first_day, dt.date(patient.birth.year + 40, 1, 1))
         visits = int(_choice(rng, [1, 2, 3], [0.55, 0.3, 0.15]))
@@ -243,7 +258,7 @@ def _embed_exams(rng: np.random.Generator, num_exams: int) -> list[_EmbedExam]:
             day = first_day + dt.timedelta(days=int(365 * visit + rng.integers(-20, 40)))
             if visit == 0 and patient_index < len(_FIRST_SCENARIOS):
                 scenario = _FIRST_SCENARIOS[patient_index]
-            elif male:
+            elif patient.male:
                 scenario = _choice(rng, ["N", "B"])
             else:
                 scenario = _choice(rng, ["N", "B", "A", "P", "S", "M", "K"], [0.5, 0.2, 0.14, 0.04, 0.07, 0.03, 0.02])
@@ -268,6 +283,40 @@ def _embed_exams(rng: np.random.Generator, num_exams: int) -> list[_EmbedExam]:
                 if len(exams) >= num_exams:
                     break
         patient_index += 1
+    return exams
+
+
+def _microcalcification_exams(rng: np.random.Generator, num_exams: int, fraction: float) -> list[_EmbedExam]:
+    """The micro-calcification benchmark: one bilateral 2D screening exam per patient, no finding but
+    micro-calcification clusters, on exactly round(fraction x breasts) breasts drawn at random."""
+    affected = np.zeros(2 * num_exams, dtype=bool)
+    affected[:round(fraction * 2 * num_exams)] = True
+    affected = affected[rng.permutation(affected.size)]
+    empis = rng.choice(9 * 10**7, size=num_exams, replace=False) + 10**7
+    accs = rng.choice(9 * 10**15, size=num_exams, replace=False) + 10**15
+    exams = []
+    for index in range(num_exams):
+        # Past the fixed first scenarios: the patient draws are those of any later patient.
+        patient = _embed_patient(rng, int(empis[index]), len(_FIRST_SCENARIOS) + index, allow_male=False)
+        day = max(dt.date(2013, 1, 1) + dt.timedelta(days=int(rng.integers(0, 365 * 4))),
+                  dt.date(patient.birth.year + 40, 1, 1))
+        sides = [side for side, hit in zip(("R", "L"), affected[2 * index:2 * index + 2]) if hit]
+        findings = [] if sides else [_EmbedFinding("N", None)]
+        for side in ("R", "L") if sides else ():
+            if side not in sides:
+                findings.append(_EmbedFinding("N", side))
+                continue
+            finding = _EmbedFinding("S", side, position=_random_position(rng), microcalcifications=True,
+                                    calcfind=_choice(rng, list(_MICRO_MORPHOLOGY)),
+                                    calcdistri=_choice(rng, list(_MICRO_DISTRIBUTION)))
+            finding.pathology = {
+                "bside": side, "procdate_anon": _date(day + dt.timedelta(days=int(rng.integers(5, 26)))),
+                "type": "B", "path1": "DC", "path_severity": 1.0,
+            }
+            findings.append(finding)
+        manufacturer = _MANUFACTURERS[int(rng.choice(3, p=[0.92, 0.06, 0.02]))]
+        desc = _choice(rng, ["MG Screening Bilateral", "MG Screening Bilateral w/CAD"])  # no tomosynthesis
+        exams.append(_EmbedExam(patient, int(accs[index]), day, True, ("R", "L"), desc, findings, manufacturer))
     return exams
 
 
@@ -361,11 +410,13 @@ def _embed_lesions_by_side(rng: np.random.Generator, exam: _EmbedExam) -> dict[s
 
 
 def _embed_exam_files(rng, exam: _EmbedExam, *, root: Path, seed: int, height: int, width: int,
-                      decks: _EncodingDecks) -> tuple[list[_ImageJob], list[dict]]:
-    """The image files of one exam and their metadata rows (plus a screen-save row, sometimes)."""
+                      decks: _EncodingDecks, always_roi: bool = False) -> tuple[list[_ImageJob], list[dict]]:
+    """The image files of one exam and their metadata rows (plus a screen-save row, sometimes).
+
+    Marked findings get an ROI on 85% of the exams, or on all of them with `always_roi`."""
     patient = exam.patient
     lesions_by_side = _embed_lesions_by_side(rng, exam)
-    has_roi = rng.uniform() < 0.85
+    has_roi = rng.uniform() < 0.85 or always_roi
     study_uid = _uid(seed, "embed-study", exam.acc)
     study_dir = f"cohort_{patient.cohort}/{patient.empi}/{study_uid}"
     # The metadata's description occasionally differs from the report's, as data entry does.
@@ -442,8 +493,20 @@ def generate_embed(
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
+    microcalcifications: float | None = None,
 ) -> Path:
     """Write an EMBED look-alike (tables + DICOM files) under `out_dir` and return its root.
+
+    `microcalcifications=None` (default) writes the usual mix of exams and findings. A fraction p in
+    [0, 1] writes the **micro-calcification benchmark** instead: one bilateral 2D screening exam per
+    patient (all four standard views, mostly), no mass or other finding anywhere, and a cluster of
+    8-20 micro-calcifications (2-3 px dots, see `rendering`) on exactly round(p x 2 x num_exams)
+    breasts drawn at random. Each affected breast has its own clinical row: BI-RADS 4 (`asses` S),
+    `calcfind` I / A / P (fine pleomorphic, amorphous, punctate), `calcdistri` C / G (clustered,
+    grouped), so its report says e.g. "A Clustered Fine pleomorphic calcification is present.", a
+    biopsy finding DCIS (`path_severity` 1), and an ROI on every image that shows it; the other breasts
+    are BI-RADS 1. The dots survive only at full resolution: generate at a full-field size (e.g.
+    `image_size=(2048, 1664)`) and convert at native resolution to keep them.
 
     >>> import tempfile
     >>> root = generate_embed(tempfile.mkdtemp(), num_exams=2, image_size=(48, 40), progress=False)
@@ -454,9 +517,16 @@ def generate_embed(
         raise ValueError(f"num_exams={num_exams} must be at least 1")
     height, width = parse_image_size(image_size)
     settings = {"format": "embed", "num_exams": num_exams, "image_size": [height, width], "seed": seed}
+    if microcalcifications is not None:
+        if not 0.0 <= float(microcalcifications) <= 1.0:
+            raise ValueError(f"microcalcifications={microcalcifications} must be a fraction of breasts in [0, 1]")
+        settings["microcalcifications"] = float(microcalcifications)
     root = _prepare_root(out_dir, settings)
     rng = np.random.default_rng([seed, 1])
-    exams = _embed_exams(rng, num_exams)
+    if microcalcifications is None:
+        exams = _embed_exams(rng, num_exams)
+    else:
+        exams = _microcalcification_exams(rng, num_exams, float(microcalcifications))
     decks = _EncodingDecks(rng, [ExplicitVRLittleEndian] * 4 + [JPEG2000Lossless] * 3 + [RLELossless])
 
     metadata_rows: list[dict] = []
@@ -465,7 +535,7 @@ def generate_embed(
     for exam in exams:
         clinical_rows += _embed_clinical_rows(rng, exam)
         exam_jobs, exam_rows = _embed_exam_files(rng, exam, root=root, seed=seed, height=height, width=width,
-                                                 decks=decks)
+                                                 decks=decks, always_roi=microcalcifications is not None)
         jobs += exam_jobs
         metadata_rows += exam_rows
         marked_2d = [row for row in exam_rows if row["num_roi"] and row["FinalImageType"] == "2D"]

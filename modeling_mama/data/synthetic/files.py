@@ -30,6 +30,10 @@ from .rendering import (
 )
 from .tables import FULL_IMAGE_SIZE
 
+# Written into every generated root: the converters read it to record the data as "synthetic"
+# (not as the dataset it looks like) in conversion.json, which decides the licence of trained weights.
+SYNTHETIC_MANIFEST = ".synthetic.json"
+
 # ----------------------------------------------------------------------------------------------
 # Image jobs (run in worker processes)
 # ----------------------------------------------------------------------------------------------
@@ -172,7 +176,7 @@ def _prepare_root(out_dir, settings: dict) -> Path:
     """Create the folder and record the settings; refuse to mix two different datasets."""
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    manifest = root / ".synthetic.json"
+    manifest = root / SYNTHETIC_MANIFEST
     if manifest.exists():
         previous = json.loads(manifest.read_text())
         if previous != settings:

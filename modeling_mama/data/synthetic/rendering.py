@@ -1,5 +1,15 @@
 """Pixels of synthetic mammograms: breast geometry, fibroglandular tissue, lesions (masses,
-calcification clusters, asymmetries, distortions) placed where the findings say."""
+calcification clusters, micro-calcification clusters, asymmetries, distortions) placed where the
+findings say.
+
+Two kinds of calcification cluster are drawn. ``calcifications`` scale with the image (dots about
+0.25% of the image height wide, contrast 0.5): visible at any resolution. ``microcalcifications``
+have a fixed size in pixels (`MICROCALCIFICATION_DIAMETER`, 2-3 px) and a lower contrast
+(`MICROCALCIFICATION_CONTRAST`): on a full-resolution image (a breast about 2000 px tall) each dot
+is sharper and brighter than anything the tissue texture makes at that scale, but in a view about
+4x smaller (the paper's 518 x 518 input) it shrinks to a sub-pixel bump no stronger than the
+texture's own, so only a model that sees full-resolution tiles can find them.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +25,14 @@ from .tables import _CC_LIKE_VIEWS, _MLO_LIKE_VIEWS, DENSE_FRACTION, GLAND_CONTR
 # Findings and breast geometry
 # ----------------------------------------------------------------------------------------------
 
+# Micro-calcifications: dot diameter (full width at half maximum) in pixels of the full view, and
+# peak contrast over the tissue as a fraction of the detector range (regular calcifications: 0.5;
+# gland over fat: 0.24-0.36; quantum noise about 0.004 + 0.01 x signal, see `_render_plan`).
+MICROCALCIFICATION_DIAMETER = (2.0, 3.0)
+MICROCALCIFICATION_CONTRAST = (0.07, 0.10)
+
 _LESION_CHOICES = {
-    "kind": ("mass", "calcifications", "asymmetry", "distortion"),
+    "kind": ("mass", "calcifications", "microcalcifications", "asymmetry", "distortion"),
     "shape": ("round", "oval", "irregular"),
     "margin": ("circumscribed", "obscured", "microlobulated", "indistinct", "spiculated"),
     "density": ("high", "iso", "low", "fat"),
@@ -30,7 +46,9 @@ class Lesion:
     """One visible finding, described in words (dataset codes are mapped before rendering).
 
     `size` is the radius of a mass, or of the area a calcification cluster spreads over, as a
-    fraction of the image height. `position` is (depth, across): depth 0 at the chest wall to 1
+    fraction of the image height. ``kind="microcalcifications"`` is a cluster of faint dots of a
+    fixed 2-3 pixel size (`MICROCALCIFICATION_DIAMETER`), whatever the image size: visible on a
+    full-resolution mammogram, lost when it is shrunk to a model's input size. `position` is (depth, across): depth 0 at the chest wall to 1
     at the nipple, across -1 to 1 over the breast's height; None draws one at random. Giving the
     same position to the CC and MLO views of a breast puts the finding at the same place.
 
@@ -214,6 +232,8 @@ def _lesion_layout(rng: np.random.Generator, geometry: _Geometry, lesion: Lesion
         count = int(rng.integers(10, 17))
         spicules = tuple((rng.uniform(0, 2 * math.pi), radius * rng.uniform(0.8, 1.4)) for _ in range(count))
         radius, edge, amplitude = 0.15 * radius, 0.5 * 0.15 * radius, 0.13
+    elif lesion.kind == "microcalcifications":
+        dots = _microcalcification_dots(rng, geometry, lesion, centre, radius)
     else:
         dots = _calcification_dots(rng, geometry, lesion, centre, radius)
     return _LesionLayout(
@@ -267,6 +287,36 @@ def _calcification_dots(rng, geometry: _Geometry, lesion: Lesion, centre, spread
             "coarse": (base_sigma * rng.uniform(2.5, 4.0), 0.55),
         }[lesion.morphology]
         dots.append((float(y), float(x), float(sigma), amplitude))
+    return tuple(dots)
+
+
+def _microcalcification_dots(rng, geometry: _Geometry, lesion: Lesion, centre, spread):
+    """A cluster of faint dots of 2-3 pixels (sizes in pixels, not in fractions of the image).
+
+    `spread` is the cluster's radius in pixels; the dots are scattered uniformly over that disc
+    (a "grouped" / "clustered" distribution; a "linear" or "segmental" one lines them up along a
+    duct), at least two diameters apart so that they stay separate dots.
+    """
+    low, high = {"punctate": (8, 16), "amorphous": (10, 20), "pleomorphic": (8, 18),
+                 "fine-linear": (6, 12), "coarse": (5, 10)}[lesion.morphology]
+    count = int(rng.integers(low, high + 1))
+    y0, x0 = centre
+    dots: list[tuple[float, float, float, float]] = []
+    for _ in range(50 * count):  # rejection sampling; the disc has room for far more dots
+        if len(dots) == count:
+            break
+        diameter = rng.uniform(*MICROCALCIFICATION_DIAMETER)
+        if lesion.distribution in ("linear", "segmental"):
+            along, across = rng.uniform(-1.0, 1.0) * spread, rng.normal(0.0, 0.12 * spread)
+            y, x = y0 + across, x0 + along
+        else:
+            radius, angle = spread * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+            y, x = y0 + radius * math.sin(angle), x0 + radius * math.cos(angle)
+        if any(math.hypot(y - other_y, x - other_x) < 2.0 * MICROCALCIFICATION_DIAMETER[1]
+               for other_y, other_x, _, _ in dots):
+            continue
+        # sigma of a Gaussian whose full width at half maximum is the diameter
+        dots.append((float(y), float(x), diameter / 2.3548, float(rng.uniform(*MICROCALCIFICATION_CONTRAST))))
     return tuple(dots)
 
 
