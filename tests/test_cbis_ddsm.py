@@ -163,7 +163,7 @@ def test_missing_full_image_goes_to_failures(converted):
 def test_rerun_resumes_from_the_cache_with_the_same_boxes(cbis_root, converted, tmp_path):
     out, dataset_dict = converted
     copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
+    shutil.copytree(out, copy, symlinks=True)  # the dataset folder points at its current version
     again = convert_cbis_ddsm(cbis_root, copy, image_size=IMAGE_SIZE, seed=0, progress=False)
     for name in dataset_dict:
         assert again[name].remove_columns("image").to_list() == dataset_dict[name].remove_columns("image").to_list()

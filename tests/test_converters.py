@@ -846,7 +846,7 @@ def test_output_errors_are_sentences_and_keep_the_old_dataset(rsna_root, tmp_pat
     monkeypatch.undo()
 
     # An unreadable input file is that image's failure; the run goes on.
-    preprocess = common.preprocess_image
+    preprocess = common.preprocess_image_geometry  # what run_job decodes with
 
     def unreadable(source, **kwargs):
         if source.endswith(f"{reference_id}.dcm"):
@@ -854,7 +854,7 @@ def test_output_errors_are_sentences_and_keep_the_old_dataset(rsna_root, tmp_pat
         return preprocess(source, **kwargs)
 
     reference_id = old["train"][0]["image_id"]
-    monkeypatch.setattr(common, "preprocess_image", unreadable)
+    monkeypatch.setattr(common, "preprocess_image_geometry", unreadable)
     fresh = tmp_path / "fresh"
     assert main(["--root", str(rsna_root), "--out", str(fresh), "--image-size", "64", "--no-progress",
                  "--limit", "6"]) == 0
