@@ -47,13 +47,11 @@ import hashlib
 import io
 import json
 import math
-import multiprocessing
 import os
 import re
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,11 +59,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image, PngImagePlugin
-from tqdm.auto import tqdm
 
 from ...dicom import read_dataset, read_dicom, reduced_size
+from ...file_utils_mama import atomic_path, write_text_atomic
 from ...hub import CONVERSION_FILE
 from ...image_utils_mama import IMAGE_SUFFIXES
+from ..pool import map_in_processes
 from ...labels import (  # noqa: F401
     cell_text,
     normalize_id,
@@ -523,7 +522,8 @@ def write_png(path: Path, pixels: np.ndarray, *, laterality: str | None,
         info.add_text("laterality", laterality)
     if lesion_boxes is not None:
         info.add_text(BOX_COLUMN, json.dumps([list(box) for box in lesion_boxes]))
-    _write_atomic(path, lambda temporary: Image.fromarray(pixels).save(temporary, format="PNG", pnginfo=info))
+    with atomic_path(path) as temporary:  # a failed write (disk full...) removes its temporary file
+        Image.fromarray(pixels).save(temporary, format="PNG", pnginfo=info)
 
 
 def read_cached_laterality(path: Path) -> str | None:
@@ -629,21 +629,9 @@ def process_images(jobs: Sequence[ImageJob], *, workers: int = 1, progress: bool
     # Cores the workers leave idle go to the decoder's threads (a full JPEG 2000 decode).
     threads = max(1, available_cores() // max(1, min(workers, len(todo))))
     todo = [dataclasses.replace(job, decode_threads=threads) for job in todo]
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=description, unit="img", disable=not progress)
-    if workers <= 1 or len(todo) <= 1:
-        for job in todo:
-            results[job.image_id] = run_job(job)
-            bar.update()
-    else:
-        # fork keeps the imported modules (importing torch/transformers again costs seconds per worker).
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        chunksize = max(1, min(16, len(todo) // (4 * workers)))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for result in pool.map(run_job, todo, chunksize=chunksize):
-                results[result.image_id] = result
-                bar.update()
-    bar.close()
+    for result in map_in_processes(run_job, todo, workers=workers, progress=progress, description=description,
+                                   done=len(jobs) - len(todo)):
+        results[result.image_id] = result
     return results
 
 
@@ -745,24 +733,6 @@ def prepare_output(out, settings: Mapping[str, Any]) -> Path:
         remove_inside(out, out / PARTIAL_DIR)  # left by versions before the versioned layout
     _remove_stale_versions(out)
     return out
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Call `write(temporary)` for a temporary name next to `path`, then rename it to `path`.
-
-    A failed write (disk full...) removes its temporary file, so it does not hold on to the space.
-    """
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    _write_atomic(path, lambda temporary: temporary.write_text(text))
 
 
 def failures_csv(failures: Sequence[Mapping[str, Any]]) -> str:

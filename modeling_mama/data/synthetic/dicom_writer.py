@@ -11,7 +11,6 @@ laterality in the tag an `DicomEncoding` names, the view and the PatientOrientat
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from ...file_utils_mama import atomic_path
 from .rendering import _view_is_mlo_like
 from .tables import MG_FOR_PRESENTATION, SECONDARY_CAPTURE  # noqa: F401  (the SOP classes written here)
 
@@ -247,11 +247,9 @@ def mammogram_dataset(
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary name in the same folder, then rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    write(temporary)
-    os.replace(temporary, path)
+    """`write(temporary)`, then the temporary file replaces `path`: all or nothing (`file_utils_mama.atomic_path`)."""
+    with atomic_path(path) as temporary:
+        write(temporary)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,8 +15,8 @@ import pydicom
 from pydicom.uid import (
     generate_uid,
 )
-from tqdm.auto import tqdm
 
+from ..pool import map_in_processes
 from .dicom_writer import DicomEncoding, _atomic_write, mammogram_dataset
 from .rendering import (
     Lesion,
@@ -87,19 +85,10 @@ def _run_jobs(jobs: Sequence, write: Callable, *, done: Callable, workers: int, 
               description: str) -> None:
     """`write(job)` for every job not `done` yet, in `workers` processes, with a progress bar."""
     todo = [job for job in jobs if not done(job)]
-    bar = tqdm(total=len(todo), desc=description, unit="img", disable=not progress)
-    if workers <= 1 or len(todo) <= 1:
-        for job in todo:
-            write(job)
-            bar.update()
-    else:
-        # fork keeps the already-imported modules (the package import is slow); each job has
-        # its own seed, so the output does not depend on which worker runs it.
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for _ in pool.map(write, todo, chunksize=max(1, len(todo) // (8 * workers))):
-                bar.update()
-    bar.close()
+    # Each job has its own seed, so the output does not depend on which worker runs it.
+    for _ in map_in_processes(write, todo, workers=workers, progress=progress, description=description,
+                              chunksize=max(1, len(todo) // (8 * max(1, workers)))):
+        pass
 
 
 def _image_seed(dataset_seed: int, key: str) -> int:
