@@ -177,15 +177,19 @@ def _free_port() -> int:
         return handle.getsockname()[1]
 
 
+def _run_two_processes(worker: str, out_dir: Path) -> None:
+    """Run tests/<worker> on 2 gloo processes (torch.distributed.run, one thread each); it writes into `out_dir`."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(Path(__file__).with_name(worker)), str(out_dir)]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
 def test_two_process_paper_path_in_miniature(tmp_path):
     """`pretrain.py --preset paper` on 2 gloo processes with tiny towers: checkpointing on, bf16 autocast,
     gradient accumulation 2, late terms from step 2 of 4, gather_with_grad, items without a second view."""
-    worker = Path(__file__).with_name("_ddp_train_worker.py")
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), str(worker), str(tmp_path)]
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    _run_two_processes("_ddp_train_worker.py", tmp_path)
     histories = [json.loads((tmp_path / f"history_rank{rank}.json").read_text()) for rank in (0, 1)]
     for history in histories:
         assert history["world_size"] == 2 and history["mixed_precision"] == "bf16"
@@ -215,12 +219,7 @@ def test_two_process_paper_path_in_miniature(tmp_path):
 def test_two_process_fsdp2_run_and_reload(tmp_path):
     """examples/accelerate/fsdp.yaml's sharding on 2 gloo processes (torch FSDP2, as accelerate would apply it
     on GPUs): bf16 parameters, checkpointed towers, late terms from step 2 of 4; the gathered model reloads."""
-    worker = Path(__file__).with_name("_fsdp_train_worker.py")
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), str(worker), str(tmp_path)]
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    _run_two_processes("_fsdp_train_worker.py", tmp_path)
     run = json.loads((tmp_path / "fsdp_run.json").read_text())
     assert run["world_size"] == 2 and run["parameter_types"] == ["DTensor"]
     assert run["units"] == 4  # 2 DINOv2 layers + 2 GPT-2 blocks, then the root
