@@ -134,6 +134,25 @@ def test_patient_split_is_seeded_sized_and_by_patient():
         "train": 26, "validation": 4, "test": 7}
 
 
+def test_split_rows_within_an_official_split_leaves_the_others():
+    rows = [{"patient_id": f"p{i}", "split": "train" if i < 16 else "test"} for i in range(20)]
+    common.split_rows(rows, seed=3, fractions=common.VALIDATION_FRACTIONS, within="train")
+    assert Counter(row["split"] for row in rows) == {"train": 14, "validation": 2, "test": 4}
+    assert all(row["split"] == "test" for row in rows[16:])  # the official test split is untouched
+    everything = [{"patient_id": p} for p in ["a", "a", "b", "c"]]
+    assert [row["split"] for row in common.split_rows(everything, seed=0)] == common.split_patients(
+        ["a", "a", "b", "c"], seed=0)
+
+
+def test_converter_options_are_declared_and_unknown_ones_named():
+    converter = common.CONVERTERS["rsna"]("/data")
+    assert converter.options == {"split_source": "train.csv"}  # the declared default, recorded in conversion.json
+    with pytest.raises(TypeError, match="dicom_rot.*accepted: split_source"):
+        common.CONVERTERS["rsna"]("/data", dicom_rot="/x")
+    with pytest.raises(TypeError, match="accepted: none"):
+        common.CONVERTERS["vindr"]("/data", clinical="x.xlsx")
+
+
 def test_balanced_subset_takes_the_smallest_class_size_per_class():
     labels = [0] * 5 + [1] * 2 + [4] * 9 + [None] * 3 + [6] * 4
     rng = np.random.default_rng(0)

@@ -49,12 +49,10 @@ from typing import Any
 from ...labels import cell_text, normalize_pathology
 from ...reports import FINDING_SEPARATOR, ReportFields
 from .common import (
-    DEFAULT_IMAGE_SIZE,
+    VALIDATION_FRACTIONS,
     ConverterError,
     DatasetConverter,
     RowError,
-    Shard,
-    assign_patients,
     check_root,
     failure,
     parse_int,
@@ -62,6 +60,7 @@ from .common import (
     register_converter,
     report_columns,
     row_error,
+    split_rows,
 )
 
 TABLES = {
@@ -75,7 +74,6 @@ DENSITY_COLUMN = {"mass": "breast_density", "calc": "breast density"}
 FINDING_COLUMNS = {"mass": ("mass shape", "mass margins"), "calc": ("calc type", "calc distribution")}
 CASE_PREFIX = {("mass", "train"): "Mass-Training", ("mass", "test"): "Mass-Test",
                ("calc", "train"): "Calc-Training", ("calc", "test"): "Calc-Test"}
-VALIDATION_FRACTIONS = {"train": 7.0, "validation": 1.0}  # 1/8 of training = 10% of all at 80/20
 SIDES = {"LEFT": "L", "RIGHT": "R"}
 VIEWS = ("CC", "MLO")
 # A case folder (full image) or an ROI folder (`_<abnormality id>`), as TCIA names them.
@@ -267,12 +265,7 @@ def plan_cbis_ddsm(root, *, limit: int | None = None, seed: int = 0) -> tuple[li
                    lesion_masks=masks)
         planned.append(row)
 
-    training = assign_patients([row["patient_id"] for row in planned if row["split"] == "train"], seed=seed,
-                               fractions=VALIDATION_FRACTIONS)
-    for row in planned:
-        if row["split"] == "train":
-            row["split"] = training[row["patient_id"]]
-    return planned, refused
+    return split_rows(planned, seed=seed, fractions=VALIDATION_FRACTIONS, within="train"), refused
 
 
 @register_converter
@@ -282,14 +275,12 @@ class CbisDdsmConverter(DatasetConverter):
     name = "cbis_ddsm"
     description = "CBIS-DDSM images"
 
-    def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        return plan_cbis_ddsm(self.root, limit=limit, seed=seed)
+    planner = staticmethod(plan_cbis_ddsm)
 
 
-def convert_cbis_ddsm(root, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
-                      seed: int = 0, progress: bool = True, keep_cache: bool = True,
-                      shard: Shard | None = None):
-    """Convert CBIS-DDSM under `root` into a DatasetDict saved at `out`; returns it (loaded back)."""
-    return CbisDdsmConverter(root).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
-        shard=shard)
+def convert_cbis_ddsm(root, out, **convert_options):
+    """Convert CBIS-DDSM under `root` into a DatasetDict saved at `out`; returns it (loaded back).
+
+    `convert_options`: `DatasetConverter.convert`'s.
+    """
+    return CbisDdsmConverter(root).convert(out, **convert_options)

@@ -21,7 +21,7 @@ scanned (`data.dicom_scan.scan_dicoms`).
 - Report: age, side, view, the abnormality ("Findings: The mammogram shows that a mass and a
   calcification are present."; the finding words are "Generic", EMBED's legend word for a finding
   without descriptors) and the pathology ("Pathology: The finding is malignant.").
-- Splits: 70/10/20 by patient, seeded (`common.split_patients`); CMMD publishes no split.
+- Splits: 70/10/20 by patient, seeded (`common.split_rows`); CMMD publishes no split.
 """
 
 from __future__ import annotations
@@ -34,11 +34,9 @@ from ...labels import cell_text, normalize_pathology
 from ...reports import ReportFields
 from ..dicom_scan import list_files, scan_dicoms
 from .common import (
-    DEFAULT_IMAGE_SIZE,
     ConverterError,
     DatasetConverter,
     RowError,
-    Shard,
     check_root,
     failure,
     parse_laterality,
@@ -46,7 +44,7 @@ from .common import (
     register_converter,
     report_columns,
     row_error,
-    split_patients,
+    split_rows,
 )
 from .dicom_folder import header_row
 
@@ -165,9 +163,7 @@ def plan_cmmd(root, *, clinical=None, limit: int | None = None, seed: int = 0) -
             if key not in used:
                 refused.append({"image_id": None, "source_path": None, "table": sheet.name, "row_index": index,
                                 "reason": f"no image of {key[0]} {key[1]} found below {root}"})
-    for row, split in zip(planned, split_patients([row["patient_id"] for row in planned], seed=seed)):
-        row["split"] = split
-    return planned, refused
+    return split_rows(planned, seed=seed), refused
 
 
 @register_converter
@@ -177,20 +173,13 @@ class CmmdConverter(DatasetConverter):
     name = "cmmd"
     description = "CMMD images"
 
-    def __init__(self, root, *, clinical=None):
-        super().__init__(root, clinical=clinical)
-
-    def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        return plan_cmmd(self.root, clinical=self.options["clinical"], limit=limit, seed=seed)
+    option_defaults = {"clinical": None}
+    planner = staticmethod(plan_cmmd)
 
 
-def convert_cmmd(root, out, *, clinical=None, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1,
-                 limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True,
-                 shard: Shard | None = None):
+def convert_cmmd(root, out, *, clinical=None, **convert_options):
     """Convert CMMD under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
-    `limit` reads only the first N files (in sorted order).
+    `convert_options`: `DatasetConverter.convert`'s (`limit` reads only the first N files, in sorted order).
     """
-    return CmmdConverter(root, clinical=clinical).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
-        shard=shard)
+    return CmmdConverter(root, clinical=clinical).convert(out, **convert_options)

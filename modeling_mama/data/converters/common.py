@@ -51,7 +51,7 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ import pandas as pd
 from PIL import Image, PngImagePlugin
 
 from ...dicom import read_dataset, read_dicom, reduced_size
-from ...file_utils_mama import atomic_path, write_text_atomic
+from ...file_utils_mama import atomic_path, record_settings, write_text_atomic
 from ...hub import CONVERSION_FILE
 from ...image_utils_mama import IMAGE_SUFFIXES
 from ..pool import map_in_processes
@@ -88,6 +88,8 @@ PROBE_SIDE = 256
 """Long side (at least) of the thumbnail a JPEG 2000 file is first decoded at, to find its breast crop."""
 
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
+# A dataset with an official train/test split: validation is 1/8 of the training patients (10% of all at 80/20).
+VALIDATION_FRACTIONS = {"train": 7.0, "validation": 1.0}
 FAILURE_COLUMNS = ["image_id", "source_path", "reason", "table", "row_index"]
 
 # The output schema (DESIGN.md "Dataset schema"): identity, image, report fields, labels.
@@ -286,6 +288,20 @@ def split_patients(patient_ids: Sequence, *, seed: int, fractions: Mapping[str, 
     """The split of each entry of `patient_ids` (one per image), by `assign_patients`."""
     assignment = assign_patients(patient_ids, seed=seed, fractions=fractions)
     return [assignment[str(patient)] for patient in patient_ids]
+
+
+def split_rows(rows: list[dict], *, seed: int, fractions: Mapping[str, float] = SPLIT_FRACTIONS,
+               within: str | None = None) -> list[dict]:
+    """Set the `split` of planned rows by patient (`assign_patients`) and return them.
+
+    With `within`, only the rows already in that split are divided (e.g. a dataset's official
+    training rows into train and validation, its official test rows untouched).
+    """
+    chosen = [row for row in rows if within is None or row["split"] == within]
+    assignment = assign_patients([row["patient_id"] for row in chosen], seed=seed, fractions=fractions)
+    for row in chosen:
+        row["split"] = assignment[str(row["patient_id"])]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -718,15 +734,9 @@ def prepare_output(out, settings: Mapping[str, Any]) -> Path:
         for name in _listed_splits(marker):
             check_split_name(name, source=marker)
     cache.mkdir(parents=True, exist_ok=True)
-    manifest = cache / SETTINGS_FILE
-    if manifest.is_file():
-        previous = json.loads(manifest.read_text())
-        if previous != settings:
-            raise ConverterError(
-                f"{out} was converted with {previous}, not {settings}: re-run with the same options to "
-                f"resume, or write to a new --out folder (or delete {cache}).")
-    else:
-        write_text_atomic(manifest, json.dumps(settings, sort_keys=True, indent=1))
+    record_settings(cache / SETTINGS_FILE, settings, lambda previous: ConverterError(
+        f"{out} was converted with {previous}, not {settings}: re-run with the same options to "
+        f"resume, or write to a new --out folder (or delete {cache})."))
     for partial in [*cache.glob(".*.partial-*"), *out.glob(".*.partial-*")]:
         remove_inside(out, partial)  # a file a killed run was writing
     if (out / PARTIAL_DIR).exists():
@@ -1057,28 +1067,40 @@ class DatasetConverter:
       copy into every model trained on it;
     - `description`: what the progress bar shows;
     - `balanced`: `(source split, label column, new split)` for a class-balanced extra split, or None;
+    - `option_defaults`: the dataset's own options (e.g. EMBED's `dicom_root`) and their defaults:
+      the keyword arguments `__init__` accepts, kept in `options` and recorded in `conversion.json`;
+    - `planner`: `staticmethod(plan_<name>)`, a function `(root, *, limit, seed, **options)` that
+      reads the tables (never an image) and returns the planned rows (the schema columns except
+      `image`, plus `split`, `table`, `row_index`) and the rows refused with a reason (`plan()`
+      calls it; a subclass may override `plan()` instead).
 
-    and implements `plan(limit=, seed=)`, which reads the tables (never an image) and returns the
-    planned rows (the schema columns except `image`, plus `split`, `table`, `row_index`) and the rows
-    refused with a reason. `split_names()` lists the splits written (default train/validation/test)
-    and `source_roots()` the folders images may be read from (default `root`; a row whose
-    `source_path` is elsewhere is refused). Options of the dataset (e.g. EMBED's `dicom_root`) are
-    keyword arguments of `__init__`, kept in `options` and recorded in `conversion.json`.
-    `convert(out, ...)` does the rest: option checks, the resumable image cache, `failures.csv`, the
-    atomic `DatasetDict` and `conversion.json`. Register a subclass with `@register_converter`; its
-    command line is `data_scripts/<name>.py`.
+    `split_names()` lists the splits written (default train/validation/test) and `source_roots()` the
+    folders images may be read from (default `root`; a row whose `source_path` is elsewhere is
+    refused). `convert(out, ...)` does the rest: option checks, the resumable image cache,
+    `failures.csv`, the atomic `DatasetDict` and `conversion.json`. Register a subclass with
+    `@register_converter`; its command line is `data_scripts/<name>.py`, and its function
+    `convert_<name>(root, out, *, <options>, **convert_options)` is one line:
+    `<Name>Converter(root, <options>).convert(out, **convert_options)`.
     """
 
     name: str = ""
     description: str = "images"
     balanced: tuple[str, str, str] | None = None
+    option_defaults: Mapping[str, Any] = {}
+    planner: Callable[..., tuple[list[dict], list[dict]]] | None = None
 
     def __init__(self, root, **options):
+        unknown = sorted(set(options) - set(self.option_defaults))
+        if unknown:
+            accepted = ", ".join(self.option_defaults) or "none"
+            raise TypeError(f"{type(self).__name__} got unknown option(s) {', '.join(unknown)} (accepted: {accepted})")
         self.root = root
-        self.options = options
+        self.options = {**self.option_defaults, **options}
 
     def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        raise NotImplementedError(f"{type(self).__name__} must implement plan(limit=, seed=).")
+        if self.planner is None:
+            raise NotImplementedError(f"{type(self).__name__} must set `planner` or implement plan(limit=, seed=).")
+        return self.planner(self.root, limit=limit, seed=seed, **self.options)
 
     def split_names(self) -> tuple[str, ...]:
         return tuple(SPLIT_FRACTIONS)
@@ -1096,7 +1118,9 @@ class DatasetConverter:
                 seed: int = 0, progress: bool = True, keep_cache: bool = True, shard: Shard | None = None):
         """Convert the dataset into a `DatasetDict` saved at `out`; returns it (loaded back).
 
-        `image_size` 0 keeps the native size; `shard` converts one part of the patients (see `Shard`).
+        `image_size` is the stored long side (0 keeps the native size); `limit` reads only the first N
+        files or table rows; `keep_cache` keeps the resumable image cache; `shard` converts one part of
+        the patients (see `Shard`).
         Raises `ConverterError` for a problem with the input (folder, table, column, option) and
         `StorageError` when `out` cannot be written (disk full, read-only, no permission).
         """
@@ -1131,3 +1155,4 @@ def register_converter(cls: type[DatasetConverter]) -> type[DatasetConverter]:
         raise ValueError(f"{cls.__name__} needs a `name`.")
     CONVERTERS[cls.name] = cls
     return cls
+

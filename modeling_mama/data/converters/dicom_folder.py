@@ -24,7 +24,7 @@ files is scanned in minutes.
   `density`, `birads`, `mass_shape`, `mass_density`, `mass_margin`, `calc_find`, `calc_distribution`,
   `pathology`) fills the report, over what the header says; other columns are ignored. An image
   without a row keeps None labels; a row naming no scanned image goes to `failures.csv`.
-- Splits: train / validation / test 70/10/20 by patient, seeded (`common.split_patients`).
+- Splits: train / validation / test 70/10/20 by patient, seeded (`common.split_rows`).
 
 `named_by_path` adds the path as the view / laterality hint to the scan's records (the CMMD converter
 scans the same way).
@@ -41,11 +41,9 @@ from ...labels import cell_text, parse_birads, parse_density
 from ...reports import FIELD_NAMES, ReportFields
 from ..dicom_scan import DicomRecord, list_files, scan_dicoms
 from .common import (
-    DEFAULT_IMAGE_SIZE,
     ConverterError,
     DatasetConverter,
     RowError,
-    Shard,
     check_root,
     failure,
     parse_int,
@@ -53,7 +51,7 @@ from .common import (
     register_converter,
     report_columns,
     row_error,
-    split_patients,
+    split_rows,
 )
 
 KEY_COLUMNS = ("sop_instance_uid", "path")
@@ -156,9 +154,7 @@ def plan_dicom_folder(root, *, labels=None, limit: int | None = None, seed: int 
             refused.append({"image_id": listed.get("sop_instance_uid"), "source_path": listed.get("path"),
                             "reason": "listed in the labels table but not found among the scanned mammograms",
                             "table": table.name, "row_index": listed["_row_index"]})
-    for row, split in zip(planned, split_patients([row["patient_id"] for row in planned], seed=seed)):
-        row["split"] = split
-    return planned, refused
+    return split_rows(planned, seed=seed), refused
 
 
 @register_converter
@@ -168,20 +164,13 @@ class DicomFolderConverter(DatasetConverter):
     name = "dicom_folder"
     description = "DICOM images"
 
-    def __init__(self, root, *, labels=None):
-        super().__init__(root, labels=labels)
-
-    def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        return plan_dicom_folder(self.root, labels=self.options["labels"], limit=limit, seed=seed)
+    option_defaults = {"labels": None}
+    planner = staticmethod(plan_dicom_folder)
 
 
-def convert_dicom_folder(root, out, *, labels=None, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1,
-                         limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True,
-                         shard: Shard | None = None):
+def convert_dicom_folder(root, out, *, labels=None, **convert_options):
     """Convert every 2D mammogram below `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
-    `limit` reads only the first N files (in sorted order).
+    `convert_options`: `DatasetConverter.convert`'s (`limit` reads only the first N files, in sorted order).
     """
-    return DicomFolderConverter(root, labels=labels).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
-        shard=shard)
+    return DicomFolderConverter(root, labels=labels).convert(out, **convert_options)

@@ -43,13 +43,11 @@ from typing import Any
 from ...labels import MALE_DENSITY, parse_birads, parse_density
 from ...reports import ReportFields, load_embed_legend, select_clinical_row
 from .common import (
-    DEFAULT_IMAGE_SIZE,
     ConverterError,
     DatasetConverter,
     RowError,
-    Shard,
-    check_root,
     cell_text,
+    check_root,
     duplicate_rows,
     failure,
     find_table,
@@ -60,7 +58,7 @@ from .common import (
     register_converter,
     report_columns,
     row_error,
-    split_patients,
+    split_rows,
 )
 
 METADATA_TABLES = ["tables/EMBED_OpenData_metadata.csv", "tables/EMBED_OpenData_metadata_reduced.csv",
@@ -190,9 +188,7 @@ def plan_embed(root, *, dicom_root=None, limit: int | None = None, seed: int = 0
             continue
         planned.append(row)
 
-    for row, split in zip(planned, split_patients([row["patient_id"] for row in planned], seed=seed)):
-        row["split"] = split
-    return planned, refused
+    return split_rows(planned, seed=seed), refused
 
 
 @register_converter
@@ -203,11 +199,8 @@ class EmbedConverter(DatasetConverter):
     description = "EMBED images"
     balanced = ("test", "birads", BALANCED_SPLIT)
 
-    def __init__(self, root, *, dicom_root=None):
-        super().__init__(root, dicom_root=dicom_root)
-
-    def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        return plan_embed(self.root, dicom_root=self.options["dicom_root"], limit=limit, seed=seed)
+    option_defaults = {"dicom_root": None}
+    planner = staticmethod(plan_embed)
 
     def source_roots(self) -> list[Path]:
         return [Path(self.options["dicom_root"] or self.root)]
@@ -218,13 +211,10 @@ class EmbedConverter(DatasetConverter):
         return super().convert(out, **kwargs)
 
 
-def convert_embed(root, out, *, dicom_root=None, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1,
-                  limit: int | None = None, seed: int = 0, progress: bool = True, keep_cache: bool = True,
-                  shard: Shard | None = None):
+def convert_embed(root, out, *, dicom_root=None, **convert_options):
     """Convert EMBED under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train, validation, test (70/10/20 by patient) and test_balanced (see the module docstring).
+    `convert_options`: `DatasetConverter.convert`'s.
     """
-    return EmbedConverter(root, dicom_root=dicom_root).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
-        shard=shard)
+    return EmbedConverter(root, dicom_root=dicom_root).convert(out, **convert_options)

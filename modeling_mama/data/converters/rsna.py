@@ -27,13 +27,11 @@ from typing import Any
 from ...labels import DENSITY_OF_LETTER
 from ...reports import RSNA_COLUMNS, ReportFields
 from .common import (
-    DEFAULT_IMAGE_SIZE,
     ConverterError,
     DatasetConverter,
     RowError,
-    Shard,
-    check_root,
     cell_text,
+    check_root,
     duplicate_rows,
     failure,
     find_table,
@@ -44,7 +42,7 @@ from .common import (
     register_converter,
     report_columns,
     row_error,
-    split_patients,
+    split_rows,
 )
 
 SPLIT_SOURCES = ("train.csv", "test.csv")
@@ -115,8 +113,7 @@ def plan_rsna(root, *, split_source: str = "train.csv", limit: int | None = None
         planned.append(row)
 
     if labelled:
-        for row, split in zip(planned, split_patients([row["patient_id"] for row in planned], seed=seed)):
-            row["split"] = split
+        split_rows(planned, seed=seed)
     else:
         for row in planned:
             row["split"] = "test"
@@ -130,23 +127,17 @@ class RsnaConverter(DatasetConverter):
     name = "rsna"
     description = "RSNA images"
 
-    def __init__(self, root, *, split_source: str = "train.csv"):
-        super().__init__(root, split_source=split_source)
-
-    def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        return plan_rsna(self.root, split_source=self.options["split_source"], limit=limit, seed=seed)
+    option_defaults = {"split_source": "train.csv"}
+    planner = staticmethod(plan_rsna)
 
     def split_names(self) -> tuple[str, ...]:
         return ("train", "validation", "test") if self.options["split_source"] == "train.csv" else ("test",)
 
 
-def convert_rsna(root, out, *, split_source: str = "train.csv", image_size: int = DEFAULT_IMAGE_SIZE,
-                 workers: int = 1, limit: int | None = None, seed: int = 0, progress: bool = True,
-                 keep_cache: bool = True, shard: Shard | None = None):
+def convert_rsna(root, out, *, split_source: str = "train.csv", **convert_options):
     """Convert RSNA-Mammo under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
-    Splits: train/validation/test for `train.csv`, test only for `test.csv`.
+    Splits: train/validation/test for `train.csv`, test only for `test.csv`. `convert_options`:
+    `DatasetConverter.convert`'s.
     """
-    return RsnaConverter(root, split_source=split_source).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
-        shard=shard)
+    return RsnaConverter(root, split_source=split_source).convert(out, **convert_options)

@@ -35,13 +35,11 @@ from typing import Any
 from ...labels import parse_birads, parse_density
 from ...reports import VINDR_COLUMNS, ReportFields
 from .common import (
-    DEFAULT_IMAGE_SIZE,
+    VALIDATION_FRACTIONS,
     DatasetConverter,
     RowError,
-    Shard,
-    assign_patients,
-    check_root,
     cell_text,
+    check_root,
     duplicate_rows,
     failure,
     find_table,
@@ -50,6 +48,7 @@ from .common import (
     register_converter,
     report_columns,
     row_error,
+    split_rows,
 )
 
 BREAST_TABLE = "breast-level_annotations.csv"
@@ -57,7 +56,6 @@ FINDING_TABLE = "finding_annotations.csv"
 BREAST_COLUMNS = ["study_id", "image_id", "laterality", "view_position", "breast_birads", "breast_density", "split"]
 FINDING_COLUMNS = ["image_id", "finding_categories", "finding_birads"]
 SPLIT_OF_VINDR = {"training": "train", "test": "test"}
-VALIDATION_FRACTIONS = {"train": 7.0, "validation": 1.0}  # 1/8 of training = 10% of all at 80/20
 SPLITS = ("train", "validation", "test")
 
 MASS_WORDS = {
@@ -164,12 +162,7 @@ def plan_vindr(root, *, limit: int | None = None, seed: int = 0) -> tuple[list[d
             continue
         planned.append(row)
 
-    training = assign_patients([row["patient_id"] for row in planned if row["split"] == "train"], seed=seed,
-                               fractions=VALIDATION_FRACTIONS)
-    for row in planned:
-        if row["split"] == "train":
-            row["split"] = training[row["patient_id"]]
-    return planned, refused
+    return split_rows(planned, seed=seed, fractions=VALIDATION_FRACTIONS, within="train"), refused
 
 
 @register_converter
@@ -179,17 +172,13 @@ class VindrConverter(DatasetConverter):
     name = "vindr"
     description = "VinDr images"
 
-    def plan(self, *, limit: int | None = None, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        return plan_vindr(self.root, limit=limit, seed=seed)
+    planner = staticmethod(plan_vindr)
 
 
-def convert_vindr(root, out, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, limit: int | None = None,
-                  seed: int = 0, progress: bool = True, keep_cache: bool = True,
-                  shard: Shard | None = None):
+def convert_vindr(root, out, **convert_options):
     """Convert VinDr-Mammo under `root` into a DatasetDict saved at `out`; returns it (loaded back).
 
     Splits: train and validation (carved from VinDr's training studies) and test (VinDr's own).
+    `convert_options`: `DatasetConverter.convert`'s.
     """
-    return VindrConverter(root).convert(
-        out, image_size=image_size, workers=workers, limit=limit, seed=seed, progress=progress, keep_cache=keep_cache,
-        shard=shard)
+    return VindrConverter(root).convert(out, **convert_options)
