@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,4 +77,18 @@ def write_json_atomic(path: str | os.PathLike, data: Any, *, indent: int | None 
     return write_text_atomic(path, json.dumps(data, indent=indent, **dumps_kwargs) + "\n")
 
 
-__all__ = ["atomic_path", "temporary_name", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+def record_settings(manifest: str | os.PathLike, settings: Mapping[str, Any],
+                    mismatch: Callable[[dict], Exception]) -> None:
+    """The resumable-folder rule: the first run writes `settings` to `manifest` (JSON, all or nothing);
+    a later run with other settings gets `mismatch(previous_settings)` raised, so two runs never mix."""
+    manifest = Path(manifest)
+    if manifest.is_file():
+        previous = json.loads(manifest.read_text())
+        if previous != dict(settings):
+            raise mismatch(previous)
+    else:
+        write_json_atomic(manifest, dict(settings), indent=1, sort_keys=True)
+
+
+__all__ = ["atomic_path", "record_settings", "temporary_name", "write_bytes_atomic", "write_json_atomic",
+           "write_text_atomic"]

@@ -238,3 +238,13 @@ def test_the_tables_uid_layout_is_matched_by_case_folder_too(cbis_root, tmp_path
         {k: v for k, v in row.items() if k not in strip} for row in reference]
     assert [len(row["lesion_masks"]) for row in planned] == [len(row["lesion_masks"]) for row in reference]
     assert len(refused) == len(reference_refused)
+
+
+def test_generation_is_byte_for_byte_reproducible(cbis_root, tmp_path):
+    """Every file, ROI masks and crops included (their UIDs come from the seed), is the same bytes again."""
+    again = generate_cbis_ddsm(tmp_path / "again", num_patients=6, image_size=(176, 136), seed=3, roi_fraction=0.8,
+                               drop_full_images=1, progress=False)
+    files = sorted(path.relative_to(cbis_root) for path in cbis_root.rglob("*.dcm"))
+    assert files == sorted(path.relative_to(again) for path in again.rglob("*.dcm"))
+    assert any("ROI mask" in str(path) for path in files)
+    assert [path for path in files if (cbis_root / path).read_bytes() != (again / path).read_bytes()] == []

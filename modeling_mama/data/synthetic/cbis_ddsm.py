@@ -40,13 +40,13 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from .dicom_writer import _atomic_write, _write_csv, image_dataset
 from .files import (
+    _Breast,
     _choice,
     _Deck,
     _image_seed,
-    _prepare_root,
     _remove_stale_partials,
     _run_jobs,
-    parse_image_size,
+    _start_lookalike,
 )
 from .film import film_dataset, film_mammogram
 from .rendering import Lesion, _random_position
@@ -104,16 +104,9 @@ class _Case:
 
 
 @dataclass(frozen=True)
-class _CbisJob:
+class _CbisJob(_Breast):
     """One scanned film and every file that holds it (its case folders and their ROI folders)."""
 
-    seed: int
-    height: int
-    width: int
-    laterality: str
-    view: str
-    density: int
-    lesions: tuple[Lesion, ...]
     cases: tuple[_Case, ...]
     transfer_syntax: str
     view_in_header: bool
@@ -145,14 +138,22 @@ def _write_cbis_image(job: _CbisJob) -> None:
                 mask = _roi_mask(film.pixels.shape, box) if film.lesion_boxes[lesion_index] else np.zeros(
                     film.pixels.shape, np.uint8)
                 dataset = image_dataset(mask, bits_stored=8, sop_class=SECONDARY_CAPTURE,
-                                        tags={**roi_tags, "SeriesDescription": "ROI mask images"})
+                                        tags={**roi_tags, **_roi_uids(job.seed, case.folder, abnormality_id, "mask"),
+                                              "SeriesDescription": "ROI mask images"})
                 _write_dicom(mask_path, dataset)
             if crop_path:
                 x0, y0, x1, y1 = (round(value) for value in box)
                 crop = film.pixels[max(0, y0 - 4):y1 + 4, max(0, x0 - 4):x1 + 4]
                 dataset = image_dataset(crop, bits_stored=16, sop_class=SECONDARY_CAPTURE,
-                                        tags={**roi_tags, "SeriesDescription": "cropped images"})
+                                        tags={**roi_tags, **_roi_uids(job.seed, case.folder, abnormality_id, "crop"),
+                                              "SeriesDescription": "cropped images"})
                 _write_dicom(crop_path, dataset)
+
+
+def _roi_uids(seed: int, folder: str, abnormality_id: int, what: str) -> dict[str, str]:
+    """Series and SOP instance UIDs of an ROI file, derived from the seed: the same dataset twice is the same bytes."""
+    return {"SeriesInstanceUID": _cbis_uid(seed, folder, abnormality_id, what, "series"),
+            "SOPInstanceUID": _cbis_uid(seed, folder, abnormality_id, what, "sop")}
 
 
 def _write_dicom(path: str, dataset) -> None:
@@ -229,14 +230,11 @@ def generate_cbis_ddsm(
     ['Mass-Training_P_00001_LEFT_CC', 'Mass-Training_P_00001_LEFT_CC_1', 'Mass-Training_P_00001_LEFT_CC_2', \
 'Mass-Training_P_00001_LEFT_MLO', 'Mass-Training_P_00001_LEFT_MLO_1', 'Mass-Training_P_00001_LEFT_MLO_2']
     """
-    if num_patients < 1:
-        raise ValueError(f"num_patients={num_patients} must be at least 1")
     if not 0.0 <= roi_fraction <= 1.0:
         raise ValueError(f"roi_fraction={roi_fraction} must be in [0, 1]")
-    height, width = parse_image_size(image_size)
-    settings = {"format": "cbis_ddsm", "num_patients": num_patients, "image_size": [height, width], "seed": seed,
-                "roi_fraction": roi_fraction, "drop_full_images": drop_full_images}
-    root = _prepare_root(out_dir, settings)
+    root, height, width = _start_lookalike(out_dir, "cbis_ddsm", ("num_patients", num_patients),
+                                           image_size=image_size, seed=seed, roi_fraction=roi_fraction,
+                                           drop_full_images=drop_full_images)
     rng = np.random.default_rng([seed, 5])
     syntax_deck = _Deck(rng, [RLELossless] * 3 + [ExplicitVRLittleEndian])
     header_view_deck = _Deck(rng, [True] * 3 + [False])

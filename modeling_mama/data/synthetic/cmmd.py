@@ -25,11 +25,10 @@ from .files import (
     _Deck,
     _image_seed,
     _ImageJob,
-    _prepare_root,
     _remove_stale_partials,
+    _start_lookalike,
     _uid,
     _write_images,
-    parse_image_size,
 )
 from .rendering import Lesion, _random_position
 from .tables import CMMD_CLINICAL_COLUMNS, CMMD_CLINICAL_FILE, CMMD_SUBTYPES
@@ -79,14 +78,10 @@ def generate_cmmd(
     >>> [path.relative_to(root).parts[:2] for path in sorted(root.rglob("*.dcm"))][:1]
     [('CMMD', 'D1-0001')]
     """
-    if num_patients < 1:
-        raise ValueError(f"num_patients={num_patients} must be at least 1")
     if table_format not in ("xlsx", "csv"):
         raise ValueError(f"table_format={table_format!r} must be 'xlsx' or 'csv'")
-    height, width = parse_image_size(image_size)
-    settings = {"format": "cmmd", "num_patients": num_patients, "image_size": [height, width], "seed": seed,
-                "table_format": table_format}
-    root = _prepare_root(out_dir, settings)
+    root, height, width = _start_lookalike(out_dir, "cmmd", ("num_patients", num_patients), image_size=image_size,
+                                           seed=seed, table_format=table_format)
     rng = np.random.default_rng([seed, 6])
     bits_deck = _Deck(rng, [8] * 5 + [12])
     view_in_position_deck = _Deck(rng, [True, False])

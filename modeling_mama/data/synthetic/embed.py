@@ -25,11 +25,10 @@ from .files import (
     _EncodingDecks,
     _image_seed,
     _ImageJob,
-    _prepare_root,
     _remove_stale_partials,
+    _start_lookalike,
     _uid,
     _write_images,
-    parse_image_size,
 )
 from .rendering import Lesion, _random_position
 from .tables import (
@@ -513,15 +512,11 @@ def generate_embed(
     >>> sorted(p.name for p in (root / "tables").iterdir())
     ['AWS_Open_Data_Clinical_Legend.csv', 'EMBED_OpenData_clinical.csv', 'EMBED_OpenData_metadata.csv']
     """
-    if num_exams < 1:
-        raise ValueError(f"num_exams={num_exams} must be at least 1")
-    height, width = parse_image_size(image_size)
-    settings = {"format": "embed", "num_exams": num_exams, "image_size": [height, width], "seed": seed}
-    if microcalcifications is not None:
-        if not 0.0 <= float(microcalcifications) <= 1.0:
-            raise ValueError(f"microcalcifications={microcalcifications} must be a fraction of breasts in [0, 1]")
-        settings["microcalcifications"] = float(microcalcifications)
-    root = _prepare_root(out_dir, settings)
+    if microcalcifications is not None and not 0.0 <= float(microcalcifications) <= 1.0:
+        raise ValueError(f"microcalcifications={microcalcifications} must be a fraction of breasts in [0, 1]")
+    root, height, width = _start_lookalike(
+        out_dir, "embed", ("num_exams", num_exams), image_size=image_size, seed=seed,
+        microcalcifications=None if microcalcifications is None else float(microcalcifications))
     rng = np.random.default_rng([seed, 1])
     if microcalcifications is None:
         exams = _embed_exams(rng, num_exams)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,6 +15,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from ...file_utils_mama import record_settings
 from ..pool import map_in_processes
 from .dicom_writer import DicomEncoding, _atomic_write, mammogram_dataset
 from .rendering import (
@@ -38,10 +38,9 @@ SYNTHETIC_MANIFEST = ".synthetic.json"
 
 
 @dataclass(frozen=True)
-class _ImageJob:
-    """Everything needed to render and write one file; picklable for the process pool."""
+class _Breast:
+    """What a job draws: one view of a breast (its random seed, pixel size, side, view, density, findings)."""
 
-    path: str
     seed: int
     height: int
     width: int
@@ -49,6 +48,13 @@ class _ImageJob:
     view: str
     density: int
     lesions: tuple[Lesion, ...]
+
+
+@dataclass(frozen=True)
+class _ImageJob(_Breast):
+    """Everything needed to render and write one file; picklable for the process pool."""
+
+    path: str
     encoding: DicomEncoding
     tags: dict = field(default_factory=dict)
     spot_zoom: float | None = None
@@ -166,16 +172,24 @@ def _prepare_root(out_dir, settings: dict) -> Path:
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     manifest = root / SYNTHETIC_MANIFEST
-    if manifest.exists():
-        previous = json.loads(manifest.read_text())
-        if previous != settings:
-            raise ValueError(
-                f"{manifest} says this folder holds a synthetic dataset made with {previous}, "
-                f"not {settings}: use an empty folder, or the same settings to resume"
-            )
-    else:
-        _atomic_write(manifest, lambda temporary: temporary.write_text(json.dumps(settings, sort_keys=True)))
+    record_settings(manifest, settings, lambda previous: ValueError(
+        f"{manifest} says this folder holds a synthetic dataset made with {previous}, "
+        f"not {settings}: use an empty folder, or the same settings to resume"))
     return root
+
+
+def _start_lookalike(out_dir, name: str, count: tuple[str, int], *, image_size, seed: int,
+                     **options) -> tuple[Path, int, int]:
+    """What every `generate_<name>` does first: check its count (e.g. `("num_patients", 20)`) is at least
+    1, parse `image_size`, and prepare `out_dir` with the settings (format, count, size, seed and the
+    look-alike's `options` that are not None). Returns `(root, height, width)`."""
+    count_name, number = count
+    if number < 1:
+        raise ValueError(f"{count_name}={number} must be at least 1")
+    height, width = parse_image_size(image_size)
+    settings = {"format": name, count_name: number, "image_size": [height, width], "seed": seed,
+                **{key: value for key, value in options.items() if value is not None}}
+    return _prepare_root(out_dir, settings), height, width
 
 
 def _remove_stale_partials(root: Path) -> None:

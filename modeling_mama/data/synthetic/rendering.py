@@ -48,15 +48,16 @@ class Lesion:
     `size` is the radius of a mass, or of the area a calcification cluster spreads over, as a
     fraction of the image height. ``kind="microcalcifications"`` is a cluster of faint dots of a
     fixed 2-3 pixel size (`MICROCALCIFICATION_DIAMETER`), whatever the image size: visible on a
-    full-resolution mammogram, lost when it is shrunk to a model's input size. `position` is (depth, across): depth 0 at the chest wall to 1
-    at the nipple, across -1 to 1 over the breast's height; None draws one at random. Giving the
+    full-resolution mammogram, lost when it is shrunk to a model's input size. `position` is (depth,
+    across): depth 0 at the chest wall to 1 at the nipple, across -1 to 1 over the breast's height;
+    None draws one at random. Giving the
     same position to the CC and MLO views of a breast puts the finding at the same place.
 
     >>> Lesion(kind="mass", shape="irregular", margin="spiculated", density="high", size=0.07).margin
     'spiculated'
     >>> Lesion(kind="tumour")
     Traceback (most recent call last):
-    ValueError: Lesion.kind='tumour' is not one of ('mass', 'calcifications', 'asymmetry', 'distortion')
+    ValueError: Lesion.kind='tumour' is not one of ('mass', 'calcifications', 'microcalcifications', 'asymmetry', 'distortion')
     """
 
     kind: str = "mass"

@@ -18,11 +18,10 @@ from .files import (
     _EncodingDecks,
     _image_seed,
     _ImageJob,
-    _prepare_root,
     _remove_stale_partials,
+    _start_lookalike,
     _uid,
     _write_images,
-    parse_image_size,
 )
 from .rendering import Lesion, _random_position
 from .tables import DEFAULT_IMAGE_SIZE, RSNA_TEST_COLUMNS, RSNA_TRAIN_COLUMNS
@@ -66,11 +65,8 @@ def generate_rsna(
     >>> (root / "train.csv").exists(), (root / "train_images").is_dir()
     (True, True)
     """
-    if num_patients < 1:
-        raise ValueError(f"num_patients={num_patients} must be at least 1")
-    height, width = parse_image_size(image_size)
-    settings = {"format": "rsna", "num_patients": num_patients, "image_size": [height, width], "seed": seed}
-    root = _prepare_root(out_dir, settings)
+    root, height, width = _start_lookalike(out_dir, "rsna", ("num_patients", num_patients), image_size=image_size,
+                                           seed=seed)
     rng = np.random.default_rng([seed, 2])
     decks = _EncodingDecks(rng, [JPEG2000Lossless] * 4 + [ExplicitVRLittleEndian])
     mirrored_deck = _Deck(rng, [False] * 11 + [True])

@@ -17,11 +17,10 @@ from .files import (
     _EncodingDecks,
     _image_seed,
     _ImageJob,
-    _prepare_root,
     _remove_stale_partials,
+    _start_lookalike,
     _uid,
     _write_images,
-    parse_image_size,
 )
 from .rendering import Lesion, _random_position
 from .tables import DEFAULT_IMAGE_SIZE, VINDR_BREAST_COLUMNS, VINDR_FINDING_COLUMNS
@@ -74,11 +73,8 @@ def generate_vindr(
     >>> len(list((root / "images").glob("*/*.dicom")))
     4
     """
-    if num_studies < 1:
-        raise ValueError(f"num_studies={num_studies} must be at least 1")
-    height, width = parse_image_size(image_size)
-    settings = {"format": "vindr", "num_studies": num_studies, "image_size": [height, width], "seed": seed}
-    root = _prepare_root(out_dir, settings)
+    root, height, width = _start_lookalike(out_dir, "vindr", ("num_studies", num_studies), image_size=image_size,
+                                           seed=seed)
     rng = np.random.default_rng([seed, 3])
     decks = _EncodingDecks(rng, [ExplicitVRLittleEndian] * 3 + [JPEG2000Lossless])
     breast_rows, finding_rows, jobs = [], [], []
