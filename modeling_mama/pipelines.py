@@ -112,31 +112,15 @@ class MammographyZeroShotPipeline(Pipeline):
 
     def _sanitize_parameters(self, task=None, fields=None, use_metadata=None, aggregate=None, max_length=None,
                              tiles=None, tile_aggregation=None, truncation=None, no_breast=None, **kwargs):
-        preprocess: dict[str, Any] = {}
-        if no_breast is not None:
-            preprocess["no_breast"] = no_breast
-        if task is not None:
-            if task not in ZERO_SHOT_TASKS:
-                raise ValueError(f"task must be one of {ZERO_SHOT_TASKS}, got {task!r}.")
-            preprocess["task"] = task
-        if fields is not None:
-            preprocess["fields"] = fields
-        if use_metadata is not None:
-            preprocess["use_metadata"] = use_metadata
-        if max_length is not None:
-            preprocess["max_length"] = max_length
-        if truncation is not None:
-            if truncation not in TRUNCATION_MODES:
-                raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}.")
-            preprocess["truncation"] = truncation
-        if tiles is not None:
-            preprocess["tiles"] = bool(tiles)
-        if tile_aggregation is not None:
-            if tile_aggregation not in AGGREGATIONS:
-                raise ValueError(f"tile_aggregation must be one of {AGGREGATIONS}, got {tile_aggregation!r}.")
-            preprocess["tile_aggregation"] = tile_aggregation
-        if aggregate is not None and aggregate not in AGGREGATIONS:
-            raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}.")
+        for name, value, allowed in (("task", task, ZERO_SHOT_TASKS), ("truncation", truncation, TRUNCATION_MODES),
+                                     ("tile_aggregation", tile_aggregation, AGGREGATIONS),
+                                     ("aggregate", aggregate, AGGREGATIONS)):
+            if value is not None and value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+        given = {"no_breast": no_breast, "task": task, "fields": fields, "use_metadata": use_metadata,
+                 "max_length": max_length, "truncation": truncation,
+                 "tiles": None if tiles is None else bool(tiles), "tile_aggregation": tile_aggregation}
+        preprocess = {name: value for name, value in given.items() if value is not None}
         postprocess = {"aggregate": aggregate} if aggregate is not None else {}
         return preprocess, {}, postprocess
 
