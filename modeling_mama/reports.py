@@ -2,7 +2,7 @@
 
 A report is a list of sentences. The sentence boundaries come from the template, never from the
 punctuation inside a value (a procedure called "MG Dx. Bilat." stays one sentence), and the
-tokenizer puts one separator token after each sentence (`tokenization.tokenize_report`).
+tokenizer puts one separator token after each sentence (`tokenization.batch_tokenize_reports`).
 
 Sections, in order (a section may hold several sentences):
 

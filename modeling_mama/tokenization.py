@@ -23,10 +23,11 @@ on report sentences in well under a second (the paper preset uses BioMedLM's tok
 
 >>> tokenizer = train_report_tokenizer(["Overall Assessment: Negative.", "Overall Assessment: Benign."] * 50,
 ...                                    vocab_size=300)
->>> encoded = tokenize_report(["Overall Assessment: Negative.", "BI-RADS 1."], tokenizer)
->>> [encoded["input_ids"][i] for i in encoded["sentence_positions"]] == [tokenizer.sep_token_id] * 2
+>>> encoded = batch_tokenize_reports([["Overall Assessment: Negative.", "BI-RADS 1."]], tokenizer)
+>>> ids = encoded["input_ids"][0].tolist()
+>>> [ids[i] for i in encoded["sentence_positions"][0]] == [tokenizer.sep_token_id] * 2
 True
->>> encoded["input_ids"][0] == tokenizer.bos_token_id, encoded["input_ids"][-1] == tokenizer.eos_token_id
+>>> ids[0] == tokenizer.bos_token_id, ids[-1] == tokenizer.eos_token_id
 (True, True)
 """
 
@@ -194,11 +195,13 @@ def _fit(sentence_tokens: list[list[int]], max_length: int) -> list[list[int]]:
 
 def tokenize_report(sentences: Sequence[str], tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
                     truncation: str = "error") -> dict[str, list[int]]:
-    """One report -> `input_ids`, `attention_mask` and `sentence_positions` (index of each `sep`), unpadded.
-
-    `truncation`: "error" raises when the report needs more than `max_length` tokens; "warn" warns
-    and keeps the leading whole sentences that fit.
+    """Deprecated (nothing in the package uses it; removed in modeling_mama 0.3): one report -> unpadded
+    `input_ids`, `attention_mask` and `sentence_positions`. Use `MamaProcessor(reports=[sentences])` or
+    `batch_tokenize_reports([sentences], tokenizer)`, which give the same ids, padded, as tensors.
     """
+    warnings.warn("tokenize_report is deprecated and will be removed in modeling_mama 0.3: use "
+                  "MamaProcessor(reports=...) or batch_tokenize_reports([sentences], tokenizer).", FutureWarning,
+                  stacklevel=2)
     if isinstance(sentences, str):
         raise TypeError("tokenize_report takes a list of sentences; split running text with split_sentences(text).")
     (input_ids, positions), = _encode(_check_reports([sentences]), tokenizer, max_length, truncation)
@@ -242,7 +245,7 @@ def train_report_tokenizer(sentences: Sequence[str], vocab_size: int = 1024, sav
     """Train a GPT-2-style byte-level BPE on report sentences; returns a `PreTrainedTokenizerFast`.
 
     The tokenizer has all `SPECIAL_TOKENS` (ids 0-5), no prefix-space surprises (sentences are fed
-    the way `tokenize_report` feeds them, with one leading space) and saves / loads with
+    the way `batch_tokenize_reports` feeds them, with one leading space) and saves / loads with
     `save_pretrained` / `AutoTokenizer.from_pretrained`, offline. With `save_dir` it is also saved
     there (each file written under a temporary name, then renamed).
     """

@@ -20,6 +20,14 @@ from modeling_mama.tokenization import (
     train_report_tokenizer,
 )
 
+def one_report(sentences, tokenizer, **kwargs) -> dict[str, list[int]]:
+    """One report tokenised alone, unpadded: row 0 of a batch of one."""
+    batch = batch_tokenize_reports([sentences], tokenizer, **kwargs)
+    length, count = int(batch["attention_mask"][0].sum()), int(batch["sentence_mask"][0].sum())
+    return {"input_ids": batch["input_ids"][0, :length].tolist(), "attention_mask": [1] * length,
+            "sentence_positions": batch["sentence_positions"][0, :count].tolist()}
+
+
 RACES = ["African American  or Black", "Caucasian or White", "Asian", None]
 ETHNICITIES = ["Non-Hispanic or Latino", "Hispanic or Latino", None]
 
@@ -87,20 +95,20 @@ def test_add_special_tokens_keeps_a_berts_own_separator():
     tokenizer = bert_like_tokenizer()
     assert add_special_tokens(tokenizer) == 2  # bos and eos only
     assert tokenizer.sep_token == "[SEP]" and tokenizer.pad_token == "[PAD]"
-    encoded = tokenize_report(["overall assessment negative.", "negative"], tokenizer)
+    encoded = one_report(["overall assessment negative.", "negative"], tokenizer)
     assert [encoded["input_ids"][i] for i in encoded["sentence_positions"]] == [tokenizer.sep_token_id] * 2
 
 
 def test_tokenizing_needs_the_special_tokens():
     with pytest.raises(ValueError, match=r"The tokenizer has no sep/pad token; call modeling_mama.tokenization"
                                          r".add_special_tokens\(tokenizer\) first"):
-        tokenize_report(["Negative."], gpt2_like_tokenizer())
+        one_report(["Negative."], gpt2_like_tokenizer())
 
 
 # ------------------------------------------------------------------------------------ one report
 def test_tokenize_report_structure_and_round_trip(tokenizer):
     sentences = build_report(sample_fields(1, seed=3)[0])
-    encoded = tokenize_report(sentences, tokenizer)
+    encoded = one_report(sentences, tokenizer)
     ids, positions = encoded["input_ids"], encoded["sentence_positions"]
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     assert encoded["attention_mask"] == [1] * len(ids)
@@ -114,7 +122,7 @@ def test_tokenize_report_structure_and_round_trip(tokenizer):
 
 
 def test_a_period_inside_a_value_is_not_a_boundary_and_one_sentence_reports_work(tokenizer):
-    encoded = tokenize_report(["Procedure reported: MG Dx. Mammo Bilat."], tokenizer)
+    encoded = one_report(["Procedure reported: MG Dx. Mammo Bilat."], tokenizer)
     ids = encoded["input_ids"]
     assert encoded["sentence_positions"] == [len(ids) - 2]
     assert ids.count(tokenizer.sep_token_id) == 1
@@ -123,8 +131,8 @@ def test_a_period_inside_a_value_is_not_a_boundary_and_one_sentence_reports_work
 
 def test_sentence_tokens_do_not_depend_on_position(tokenizer):
     sentence = "Overall Assessment: Negative."
-    first = tokenize_report([sentence, "Impressions: BI-RADS Category 1: negative."], tokenizer)
-    second = tokenize_report(["Impressions: BI-RADS Category 1: negative.", sentence], tokenizer)
+    first = one_report([sentence, "Impressions: BI-RADS Category 1: negative."], tokenizer)
+    second = one_report(["Impressions: BI-RADS Category 1: negative.", sentence], tokenizer)
     first_span = first["input_ids"][1:first["sentence_positions"][0]]
     second_span = second["input_ids"][second["sentence_positions"][0] + 1:second["sentence_positions"][1]]
     assert first_span == second_span
@@ -138,44 +146,44 @@ def test_split_sentences():
 
 
 def test_bad_reports_raise(tokenizer):
-    with pytest.raises(TypeError, match="takes a list of sentences"):
-        tokenize_report("Overall Assessment: Negative.", tokenizer)
+    with pytest.raises(TypeError, match="Report 0 is a str, not a list of sentences"):
+        one_report("Overall Assessment: Negative.", tokenizer)
     with pytest.raises(ValueError, match="Report 0 has no sentences"):
-        tokenize_report([], tokenizer)
+        one_report([], tokenizer)
     with pytest.raises(ValueError, match=r"Report 0 has an empty sentence ' \.'"):
-        tokenize_report(["Negative.", " ."], tokenizer)
+        one_report(["Negative.", " ."], tokenizer)
     with pytest.raises(ValueError, match="contains the separator token itself"):
-        tokenize_report([f"Negative{SENTENCE_SEPARATOR} Benign."], tokenizer)
+        one_report([f"Negative{SENTENCE_SEPARATOR} Benign."], tokenizer)
     with pytest.raises(TypeError, match=r"Report 1 is a str, not a list of sentences"):
         batch_tokenize_reports([["Negative."], "Benign."], tokenizer)
     with pytest.raises(ValueError, match=r"truncation must be one of \('error', 'warn'\)"):
-        tokenize_report(["Negative."], tokenizer, truncation=True)
+        one_report(["Negative."], tokenizer, truncation=True)
 
 
 # ------------------------------------------------------------------------------------ truncation
 def test_too_long_report_raises_naming_the_limit(tokenizer):
     sentences = build_report(sample_fields(1, seed=5)[0])
-    needed = len(tokenize_report(sentences, tokenizer, max_length=10_000)["input_ids"])
-    assert len(tokenize_report(sentences, tokenizer, max_length=needed)["input_ids"]) == needed  # exactly fits
+    needed = len(one_report(sentences, tokenizer, max_length=10_000)["input_ids"])
+    assert len(one_report(sentences, tokenizer, max_length=needed)["input_ids"]) == needed  # exactly fits
     with pytest.raises(ValueError, match=rf"Report 0 needs {needed} tokens .* more than max_length={needed - 1}\."):
-        tokenize_report(sentences, tokenizer, max_length=needed - 1)
+        one_report(sentences, tokenizer, max_length=needed - 1)
     # The advice names the example scripts' flags too: a CLI user cannot pass a keyword argument.
     with pytest.raises(ValueError, match=r"raise max_length \(--max_length .*truncation='warn' \(--truncation warn\)"):
-        tokenize_report(sentences, tokenizer, max_length=needed - 1)
+        one_report(sentences, tokenizer, max_length=needed - 1)
     with pytest.raises(ValueError, match=r"Report 1 needs .* max_length=20"):
         batch_tokenize_reports([["Negative."], sentences], tokenizer, max_length=20)
 
 
 def test_warn_truncation_keeps_whole_leading_sentences(tokenizer):
     sentences = build_report(sample_fields(1, seed=5)[0])
-    full = tokenize_report(sentences, tokenizer, max_length=10_000)
+    full = one_report(sentences, tokenizer, max_length=10_000)
     limit = full["sentence_positions"][2] + 2 + 3  # room for three sentences and eos, plus a little
     with pytest.warns(UserWarning, match=rf"more than max_length={limit}\. Kept its first 3 sentence\(s\)"):
-        cut = tokenize_report(sentences, tokenizer, max_length=limit, truncation="warn")
+        cut = one_report(sentences, tokenizer, max_length=limit, truncation="warn")
     assert cut["input_ids"] == full["input_ids"][:full["sentence_positions"][2] + 1] + [tokenizer.eos_token_id]
     assert cut["sentence_positions"] == full["sentence_positions"][:3]
     with pytest.warns(UserWarning, match=r"Kept its first 1 sentence"):  # a first sentence too long on its own
-        tiny = tokenize_report(sentences, tokenizer, max_length=6, truncation="warn")
+        tiny = one_report(sentences, tokenizer, max_length=6, truncation="warn")
     assert len(tiny["input_ids"]) == 6 and tiny["input_ids"][-2:] == [tokenizer.sep_token_id, tokenizer.eos_token_id]
     assert tiny["sentence_positions"] == [4]
 
@@ -184,7 +192,7 @@ def test_warn_truncation_keeps_whole_leading_sentences(tokenizer):
 def test_batch_padding_and_masks_match_single_reports(tokenizer):
     reports = [build_report(fields) for fields in sample_fields(5, seed=9)] + [["Overall Assessment: Negative."]]
     batch = batch_tokenize_reports(reports, tokenizer, pad_to_multiple_of=8)
-    singles = [tokenize_report(report, tokenizer) for report in reports]
+    singles = [one_report(report, tokenizer) for report in reports]
     longest = max(len(single["input_ids"]) for single in singles)
     most = max(len(report) for report in reports)
     assert batch["input_ids"].shape == (6, -(-longest // 8) * 8) and batch["input_ids"].dtype == torch.long
@@ -261,6 +269,12 @@ def test_leading_space_only_for_byte_level_tokenizers(report_tokenizer):
                                                         unk_token=SPECIAL_TOKENS["unk_token"], show_progress=False))
     sentencepiece = PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
     assert not uses_leading_space(sentencepiece)
-    encoded = tokenize_report(["Overall Assessment: Negative."], sentencepiece)
+    encoded = one_report(["Overall Assessment: Negative."], sentencepiece)
     expected = sentencepiece("Overall Assessment: Negative", add_special_tokens=False)["input_ids"]
     assert encoded["input_ids"][1:-2] == expected
+
+
+def test_tokenize_report_is_deprecated_and_gives_the_batch_row(tokenizer):
+    sentences = build_report(sample_fields(1, seed=4)[0])
+    with pytest.warns(FutureWarning, match="tokenize_report is deprecated.*batch_tokenize_reports"):
+        assert tokenize_report(sentences, tokenizer) == one_report(sentences, tokenizer)
