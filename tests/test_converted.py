@@ -13,7 +13,13 @@ from conftest import _schema_rows
 from modeling_mama import MamaConfig, MamaModel, MamaProcessor, MultiViewDataset
 from modeling_mama.data.converters.common import STORED_IMAGES
 from modeling_mama.image_processing_mama import MamaImageProcessor
-from modeling_mama.training.converted import conversion_record, stored_image_options, tile_grid
+from modeling_mama.training.converted import (
+    conversion_record,
+    conversion_records,
+    load_converted,
+    stored_image_options,
+    tile_grid,
+)
 from modeling_mama.training.zero_shot import zero_shot_logits
 
 SIZE = 28
@@ -95,6 +101,25 @@ def test_the_record_is_found_wherever_the_dataset_is(tmp_path):
     (tmp_path / "broken" / "conversion.json").write_text("{not json")
     with pytest.raises(ValueError, match="conversion.json cannot be read"):
         conversion_record(tmp_path / "broken")
+
+
+def test_several_folders_combined_read_every_folders_record(tmp_path, caplog):
+    """A concatenation (`load_converted`) answers for all its folders, not for the first one alone."""
+    small = save_converted(tmp_path / "small", {"converter": "rsna", "image_size": 512, **STORED_IMAGES})
+    large = save_converted(tmp_path / "large", {"converter": "cmmd", "image_size": 2048, **STORED_IMAGES})
+    assert small and large
+    combined, _ = load_converted([tmp_path / "small", tmp_path / "large"])
+    assert [record["image_size"] for record in conversion_records(combined["train"])] == [512, 2048]
+    assert tile_grid(combined["train"], 518) == [4, 4]  # covers the larger images, not only the first folder's
+    assert stored_image_options(combined["train"]) == {"do_orient": False, "do_crop_to_breast": False}
+    save_converted(tmp_path / "foreign", {"converter": "other", "image_size": 1024, "image_orientation": "as acquired"})
+    mixed, _ = load_converted([tmp_path / "small", tmp_path / "foreign"])
+    with caplog.at_level("WARNING"):
+        assert stored_image_options(mixed["train"]) == {}  # some images are not prepared: prepare them all
+    assert "Only some of the datasets" in caplog.text
+    native = save_converted(tmp_path / "native", {"converter": "rsna", "image_size": 0, **STORED_IMAGES})
+    assert native
+    assert tile_grid(load_converted([tmp_path / "small", tmp_path / "native"])[0]["train"], 518, default=[6, 3]) == [6, 3]
 
 
 def test_the_converters_record_their_stored_images(synthetic_embed_dataset):

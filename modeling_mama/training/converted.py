@@ -45,33 +45,49 @@ def conversion_record(dataset) -> dict[str, Any] | None:
 
     `dataset` is the dataset folder, a `datasets.DatasetDict` or a split (`Dataset`) loaded from it
     with `load_from_disk` (found through its Arrow files; `select` / `shuffle` / `map` keep them), or
-    the record itself (a mapping). An in-memory dataset has no record.
+    the record itself (a mapping). An in-memory dataset has no record. For several folders
+    concatenated (`load_converted`) this is the first folder's: `conversion_records` gives them all.
     """
+    records = conversion_records(dataset)
+    return records[0] if records else None
+
+
+def conversion_records(dataset) -> list[dict[str, Any] | None]:
+    """One `conversion.json` (or None) per dataset folder `dataset` was loaded from, in order: a
+    concatenation of several converted folders (`load_converted`) has several. Empty for an
+    in-memory dataset; `[record]` for a folder or a record."""
     if dataset is None:
-        return None
+        return []
     if isinstance(dataset, Mapping) and not hasattr(dataset, "cache_files"):
-        return dict(dataset)
-    for folder in _candidate_folders(dataset):
-        path = folder / CONVERSION_FILE
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as error:
-                raise ValueError(f"{path} cannot be read ({error}); re-run the converter that wrote it.") from error
-    return None
-
-
-def _candidate_folders(dataset) -> list[Path]:
+        return [dict(dataset)]
     if isinstance(dataset, (str, os.PathLike)):
-        return [Path(dataset)]
+        return [_read_record(Path(dataset))]
+    records: dict[Path, dict[str, Any] | None] = {}
+    for arrow in _arrow_files(dataset):  # <dataset folder>/<split>/data-*.arrow
+        for folder in (arrow.parent.parent, arrow.parent):
+            if (folder / CONVERSION_FILE).is_file():
+                records.setdefault(folder, _read_record(folder))
+                break
+        else:
+            records.setdefault(arrow.parent.parent, None)
+    return list(records.values())
+
+
+def _read_record(folder: Path) -> dict[str, Any] | None:
+    path = folder / CONVERSION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} cannot be read ({error}); re-run the converter that wrote it.") from error
+
+
+def _arrow_files(dataset) -> list[Path]:
     cache_files = getattr(dataset, "cache_files", None) or []
     if isinstance(cache_files, Mapping):  # a DatasetDict: {split: [files]}
         cache_files = [entry for files in cache_files.values() for entry in files]
-    folders = []
-    for entry in cache_files:
-        arrow = Path(entry["filename"])  # <dataset folder>/<split>/data-*.arrow
-        folders += [arrow.parent.parent, arrow.parent]
-    return list(dict.fromkeys(folders))
+    return [Path(entry["filename"]) for entry in cache_files]
 
 
 def images_are_prepared(record: Mapping[str, Any] | None) -> bool:
@@ -89,21 +105,26 @@ def images_are_prepared(record: Mapping[str, Any] | None) -> bool:
 
 def stored_image_options(dataset) -> dict[str, bool]:
     """Image processor options for the stored images of `dataset` (see `conversion_record` for what
-    `dataset` can be): no orientation and no crop when the converter did both, else none (`{}`)."""
-    if images_are_prepared(conversion_record(dataset)):
+    `dataset` can be): no orientation and no crop when the converter did both (for every folder of a
+    concatenation), else none (`{}`)."""
+    records = conversion_records(dataset)
+    if records and all(images_are_prepared(record) for record in records):
         return {"do_orient": False, "do_crop_to_breast": False}
+    if any(images_are_prepared(record) for record in records):
+        logger.warning("Only some of the datasets combined here store oriented, cropped images: every image is "
+                       "oriented and cropped again (convert the others with data_scripts/ to avoid it).")
     return {}
 
 
 def tile_grid(dataset, tile_size: int, default: list[int] | None = None) -> list[int] | None:
     """`[rows, cols]` of tiles of `tile_size` that cover a stored image at its resolution: the long
-    side the converter recorded (`image_size`) divided by the tile size, rounded up, on both axes.
-    `default` when the dataset records no positive size (unknown, or 0 = native resolution)."""
-    record = conversion_record(dataset)
-    long_side = int((record or {}).get("image_size") or 0)
-    if long_side <= 0:
+    side the converter recorded (`image_size`; the largest over a concatenation's folders) divided by
+    the tile size, rounded up, on both axes. `default` when a folder records no positive size
+    (unknown, or 0 = native resolution)."""
+    long_sides = [int((record or {}).get("image_size") or 0) for record in conversion_records(dataset)]
+    if not long_sides or min(long_sides) <= 0:
         return default
-    count = max(1, math.ceil(long_side / int(tile_size)))
+    count = max(1, math.ceil(max(long_sides) / int(tile_size)))
     return [count, count]
 
 
@@ -164,5 +185,5 @@ def load_converted(paths: str | os.PathLike | Sequence[str | os.PathLike]):
 
 
 __all__ = [
-    "CONVERSION_FILE", "conversion_record", "images_are_prepared", "load_converted", "stored_image_options", "tile_grid",
+    "CONVERSION_FILE", "conversion_record", "conversion_records", "images_are_prepared", "load_converted", "stored_image_options", "tile_grid",
 ]
