@@ -815,6 +815,10 @@ def test_disk_full_stops_the_run_and_a_rerun_resumes(rsna_root, tmp_path, monkey
     assert not (out / "dataset_dict.json").exists() and not (out / "failures.csv").exists()
     assert len(list((out / common.CACHE_DIR).glob("*.png"))) == 3
     assert not list((out / common.CACHE_DIR).glob(".*partial*"))
+    # What a SIGKILLed run leaves (no clean-up possible): temporaries the next run removes.
+    killed = [out / common.CACHE_DIR / ".x.png.123.abcdef.partial", out / ".failures.csv.123.abcdef.partial"]
+    for path in killed:
+        path.write_bytes(b"half")
 
     monkeypatch.undo()
     decoded = []
@@ -825,6 +829,7 @@ def test_disk_full_stops_the_run_and_a_rerun_resumes(rsna_root, tmp_path, monkey
     reference = convert_rsna(rsna_root, tmp_path / "reference", image_size=64, progress=False)
     assert_same_dataset(datasets.load_from_disk(str(out)), reference)
     assert resumed == len(reference["train"]) + len(reference["validation"]) + len(reference["test"]) - 3
+    assert not any(path.exists() for path in killed)
 
 
 def test_output_errors_are_sentences_and_keep_the_old_dataset(rsna_root, tmp_path, monkeypatch, capsys):

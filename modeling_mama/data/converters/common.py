@@ -737,8 +737,9 @@ def prepare_output(out, settings: Mapping[str, Any]) -> Path:
     record_settings(cache / SETTINGS_FILE, settings, lambda previous: ConverterError(
         f"{out} was converted with {previous}, not {settings}: re-run with the same options to "
         f"resume, or write to a new --out folder (or delete {cache})."))
-    for partial in [*cache.glob(".*.partial-*"), *out.glob(".*.partial-*")]:
-        remove_inside(out, partial)  # a file a killed run was writing
+    for partial in [*cache.glob(".*.partial"), *cache.glob(".*.partial-*"), *out.glob(".*.partial"),
+                    *out.glob(".*.partial-*")]:
+        remove_inside(out, partial)  # a file a killed run (SIGKILL: no clean-up) was writing
     if (out / PARTIAL_DIR).exists():
         remove_inside(out, out / PARTIAL_DIR)  # left by versions before the versioned layout
     _remove_stale_versions(out)
