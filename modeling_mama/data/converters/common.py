@@ -1156,4 +1156,3 @@ def register_converter(cls: type[DatasetConverter]) -> type[DatasetConverter]:
         raise ValueError(f"{cls.__name__} needs a `name`.")
     CONVERTERS[cls.name] = cls
     return cls
-
