@@ -733,12 +733,7 @@ def header_view(ds: Dataset, *, name_hint: str | None = None) -> tuple[str | Non
         word = str(value or "").strip().upper()
         if word in VIEW_POSITIONS and not set(word) <= _PATIENT_DIRECTIONS:
             return word, "PatientOrientation"
-    for keyword in TEXT_TAGS:
-        view = view_from_text(_text(ds, keyword))
-        if view:
-            return view, keyword
-    view = view_from_text(name_hint)
-    return (view, "hint") if view else (None, None)
+    return _from_text_tags(ds, view_from_text, name_hint)
 
 
 def header_laterality(ds: Dataset, *, name_hint: str | None = None) -> tuple[str | None, str | None]:
@@ -756,12 +751,18 @@ def header_laterality(ds: Dataset, *, name_hint: str | None = None) -> tuple[str
         value = (_text(ds, keyword) or "").upper()
         if value in ("L", "R"):
             return value, keyword
+    return _from_text_tags(ds, laterality_from_text, name_hint)
+
+
+def _from_text_tags(ds: Dataset, parse, name_hint: str | None) -> tuple[str | None, str | None]:
+    """The last resorts of `header_view` / `header_laterality`: `parse` (a `*_from_text`) on each of
+    `TEXT_TAGS`, then on `name_hint`; (value, its source: the keyword or "hint") or (None, None)."""
     for keyword in TEXT_TAGS:
-        laterality = laterality_from_text(_text(ds, keyword))
-        if laterality:
-            return laterality, keyword
-    laterality = laterality_from_text(name_hint)
-    return (laterality, "hint") if laterality else (None, None)
+        value = parse(_text(ds, keyword))
+        if value:
+            return value, keyword
+    value = parse(name_hint)
+    return (value, "hint") if value else (None, None)
 
 
 __all__ = [
